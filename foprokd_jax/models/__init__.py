@@ -1,0 +1,1 @@
+"""Flax Linen models: torchvision-exact ResNets and the EKD student heads."""

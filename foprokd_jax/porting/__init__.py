@@ -1,0 +1,1 @@
+"""Converting PyTorch checkpoints (torchvision, MoCo-v2) into Flax teacher artifacts. Only launch/convert_teacher.py and tests import torch."""
