@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
+    sys.path.insert(0, ROOT)
 
 # The official ISIC-2019-LT split CSVs live beside the checkout (never copied into the tree).
 SHARED_SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "isic2019_lt_splits")
