@@ -1,0 +1,280 @@
+"""Metric logging without TensorFlow: JSON lines + TensorBoard event files, NaN checks, progress/ETA.
+
+`MetricWriter` appends one JSON object per call to `workdir/metrics.jsonl` (big_vision style) and writes
+the same scalars as TensorBoard events under `workdir/tb/`, using TensorBoard's own TF-free
+`EventFileWriter` and protos, so `tensorboard --logdir workdir/tb` works with no TF installed
+(clu's writers import TF, see `shared/specs/jax_conventions.md` §4.6, §6.9).
+
+Non-finite values in `metrics.jsonl`: JSON has no NaN/Infinity, so they are written as the strings
+"nan", "inf" and "-inf" (the file stays valid JSON for any parser, and a crash log still tells NaN
+from overflow). `read_metrics_jsonl` turns those strings back into floats. TensorBoard receives the
+float itself.
+"""
+import json
+import math
+import os
+import time
+import warnings
+from typing import Callable, Iterable, Optional
+
+import numpy as np
+
+METRICS_FILENAME = "metrics.jsonl"
+TEXT_FILENAME = "text.jsonl"
+TENSORBOARD_SUBDIR = "tb"
+_NONFINITE_TO_STRING = {math.inf: "inf", -math.inf: "-inf"}
+_STRING_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+DEFAULT_FINITE_CHECK_NAMES = ("loss", "training_loss", "l2_grads", "l2_updates", "l2_params")
+
+
+def _to_python_number(name: str, value):
+    """int/float from a python, numpy or jax scalar (size-1 arrays allowed); bools become ints."""
+    array = np.asarray(value)
+    if array.size != 1:
+        raise ValueError(f"scalar '{name}' has shape {array.shape}; only single values can be logged")
+    item = array.reshape(()).item()
+    if isinstance(item, bool):
+        return int(item)
+    if isinstance(item, (int, float)):
+        return item
+    raise TypeError(f"scalar '{name}' has non-numeric type {type(item).__name__}")
+
+
+def _json_safe(value):
+    """Non-finite floats as "nan"/"inf"/"-inf" strings so the line stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else _NONFINITE_TO_STRING[value]
+    return value
+
+
+class MetricWriter:
+    """Writes scalars to `workdir/metrics.jsonl` and TensorBoard events in `workdir/tb/`.
+
+    Pass `enabled=jax.process_index() == 0` on multi-host runs: a disabled writer touches no file and
+    every method is a no-op. Usable as a context manager (closes on exit, also after an exception).
+    """
+
+    def __init__(self, workdir: str, enabled: bool = True, tb_flush_secs: int = 30):
+        self.workdir = workdir
+        self.enabled = enabled
+        self._jsonl = None
+        self._text = None
+        self._events = None
+        if not enabled:
+            return
+        # Imported lazily so that a disabled writer (non-zero processes) needs no TensorBoard at all.
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, METRICS_FILENAME)
+        # A crash can leave a half-written last line; start on a fresh line so that the resumed run's
+        # first record is not glued onto it (read_metrics_jsonl skips the broken fragment).
+        needs_newline = os.path.exists(path) and os.path.getsize(path) > 0 and not _ends_with_newline(path)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if needs_newline:
+            self._jsonl.write("\n")
+        self._events = EventFileWriter(os.path.join(workdir, TENSORBOARD_SUBDIR), flush_secs=tb_flush_secs)
+
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        """Appends `{"step": step, **scalars}` to metrics.jsonl (flushed now) and one TensorBoard event."""
+        if not self.enabled:
+            return
+        if "step" in scalars:
+            raise ValueError("'step' is reserved for the step number; rename that scalar")
+        step = int(step)
+        values = {str(name): _to_python_number(name, value) for name, value in scalars.items()}
+        record = {"step": step, **{name: _json_safe(value) for name, value in values.items()}}
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        self._jsonl.flush()  # line-by-line so that a crash loses nothing already reported
+
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        summary = summary_pb2.Summary(value=[
+            summary_pb2.Summary.Value(tag=name, simple_value=float(value)) for name, value in values.items()])
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
+
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        """Text for TensorBoard's Text tab (markdown), also appended to `workdir/text.jsonl`."""
+        if not self.enabled:
+            return
+        from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+        if self._text is None:
+            self._text = open(os.path.join(self.workdir, TEXT_FILENAME), "a", encoding="utf-8")
+        self._text.write(json.dumps({"step": int(step), "tag": tag, "text": text}) + "\n")
+        self._text.flush()
+        # The text plugin reads a rank-0 DT_STRING tensor tagged with plugin_name "text".
+        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
+                                        tensor_shape=tensor_shape_pb2.TensorShapeProto())
+        metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
+
+    def write_hparams(self, hparams: dict) -> None:
+        """Writes the run's (flat or nested) hyperparameters to `workdir/hparams.json`."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.workdir, "hparams.json"), "w", encoding="utf-8") as f:
+            json.dump(hparams, f, indent=2, sort_keys=True, default=str)
+
+    def flush(self) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.flush()
+        if self._text is not None:
+            self._text.flush()
+        self._events.flush()
+
+    def close(self) -> None:
+        """Flushes and closes everything; safe to call twice."""
+        if not self.enabled or self._jsonl is None:
+            return
+        self._jsonl.close()
+        if self._text is not None:
+            self._text.close()
+        self._events.close()
+        self._jsonl = self._text = self._events = None
+        self.enabled = False
+
+    def __enter__(self) -> "MetricWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def read_metrics_jsonl(path: str) -> list:
+    """Reads metrics.jsonl back as a list of dicts, one per line, in file order.
+
+    Lines that are not valid JSON objects (a crash mid-write truncates the last line) are skipped with a
+    warning. The strings "nan"/"inf"/"-inf" written for non-finite values become floats again. A resumed
+    run may repeat steps; all records are returned, so callers decide (e.g. keep the last per step).
+    """
+    records = []
+    with open(path, "r", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    last_content_line = max((i for i, line in enumerate(lines, start=1) if line.strip()), default=0)
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as error:
+            where = "last line" if line_number == last_content_line else "line"
+            warnings.warn(f"{path}: skipping unreadable {where} {line_number} "
+                          f"(probably truncated by a crash): {error}; content {line[:80]!r}")
+            continue
+        records.append({key: _STRING_TO_NONFINITE.get(value, value) if isinstance(value, str) else value
+                        for key, value in record.items()})
+    return records
+
+
+def check_finite(step: int, scalars: dict, names: Iterable[str] = DEFAULT_FINITE_CHECK_NAMES,
+                 last_good_step: Optional[int] = None) -> int:
+    """Raises FloatingPointError if a watched scalar is NaN or Inf; otherwise returns `step`.
+
+    A key is watched if it equals one of `names` or ends with "/" + name (so "train/loss" matches
+    "loss", while "train/kd_loss" does not). Keep the return value and pass it back as `last_good_step`
+    so the error says between which logged steps things went wrong:
+        last_good = check_finite(step, metrics, last_good_step=last_good)
+    """
+    names = tuple(names)
+    bad = []
+    for key, value in scalars.items():
+        if not any(key == name or key.endswith("/" + name) for name in names):
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(array)):
+            bad.append(f"{key}={array.tolist()}")
+    if bad:
+        since = (f"last good step {last_good_step}, so somewhere within steps ({last_good_step}, {step}]"
+                 if last_good_step is not None else "no earlier good step recorded")
+        raise FloatingPointError(f"{', '.join(bad)}: became nan or inf at step {step} ({since})")
+    return step
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    """Compact h/m/s: 45s, 12m10s, 3h02m05s, 2d04h; '--' when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "--"
+    seconds = int(round(max(seconds, 0.0)))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class ProgressMeter:
+    """Steps/sec and ETA from wall time between `update` calls.
+
+    The first `update` only sets the reference point, so the step that includes XLA compilation (and
+    anything before it) does not count. `steps_per_sec` is the rate over the last interval; the ETA uses
+    the average rate since the reference point, which includes eval pauses and is steadier. If the step
+    goes backwards (restart from a checkpoint) the reference point is reset.
+
+    `clock` is injectable for tests (defaults to `time.monotonic`).
+    """
+
+    def __init__(self, total_steps: int, start_step: int = 0, clock: Callable[[], float] = time.monotonic):
+        self.total_steps = int(total_steps)
+        self.start_step = int(start_step)
+        self._clock = clock
+        self._first = None   # (step, time) of the reference call
+        self._last = None    # (step, time) of the latest call
+        self._stats = None
+
+    def update(self, step: int) -> dict:
+        """Records `step` reached now. Returns step, total_steps, percent, steps_this_run (since
+        `start_step`), steps_per_sec, avg_steps_per_sec, elapsed_seconds (since the first call) and
+        eta_seconds; the rates and ETA are None until a second call with a larger step."""
+        step, now = int(step), self._clock()
+        if self._last is None or step < self._last[0]:
+            self._first = self._last = (step, now)
+            steps_per_sec = avg_steps_per_sec = eta = None
+        else:
+            last_step, last_time = self._last
+            first_step, first_time = self._first
+            steps_per_sec = _rate(step - last_step, now - last_time)
+            avg_steps_per_sec = _rate(step - first_step, now - first_time)
+            remaining = max(self.total_steps - step, 0)
+            eta = remaining / avg_steps_per_sec if avg_steps_per_sec else None
+            self._last = (step, now)
+        self._stats = {
+            "step": step,
+            "total_steps": self.total_steps,
+            "percent": 100.0 * step / self.total_steps if self.total_steps else 100.0,
+            "steps_this_run": step - self.start_step,
+            "steps_per_sec": steps_per_sec,
+            "avg_steps_per_sec": avg_steps_per_sec,
+            "elapsed_seconds": now - self._first[1],
+            "eta_seconds": eta,
+        }
+        return dict(self._stats)
+
+    def format(self, step: int) -> str:
+        """'step 120/3200 (3.8%) | 4.21 steps/s | ETA 12m10s'; updates the meter first if `step` is new."""
+        if self._stats is None or self._stats["step"] != int(step):
+            self.update(step)
+        stats = self._stats
+        rate = stats["steps_per_sec"]
+        rate_text = f"{rate:.2f} steps/s" if rate is not None else "-- steps/s"
+        return (f"step {stats['step']}/{stats['total_steps']} ({stats['percent']:.1f}%) | {rate_text} | "
+                f"ETA {format_duration(stats['eta_seconds'])}")
+
+
+def _rate(steps: int, seconds: float) -> Optional[float]:
+    if steps <= 0 or seconds <= 0:
+        return None
+    return steps / seconds
