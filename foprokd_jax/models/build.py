@@ -1,0 +1,95 @@
+"""Builds the student and the frozen teacher from a config, and initialises the student.
+
+The teacher's architecture comes from its artifact's sidecar (`arch`, optional `stage_sizes`/`block`/
+`width` for non-torchvision shapes such as the demo's tiny teacher), so a config cannot silently pair
+weights with the wrong network: `config.teacher.arch` must equal the artifact's `arch`.
+"""
+from typing import Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from foprokd_jax.data.isic_splits import CLASS_NAMES
+from foprokd_jax.models.ekd_student import EKDStudent
+from foprokd_jax.models.resnet import ResNet, get_resnet
+from foprokd_jax.parallel import DATA_AXIS
+from foprokd_jax.porting import artifact
+
+
+def teacher_from_artifact(path: str, expected_arch: str) -> Tuple[ResNet, dict, dict]:
+    """(module, variables, meta) of a converted teacher; meta gains the artifact path for the records."""
+    variables, meta = artifact.load_artifact(path, expected_arch=expected_arch)
+    if meta.get("stage_sizes"):
+        module = ResNet(stage_sizes=tuple(meta["stage_sizes"]), block=meta.get("block", "bottleneck"),
+                        width=int(meta.get("width", 64)))
+    else:
+        module = get_resnet(meta["arch"])
+    variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    # The distilled feature is the pooled trunk output; a classifier in the artifact is never used.
+    variables = {k: {n: p for n, p in v.items() if n != "fc"} for k, v in variables.items()}
+    feature_dim = module.feature_dim
+    if meta.get("feature_dim") not in (None, feature_dim):
+        raise ValueError(f"artifact {path} declares feature_dim {meta['feature_dim']} but its architecture "
+                         f"produces {feature_dim}")
+    record = {"artifact": path, "sha256": meta["sha256"], "arch": meta["arch"], "feature_dim": feature_dim,
+              "source": meta.get("source")}
+    return module, variables, record
+
+
+def models_from_config(config):
+    """Returns (student, teacher or None, teacher variables or {}, teacher record or None)."""
+    teacher, teacher_vars, record = None, {}, None
+    if config.method == "ekd":
+        teacher, teacher_vars, record = teacher_from_artifact(config.teacher.artifact, config.teacher.arch)
+    student = EKDStudent(num_classes=len(CLASS_NAMES),
+                         teacher_dim=record["feature_dim"] if record else None,
+                         trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
+                         width=config.student.width, bn_axis_name=DATA_AXIS)
+    return student, teacher, teacher_vars, record
+
+
+def init_student(student: EKDStudent, config, rng: jax.Array) -> dict:
+    """Torch-style random init, optionally overwriting the trunk with a converted torchvision artifact."""
+    size = config.input.image_size
+    dummy = jnp.zeros((1, size, size, 3), jnp.float32)
+    # The student's BN is synchronised over the 'data' axis, which only exists inside shard_map; init in
+    # eval mode needs no collective, so it runs outside.
+    variables = jax.jit(lambda r: student.init(r, dummy, train=False))(rng)
+    variables = flax.core.unfreeze(variables)
+    if config.student.init:
+        variables = load_trunk_weights(variables, config.student.init, config.student.name)
+    return variables
+
+
+def load_trunk_weights(variables: dict, path: str, arch: str) -> dict:
+    """Copies a converted torchvision ResNet (e.g. ImageNet IMAGENET1K_V1) into the student's trunk.
+
+    Every trunk variable must be present with the same shape; the torchvision `fc` is skipped (the
+    student's heads stay randomly initialised), as the reference's `--pre_trained_tv` does.
+    """
+    loaded, _ = artifact.load_artifact(path, expected_arch=arch)
+    flat_loaded = flax.traverse_util.flatten_dict(loaded)
+    flat = flax.traverse_util.flatten_dict(variables)
+    missing, copied = [], 0
+    for key, value in flat.items():
+        if len(key) < 2 or key[1] != "trunk":
+            continue
+        source_key = (key[0],) + key[2:]
+        if source_key not in flat_loaded:
+            missing.append("/".join(source_key))
+            continue
+        if tuple(flat_loaded[source_key].shape) != tuple(value.shape):
+            raise ValueError(f"{path}: {'/'.join(source_key)} has shape {flat_loaded[source_key].shape}, the "
+                             f"student trunk expects {value.shape}")
+        flat[key] = jnp.asarray(np.asarray(flat_loaded[source_key]), value.dtype)
+        copied += 1
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} student trunk variables, e.g. {missing[:5]}")
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def count_params(tree) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+

@@ -1,0 +1,92 @@
+"""The EKD student of FoPro-KD: a ResNet trunk plus the heads of fopro_kd_spec.md §3.3.
+
+Layout of the released "ImageNet" ResNet-18 variant (``models/resnet_free.py``):
+
+  h  = GAP(layer4)       512-d for ResNet-18
+  z1 = fc(h)             Linear(512, C) on the *raw* feature
+  p  = p_free(h)         Linear(512, 512) -> BatchNorm1d -> ReLU -> Linear(512, D_t)
+  z2 = fc_free(p)        Linear(D_t, C) on the projection
+
+``p`` is matched to the frozen teacher's embedding (D_t = 2048 for the MoCo-v2 ResNet-50 of Chen et
+al. 2020). Only ``z1`` is used at evaluation time. Every Linear uses torch's default init and the
+BatchNorm1d torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5), per spec §7.
+"""
+from typing import Any, Dict, Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from foprokd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ResNet, get_resnet
+from foprokd_jax.models.torch_init import torch_dense
+
+
+class FreeProjector(nn.Module):
+    """``p_free``: Linear(d, d) -> BatchNorm1d(d) -> ReLU -> Linear(d, D_t); no output norm/activation.
+
+    The hidden width equals the input width (512 for a ResNet-18 trunk), as in the reference code.
+    """
+
+    out_dim: int
+    bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        hidden = h.shape[-1]
+        y = torch_dense(hidden, hidden, name="linear1", dtype=self.dtype)(h)
+        y = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=BN_MOMENTUM,
+            epsilon=BN_EPSILON,
+            axis_name=self.bn_axis_name,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="bn",
+        )(y)
+        y = nn.relu(y)
+        return torch_dense(self.out_dim, hidden, name="linear2", dtype=self.dtype)(y)
+
+
+class EKDStudent(nn.Module):
+    """ResNet trunk + ``fc`` + ``p_free`` + ``fc_free``; returns ``dict(h, z1, p, z2)``.
+
+    Attributes:
+      num_classes: C, the number of target classes.
+      teacher_dim: D_t, the width of the teacher embedding that ``p`` is distilled towards; None builds
+        the student without ``p_free``/``fc_free`` (the BSM-only baseline).
+      trunk: torchvision name of the trunk ('resnet18' or 'resnet50'). Ignored when ``stage_sizes``
+        is non-empty, which builds a custom (e.g. tiny test) trunk from ``stage_sizes``/``block``/
+        ``width``.
+      bn_axis_name: mesh axis for synchronised BN, used by the trunk and by ``p_free``.
+      dtype: compute dtype; parameters stay float32.
+    """
+
+    num_classes: int
+    teacher_dim: Optional[int]
+    trunk: str = "resnet18"
+    stage_sizes: Optional[Sequence[int]] = None
+    block: str = "basic"
+    width: int = 64
+    bn_axis_name: Optional[str] = None
+    dtype: Any = jnp.float32
+
+    def _build_trunk(self) -> ResNet:
+        common = dict(num_classes=None, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="trunk")
+        # An empty sequence (a config default) means "use the named trunk", like None.
+        if self.stage_sizes:
+            return ResNet(stage_sizes=tuple(self.stage_sizes), block=self.block, width=self.width,
+                          **common)
+        return get_resnet(self.trunk, width=self.width, **common)
+
+    @nn.compact
+    def __call__(self, x, train: bool) -> Dict[str, jnp.ndarray]:
+        h = self._build_trunk()(x, train)["pre_logits"]
+        feature_dim = h.shape[-1]
+        z1 = torch_dense(self.num_classes, feature_dim, name="fc", dtype=self.dtype)(h)
+        if self.teacher_dim is None:
+            # The plain long-tail baseline ('bsm'): no distillation heads, only fc on the raw feature.
+            return dict(h=h, z1=z1)
+        p = FreeProjector(self.teacher_dim, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
+                          name="p_free")(h, train)
+        z2 = torch_dense(self.num_classes, self.teacher_dim, name="fc_free", dtype=self.dtype)(p)
+        return dict(h=h, z1=z1, p=p, z2=z2)
