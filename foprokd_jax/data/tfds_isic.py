@@ -41,7 +41,7 @@ STANDARD_SIZES = (224, 112, 64, 32)
 # at 72 vs 58 KiB/img on disk, and PNG would need TensorFlow (or a PIL pre-encode) to write.
 
 
-class IsicImageError(RuntimeError):
+class IsicImageError(ValueError):
     """An ISIC image folder or JPEG that cannot be used."""
 
 
