@@ -25,7 +25,8 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBo
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import parallel
+    from foprokd_jax import logging_utils, parallel
+    logging_utils.quiet_library_logs()
     parallel.maybe_initialize_distributed()
     from foprokd_jax import demo, train
 
