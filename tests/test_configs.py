@@ -1,0 +1,37 @@
+"""Every config builds for each `:arg` combination, is locked, and rejects typos and bad values."""
+import itertools
+
+import pytest
+
+from configs import common, demo, isic
+
+
+@pytest.mark.parametrize("method,imb,fold", itertools.product(["ekd", "bsm"], ["0.01", "0.005", "0.002"],
+                                                              [1, 2, 3, 4, 5]))
+def test_isic_config_builds_for_every_split(method, imb, fold):
+    config = isic.get_config(f"method={method},imb={imb},fold={fold}")
+    assert (config.method, config.input.imb, config.input.fold) == (method, imb, fold)
+    # The reference EKD settings (spec §10).
+    assert config.optim.lr == 3e-4 and config.optim.clip_norm == 5.0 and config.optim.weight_decay == 0.0
+    assert config.input.batch_size == 32 and config.input.image_size == 224 and config.total_epochs == 100
+    assert config.loss.name == "bsm" and config.loss.free_u == 3.0
+    with pytest.raises(AttributeError):
+        config.input.bach_size = 8  # locked: typos fail instead of silently adding a key
+
+
+def test_runlocal_shrinks_everything():
+    config = isic.get_config("runlocal")
+    assert config.input.image_size <= 64 and config.total_steps > 0 and config.student.width < 64
+
+
+@pytest.mark.parametrize("arg", ["imb=0.3", "fold=6", "method=foo", "teacher=clip", "folds=1", "fold"])
+def test_isic_config_rejects_bad_arguments(arg):
+    with pytest.raises((KeyError, ValueError)):
+        isic.get_config(arg)
+
+
+def test_demo_config_and_parse_arg_types():
+    config = demo.get_config()
+    assert config.demo and config.demo_methods == "bsm+ekd" and config.total_steps > 0
+    parsed = common.parse_arg("a=3,b=0.5,c=x,d", a=1, b=0.1, c="y", d=False)
+    assert (parsed.a, parsed.b, parsed.c, parsed.d) == (3, 0.5, "x", True)
