@@ -17,16 +17,30 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed() -> None:
-    """Joins a multi-host job when launched as one (Cloud TPU pods, Slurm, or explicit env vars).
+def launched_as_multi_process(environ=None) -> bool:
+    """Whether this process is one of several in a job (so `jax.distributed.initialize()` must run).
 
-    `jax.distributed.initialize()` must run before any other JAX call. Single-host runs skip it, so a
-    laptop or one GPU box needs no cluster environment.
+    Detected from the launchers' environments: Slurm with more than one task, a multi-host Cloud TPU
+    slice (several worker hostnames), an explicit JAX coordinator address, or FOPROKD_DISTRIBUTED=1.
     """
-    explicit = os.environ.get("FOPROKD_DISTRIBUTED", "").lower() in ("1", "true", "yes")
-    cluster = any(k in os.environ for k in ("SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS"))
-    slurm_single = os.environ.get("SLURM_NTASKS", "1") == "1" and "TPU_WORKER_HOSTNAMES" not in os.environ
-    if explicit or (cluster and not slurm_single):
+    env = os.environ if environ is None else environ
+    if env.get("FOPROKD_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return True
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        return True
+    return bool(env.get("JAX_COORDINATOR_ADDRESS"))
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-host job when launched as one; single-host runs (a laptop, one GPU box) skip it.
+
+    `jax.distributed.initialize()` must run before any other JAX call; with no arguments it reads the
+    cluster from the environment (Cloud TPU, Slurm, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID).
+    """
+    if launched_as_multi_process():
         jax.distributed.initialize()
         logging.info("jax.distributed initialised: process %d of %d, %d global devices",
                      jax.process_index(), jax.process_count(), jax.device_count())

@@ -102,6 +102,8 @@ def bench_pipeline(size, batch_size, num_batches, worker_count):
 def main(argv):
     del argv
     import jax
+    from foprokd_jax import logging_utils
+    logging_utils.quiet_library_logs()
     print(f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     results = {"steps": [], "pipeline": []}
