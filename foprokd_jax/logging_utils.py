@@ -109,6 +109,46 @@ class MetricWriter:
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
 
+    def write_images(self, step: int, images: dict) -> None:
+        """TensorBoard image summaries (Images tab) plus PNG copies under `workdir/images/`.
+
+        `images` maps tag -> uint8 array, HWC (C = 1, 3 or 4) or NHWC. An NHWC batch of N > 1 becomes
+        tags `<tag>/0` .. `<tag>/N-1`. Each image is PNG-encoded with Pillow into a `Summary.Image`
+        (TensorBoard's own proto, no TF) and saved as `images/<tag>_<step>[_<i>].png`, with "/" and other
+        unsafe characters in the tag replaced by "_".
+        """
+        if not self.enabled:
+            return
+        import io
+        import re
+
+        from PIL import Image
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        image_dir = os.path.join(self.workdir, "images")
+        os.makedirs(image_dir, exist_ok=True)
+        values = []
+        for tag, array in images.items():
+            array = np.asarray(array)
+            if array.dtype != np.uint8 or array.ndim not in (3, 4) or array.shape[-1] not in (1, 3, 4):
+                raise ValueError(f"image '{tag}' must be uint8 HWC or NHWC with 1, 3 or 4 channels; "
+                                 f"got {array.dtype} {array.shape}")
+            batch = array[None] if array.ndim == 3 else array
+            for index, image in enumerate(batch):
+                suffix = f"_{index}" if len(batch) > 1 else ""
+                buffer = io.BytesIO()
+                Image.fromarray(image[:, :, 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+                encoded = buffer.getvalue()
+                filename = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}_{int(step)}{suffix}.png"
+                with open(os.path.join(image_dir, filename), "wb") as f:
+                    f.write(encoded)
+                summary_image = summary_pb2.Summary.Image(height=image.shape[0], width=image.shape[1],
+                                                          colorspace=image.shape[2], encoded_image_string=encoded)
+                values.append(summary_pb2.Summary.Value(tag=f"{tag}/{index}" if len(batch) > 1 else tag,
+                                                        image=summary_image))
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
+                                               summary=summary_pb2.Summary(value=values)))
+
     def write_hparams(self, hparams: dict) -> None:
         """Writes the run's (flat or nested) hyperparameters to `workdir/hparams.json`."""
         if not self.enabled:

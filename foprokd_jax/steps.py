@@ -16,24 +16,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from foprokd_jax import losses, metrics, parallel
+from foprokd_jax import image_norm, losses, metrics, parallel
 from foprokd_jax.state import TrainState
 
-# ImageNet statistics, used by torchvision, MoCo-v2 and DINOv2 alike (spec §6).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 METHODS = ("bsm", "ekd")
 
 
 def normalize_images(images: jnp.ndarray, dtype=jnp.float32) -> jnp.ndarray:
-    """uint8 NHWC in [0, 255] -> ImageNet-normalised floats (torchvision ToTensor + Normalize).
-
-    The input pipeline ships uint8 so host-to-device traffic is 4x smaller; normalising here keeps the
-    (future) Fourier prompt generator free to un-normalise and re-normalise inside the model code.
-    """
-    x = images.astype(jnp.float32) / 255.0
-    x = (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
-    return x.astype(dtype)
+    """uint8 NHWC -> ImageNet-normalised floats. The pipeline ships uint8 (4x less host-to-device traffic)."""
+    return image_norm.normalize_uint8(images, dtype)
 
 
 def teacher_features(teacher: nn.Module, teacher_vars: dict, x: jnp.ndarray, feature_key: str) -> jnp.ndarray:
