@@ -38,7 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "run"                   # default workdir name: workdirs/<name>
     c.demo = False                   # True only in configs/demo.py (synthetic data + method comparison)
-    c.method = "ekd"                 # 'ekd' (BSM x2 + free_u * teacher-feature loss) or 'bsm' (BSM on fc only)
+    # 'fopro' (EKD with the Fourier prompt on the teacher input + AKD), 'ekd' (the released code: BSM x2 +
+    # free_u * teacher-feature loss, teacher sees x) or 'bsm' (BSM on fc only, no teacher)
+    c.method = "fopro"
     c.seed = 0                       # model init and data order (grain shuffle + augmentation seeds)
 
     c.input = ml_collections.ConfigDict()
@@ -68,6 +70,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "bsm"              # long-tail loss on both heads: 'bsm' (Balanced Softmax) or 'ce'
     c.loss.free_u = 3.0              # weight of the 2 - 2cos teacher-feature term (reference README)
+
+    # FoPro-KD's Fourier Prompt Generator and adversarial KD: a RECONSTRUCTION (docs/fpg.md, spec §2.4, §4).
+    c.fpg = ml_collections.ConfigDict()
+    c.fpg.variant = "spectrum"       # 'spectrum' (gain per rfft2 bin), 'radial' (per frequency band), 'conditional'
+    c.fpg.alpha = 1.0                # log-gain bound: gain = exp(alpha * tanh(g)) in [e^-alpha, e^alpha]
+    c.fpg.num_bands = 16             # 'radial': number of radial frequency bands
+    c.fpg.share_channels = False     # 'spectrum'/'radial': one gain for R, G and B
+    c.fpg.hidden = 16                # 'conditional': channels of the small CNN on the log-amplitude
+    c.fpg.depth = 3                  # 'conditional': 3x3 conv + ReLU layers before the output conv
+    c.fpg.lambda_cls = 1.0           # weight of the explore term: long-tail loss of a linear head on f(P(x))
+    c.fpg.lambda_adv = 1.0           # AKD: the prompt maximises student-teacher disagreement (0 = FPG without AKD)
+    c.fpg.lambda_reg = 1e-3          # keeps the prompt near identity: mean((log gain)^2)
+    c.fpg.optim = ml_collections.ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
+                                                 weight_decay=0.0, clip_norm=5.0))
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"            # torch-style Adam; lr hard-coded to 3e-4 in the reference

@@ -1,4 +1,4 @@
-"""Demo: BSM vs EKD end to end on a small synthetic dataset in the official ISIC-2019-LT layout.
+"""Demo: BSM vs EKD vs FoPro-KD end to end on a small synthetic dataset in the official ISIC-2019-LT layout.
 
 Command (the default of launch/train.py; a few minutes on a 2-core CPU):
 
@@ -7,20 +7,21 @@ Command (the default of launch/train.py; a few minutes on a 2-core CPU):
 
 What it does: writes synthetic JPEGs + split CSVs in the official layout under data/synthetic_isic (once),
 prepares the tfds array_record copy (once), writes a demo teacher artifact (once), then trains the BSM
-baseline and EKD with identical settings into <workdir>/bsm and <workdir>/ekd, and prints a comparison
+baseline, EKD and FoPro-KD with identical settings into <workdir>/{bsm,ekd,fopro}, and prints a comparison
 table (also <workdir>/comparison.json and comparison.png).
 
 Honesty note: real MoCo-v2 weights cannot be downloaded offline, so the demo teacher is a randomly
 initialised small ResNet saved in the real artifact format. The demo exercises the whole pipeline
 (data, teacher loading, distillation, checkpoints, selection, report); it says nothing about how much a
-pretrained teacher helps. Expected result: both methods well above chance (1/8 = 0.125 balanced accuracy)
-on the synthetic test split; the exact numbers depend on the machine's floating point.
+pretrained teacher helps, and FoPro-KD's FPG/AKD are a reconstruction (docs/fpg.md). Expected result:
+all three well above chance (1/8 = 0.125 balanced accuracy) on the synthetic test split; the exact
+numbers depend on the machine's floating point.
 """
 from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, methods="bsm+ekd", steps=240)
+    arg = common.parse_arg(arg, methods="bsm+ekd+fopro", steps=240)
     config = common.base_config()
     config.name = "demo"
     config.demo = True

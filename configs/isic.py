@@ -1,15 +1,21 @@
-"""ISIC-2019-LT: EKD (released FoPro-KD baseline) or the BSM-only long-tail baseline.
+"""ISIC-2019-LT: FoPro-KD (default), the released EKD, or the BSM-only long-tail baseline.
 
-Command (one fold, imbalance 500, the released EKD with the MoCo-v2 ResNet-50 teacher):
+Commands (one fold, imbalance factor 0.002 = nominal ratio 500, MoCo-v2 ResNet-50 teacher):
 
     python launch/convert_teacher.py --src=moco_v2_800ep_pretrain.pth.tar --arch=resnet50 \
         --out=teachers/moco_v2_r50.npz
-    python launch/train.py --config=configs/isic.py:method=ekd,imb=0.002,fold=1 \
-        --workdir=workdirs/isic_ekd_0.002_f1
+    python launch/train.py --config=configs/isic.py:method=fopro,imb=0.002,fold=1 \
+        --workdir=workdirs/isic_fopro_0.002_f1
 
-BSM baseline: `--config=configs/isic.py:method=bsm,imb=0.002,fold=1`.
-Arguments: method=ekd|bsm, teacher=moco (only teacher ported so far), imb=0.01|0.005|0.002, fold=1..5,
-runlocal (tiny shapes and a few steps, for smoke tests on a CPU).
+Ablations (same command, other arguments):
+    method=ekd                      the released EKD (teacher sees the un-prompted image)
+    method=bsm                      the long-tail baseline, no teacher
+    method=fopro,akd=False          +FPG without adversarial KD (fpg.lambda_adv = 0)
+    method=fopro,fpg=radial         FPG variant: 16 radial frequency bands x 3 channels
+    method=fopro,fpg=conditional    FPG variant: input-conditional CNN on the log-amplitude
+Arguments: method=fopro|ekd|bsm, fpg=spectrum|radial|conditional, akd=True|False, teacher=moco (only
+teacher ported so far), imb=0.01|0.005|0.002, fold=1..5, runlocal (tiny shapes and a few steps).
+FPG and AKD are a RECONSTRUCTION (the authors never released them): docs/fpg.md.
 
 Expected result: the paper's tables could not be recovered here (spec §11), so no number is promised.
 Reference settings: Adam 3e-4, clip 5, batch 32, 100 epochs at 224x224, ResNet-18 from scratch.
@@ -23,9 +29,12 @@ TEACHERS = {"moco": dict(name="moco_v2_r50", artifact="teachers/moco_v2_r50.npz"
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, method="ekd", teacher="moco", imb="0.01", fold=1, runlocal=False)
-    if arg.method not in ("ekd", "bsm"):
-        raise ValueError(f"method must be 'ekd' or 'bsm', got {arg.method!r}")
+    arg = common.parse_arg(arg, method="fopro", teacher="moco", imb="0.01", fold=1, fpg="spectrum", akd=True,
+                           runlocal=False)
+    if arg.method not in ("fopro", "ekd", "bsm"):
+        raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
+    if arg.fpg not in ("spectrum", "radial", "conditional"):
+        raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
     if arg.teacher not in TEACHERS:
         raise ValueError(f"teacher must be one of {sorted(TEACHERS)}, got {arg.teacher!r}")
     if arg.imb not in ("0.01", "0.005", "0.002"):
@@ -34,8 +43,11 @@ def get_config(arg=None):
         raise ValueError(f"fold must be in 1..5, got {arg.fold}")
 
     config = common.base_config()
-    config.name = f"isic_{arg.method}_{arg.teacher}_imb{arg.imb}_fold{arg.fold}"
+    variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
+    config.name = f"isic_{arg.method}{variant}_{arg.teacher}_imb{arg.imb}_fold{arg.fold}"
     config.method = arg.method
+    config.fpg.variant = arg.fpg
+    config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
     config.input.imb = arg.imb
     config.input.fold = arg.fold
     config.teacher.update(TEACHERS[arg.teacher])

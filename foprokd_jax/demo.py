@@ -38,7 +38,8 @@ def ensure_demo_teacher(config) -> None:
         return
     module = ResNet(**DEMO_TEACHER)
     size = config.input.image_size
-    variables = module.init(jax.random.PRNGKey(1234), jnp.zeros((1, size, size, 3)), train=False)
+    variables = jax.jit(lambda rng: module.init(rng, jnp.zeros((1, size, size, 3)), train=False))(
+        jax.random.PRNGKey(1234))
     artifact.save_artifact(path, jax.device_get(variables), {
         "arch": config.teacher.arch, "feature_dim": module.feature_dim, "source": "random init (demo only)",
         **{k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_TEACHER.items()}})

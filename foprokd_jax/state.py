@@ -17,6 +17,9 @@ class TrainState:
     params: Any                # student parameters
     batch_stats: Any           # student BatchNorm running statistics
     opt_state: optax.OptState  # optimizer state (Adam moments and count)
+    # FoPro-KD only (empty otherwise): Fourier prompt + explore-head parameters and their optimizer.
+    fpg_params: Any = flax.struct.field(default_factory=dict)
+    fpg_opt_state: Any = optax.EmptyState()
 
 
 def make_optimizer(optim_config) -> optax.GradientTransformation:
@@ -38,10 +41,14 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def create_train_state(variables: dict, optimizer: optax.GradientTransformation) -> TrainState:
+def create_train_state(variables: dict, optimizer: optax.GradientTransformation,
+                       fpg_params: Any = None, fpg_optimizer: Any = None) -> TrainState:
     params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params))
+    if fpg_params is not None:
+        state = state.replace(fpg_params=fpg_params, fpg_opt_state=fpg_optimizer.init(fpg_params))
+    return state
 
 
 def abstract_like(tree: Any) -> Any:

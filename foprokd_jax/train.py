@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from foprokd_jax import checkpointing, losses, logging_utils, metrics, parallel, plots, steps
+from foprokd_jax import checkpointing, fopro_step, fpg_plots, losses, logging_utils, metrics, parallel, plots, steps
 from foprokd_jax.data import isic_splits, pipeline, tfds_isic
 from foprokd_jax.models import build
 from foprokd_jax.state import create_train_state, make_optimizer
@@ -71,6 +71,14 @@ def evaluate(eval_step, state, source, config, mesh) -> np.ndarray:
     return confusion
 
 
+def write_prompt_images(writer, step, prompt, state, source, num_images: int = 6) -> None:
+    """The learned gain spectrum and originals above prompted images (TensorBoard + workdir/images)."""
+    images = np.stack([source[i]["image"] for i in range(min(num_images, len(source)))])
+    visuals = fpg_plots.prompt_visuals(prompt, jax.device_get(state.fpg_params["prompt"]), images)
+    writer.write_images(step, {"fpg/gain_spectrum": visuals["gain_png_array"],
+                               "fpg/original_vs_prompted": visuals["side_by_side"]})
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     write_config_json(config, workdir)
@@ -88,14 +96,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     student, teacher, teacher_vars, teacher_meta = build.models_from_config(config)
     optimizer = make_optimizer(config.optim)
-    init_vars = build.init_student(student, config, jax.random.PRNGKey(config.seed))
-    state = parallel.replicate(create_train_state(init_vars, optimizer), mesh)
-    teacher_vars = parallel.replicate(teacher_vars, mesh) if teacher is not None else {}
-
+    student_rng, prompt_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    init_vars = build.init_student(student, config, student_rng)
     cls_loss = losses.make_classification_loss(config.loss.name, train_counts)
-    train_step = steps.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss, optimizer=optimizer,
-                                       method=config.method, free_u=config.loss.free_u,
-                                       teacher_feature_key=config.teacher.feature_key, mesh=mesh)
+    if config.method == "fopro":
+        prompt, explore_head = build.prompt_from_config(config, teacher_meta["feature_dim"])
+        fpg_optimizer = make_optimizer(config.fpg.optim)
+        fpg_params = build.init_prompt(prompt, explore_head, teacher_meta["feature_dim"], config.input.image_size,
+                                       prompt_rng)
+        state = create_train_state(init_vars, optimizer, fpg_params, fpg_optimizer)
+        train_step = fopro_step.make_fopro_train_step(
+            student=student, teacher=teacher, prompt=prompt, explore_head=explore_head, cls_loss=cls_loss,
+            optimizer=optimizer, fpg_optimizer=fpg_optimizer, free_u=config.loss.free_u,
+            lambda_cls=config.fpg.lambda_cls, lambda_adv=config.fpg.lambda_adv, lambda_reg=config.fpg.lambda_reg,
+            teacher_feature_key=config.teacher.feature_key, mesh=mesh)
+    else:
+        prompt = None
+        state = create_train_state(init_vars, optimizer)
+        train_step = steps.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss,
+                                           optimizer=optimizer, method=config.method, free_u=config.loss.free_u,
+                                           teacher_feature_key=config.teacher.feature_key, mesh=mesh)
+    state = parallel.replicate(state, mesh)
+    teacher_vars = parallel.replicate(teacher_vars, mesh) if teacher is not None else {}
     eval_step = steps.make_eval_step(student=student, num_classes=len(isic_splits.CLASS_NAMES), mesh=mesh)
     train_iter = pipeline.make_train_iterator(
         sources["train"], config.input.batch_size, seed=config.seed, process_index=jax.process_index(),
@@ -135,6 +157,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                                        config.eval.head_min, config.eval.tail_max)
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
+                if config.method == "fopro" and is_chief:
+                    write_prompt_images(writer, step, prompt, state, sources[selection_split])
                 ckpt.save(step, state, train_iter, report["bacc"])
         ckpt.wait()
         best_step = ckpt.best_step()

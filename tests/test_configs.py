@@ -6,8 +6,8 @@ import pytest
 from configs import common, demo, isic
 
 
-@pytest.mark.parametrize("method,imb,fold", itertools.product(["ekd", "bsm"], ["0.01", "0.005", "0.002"],
-                                                              [1, 2, 3, 4, 5]))
+@pytest.mark.parametrize("method,imb,fold", list(itertools.product(
+    ["fopro", "ekd", "bsm"], ["0.01", "0.005", "0.002"], [1, 2, 3, 4, 5])))
 def test_isic_config_builds_for_every_split(method, imb, fold):
     config = isic.get_config(f"method={method},imb={imb},fold={fold}")
     assert (config.method, config.input.imb, config.input.fold) == (method, imb, fold)
@@ -19,12 +19,21 @@ def test_isic_config_builds_for_every_split(method, imb, fold):
         config.input.bach_size = 8  # locked: typos fail instead of silently adding a key
 
 
+@pytest.mark.parametrize("arg,variant,lambda_adv", [("method=fopro", "spectrum", 1.0),
+                                                    ("fpg=radial,akd=False", "radial", 0.0),
+                                                    ("fpg=conditional", "conditional", 1.0)])
+def test_fopro_ablation_arguments(arg, variant, lambda_adv):
+    config = isic.get_config(arg)
+    assert config.method == "fopro" and config.fpg.variant == variant and config.fpg.lambda_adv == lambda_adv
+
+
 def test_runlocal_shrinks_everything():
     config = isic.get_config("runlocal")
     assert config.input.image_size <= 64 and config.total_steps > 0 and config.student.width < 64
 
 
-@pytest.mark.parametrize("arg", ["imb=0.3", "fold=6", "method=foo", "teacher=clip", "folds=1", "fold"])
+@pytest.mark.parametrize("arg", ["imb=0.3", "fold=6", "method=foo", "teacher=clip", "folds=1", "fold",
+                                 "fpg=phase", "akd=maybe"])
 def test_isic_config_rejects_bad_arguments(arg):
     with pytest.raises((KeyError, ValueError)):
         isic.get_config(arg)
@@ -32,6 +41,6 @@ def test_isic_config_rejects_bad_arguments(arg):
 
 def test_demo_config_and_parse_arg_types():
     config = demo.get_config()
-    assert config.demo and config.demo_methods == "bsm+ekd" and config.total_steps > 0
+    assert config.demo and config.demo_methods == "bsm+ekd+fopro" and config.total_steps > 0
     parsed = common.parse_arg("a=3,b=0.5,c=x,d", a=1, b=0.1, c="y", d=False)
     assert (parsed.a, parsed.b, parsed.c, parsed.d) == (3, 0.5, "x", True)

@@ -13,7 +13,9 @@ import numpy as np
 
 from foprokd_jax.data.isic_splits import CLASS_NAMES
 from foprokd_jax.models.ekd_student import EKDStudent
+from foprokd_jax.models.fourier_prompt import FourierPrompt
 from foprokd_jax.models.resnet import ResNet, get_resnet
+from foprokd_jax.models.torch_init import torch_dense
 from foprokd_jax.parallel import DATA_AXIS
 from foprokd_jax.porting import artifact
 
@@ -41,13 +43,30 @@ def teacher_from_artifact(path: str, expected_arch: str) -> Tuple[ResNet, dict, 
 def models_from_config(config):
     """Returns (student, teacher or None, teacher variables or {}, teacher record or None)."""
     teacher, teacher_vars, record = None, {}, None
-    if config.method == "ekd":
+    if config.method in ("ekd", "fopro"):
         teacher, teacher_vars, record = teacher_from_artifact(config.teacher.artifact, config.teacher.arch)
     student = EKDStudent(num_classes=len(CLASS_NAMES),
                          teacher_dim=record["feature_dim"] if record else None,
                          trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
                          width=config.student.width, bn_axis_name=DATA_AXIS)
     return student, teacher, teacher_vars, record
+
+
+def prompt_from_config(config, teacher_dim: int):
+    """The Fourier prompt generator and the explore head (Linear D_t -> C on teacher features)."""
+    fpg = config.fpg
+    prompt = FourierPrompt(variant=fpg.variant, alpha=fpg.alpha, num_bands=fpg.num_bands,
+                           share_channels=fpg.share_channels, hidden=fpg.hidden, depth=fpg.depth)
+    explore_head = torch_dense(len(CLASS_NAMES), teacher_dim, name="explore_head")
+    return prompt, explore_head
+
+
+def init_prompt(prompt, explore_head, teacher_dim: int, image_size: int, rng: jax.Array) -> dict:
+    """Identity prompt (zero log-gain) and a torch-initialised explore head."""
+    prompt_rng, head_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    return {"prompt": jax.jit(prompt.init)(prompt_rng, dummy)["params"],
+            "explore_head": explore_head.init(head_rng, jnp.zeros((1, teacher_dim)))["params"]}
 
 
 def init_student(student: EKDStudent, config, rng: jax.Array) -> dict:
