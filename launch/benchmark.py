@@ -1,11 +1,12 @@
-"""Throughput benchmark: full `bsm` and `ekd` train steps and the input pipeline (not a test).
+"""Throughput benchmark: full `bsm`, `ekd` and `fopro` train steps and the input pipeline (not a test).
 
     python launch/benchmark.py                         # 224 and 112, batch 32, ResNet-18 / MoCo R50 shapes
     python launch/benchmark.py --image_sizes=112 --steps=5 --out=bench.json
 
 Reports compile time (first call) and steady-state img/s (median over --steps timed calls, after one
 warm-up call) of the real step functions with full-size models (ResNet-18 student with the EKD heads,
-ResNet-50 teacher with random weights: speed does not depend on the values), on all local devices.
+ResNet-50 teacher with random weights, plus the FPG for fopro: speed does not depend on the values), on
+all local devices.
 The pipeline figure is img/s of the grain train iterator with the 'skin' augmentation on synthetic
 images prepared at each size.
 """
@@ -21,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("image_sizes", ["224", "112"], "Square input sizes to benchmark.")
-flags.DEFINE_list("methods", ["bsm", "ekd"], "Methods whose train step is timed.")
+flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose train step is timed.")
+flags.DEFINE_string("fpg_variant", "spectrum", "FPG variant for the 'fopro' step.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration (after compile + 1 warm-up).")
 flags.DEFINE_integer("pipeline_batches", 8, "Batches drawn from the input pipeline per size.")
@@ -35,7 +37,9 @@ def bench_step(method, size, batch_size, steps):
     import jax.numpy as jnp
     import numpy as np
     from ml_collections import ConfigDict
-    from foprokd_jax import losses, parallel, steps as steps_lib
+    from configs import isic
+    from foprokd_jax import fopro_step, losses, parallel, steps as steps_lib
+    from foprokd_jax.models import build
     from foprokd_jax.models.ekd_student import EKDStudent
     from foprokd_jax.models.resnet import resnet50
     from foprokd_jax.state import create_train_state, make_optimizer
@@ -43,18 +47,30 @@ def bench_step(method, size, batch_size, steps):
     mesh = parallel.make_mesh()
     teacher = resnet50()
     dummy = jnp.zeros((1, size, size, 3))
-    teacher_vars = teacher.init(jax.random.PRNGKey(1), dummy, train=False) if method == "ekd" else {}
-    student = EKDStudent(num_classes=8, teacher_dim=2048 if method == "ekd" else None,
+    teacher_vars = teacher.init(jax.random.PRNGKey(1), dummy, train=False) if method != "bsm" else {}
+    uses_teacher = method in ("ekd", "fopro")
+    student = EKDStudent(num_classes=8, teacher_dim=2048 if uses_teacher else None,
                          bn_axis_name=parallel.DATA_AXIS)
     variables = jax.jit(lambda r: student.init(r, dummy, train=False))(jax.random.PRNGKey(0))
     optimizer = make_optimizer(ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
                                                weight_decay=0.0, clip_norm=5.0)))
-    state = parallel.replicate(create_train_state(variables, optimizer), mesh)
+    cls_loss = losses.make_classification_loss("bsm", np.arange(8, 0, -1))
+    if method == "fopro":
+        config = isic.get_config(f"method=fopro,fpg={FLAGS.fpg_variant}")
+        prompt, head = build.prompt_from_config(config, 2048)
+        fpg_params = build.init_prompt(prompt, head, 2048, size, jax.random.PRNGKey(2))
+        state = create_train_state(variables, optimizer, fpg_params, optimizer)
+        step = fopro_step.make_fopro_train_step(
+            student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
+            optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
+            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh)
+    else:
+        state = create_train_state(variables, optimizer)
+        step = steps_lib.make_train_step(
+            student=student, teacher=teacher if uses_teacher else None, cls_loss=cls_loss, optimizer=optimizer,
+            method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    state = parallel.replicate(state, mesh)
     teacher_vars = parallel.replicate(teacher_vars, mesh)
-    step = steps_lib.make_train_step(
-        student=student, teacher=teacher if method == "ekd" else None,
-        cls_loss=losses.make_classification_loss("bsm", np.arange(8, 0, -1)), optimizer=optimizer,
-        method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
     rng = np.random.default_rng(0)
     batch = parallel.host_batch_to_global(
         {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
