@@ -1,7 +1,4 @@
 """The student's ImageNet initialisation from a converted torchvision ResNet-18 artifact."""
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -10,9 +7,7 @@ import torch
 from configs import isic
 from foprokd_jax.models import build
 from foprokd_jax.porting.torch_compat import import_torchvision
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch"))
-import convert_teacher  # noqa: E402
+from launch import convert_teacher
 
 
 def test_student_trunk_loads_converted_torchvision_resnet18(tmp_path):
