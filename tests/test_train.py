@@ -121,3 +121,18 @@ def test_cli_names_the_missing_split_file(tmp_path):
     assert r.returncode != 0
     assert f"{tmp_path}/nope" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cli_demo_trains_fopro_end_to_end(tmp_path):
+    """The CLI with the demo config, run from an empty folder: synthetic data, demo teacher, FoPro-KD."""
+    config = os.path.join(ROOT, "configs", "demo.py") + ":methods=fopro,steps=4"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config}",
+                        "--workdir=demo"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fopro" in r.stdout and "Demo results" in r.stdout
+    with open(tmp_path / "demo" / "fopro" / "results.json") as f:
+        results = json.load(f)
+    assert results["method"] == "fopro" and results["best_step"] == 4
+    assert (tmp_path / "demo" / "fopro" / "images" / "fpg_gain_spectrum_4.png").exists()
+    assert (tmp_path / "demo" / "comparison.png").exists()
