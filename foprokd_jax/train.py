@@ -79,21 +79,18 @@ def write_prompt_images(writer, step, prompt, state, source, num_images: int = 6
                                "fpg/original_vs_prompted": visuals["side_by_side"]})
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    os.makedirs(workdir, exist_ok=True)
-    write_config_json(config, workdir)
-    is_chief = jax.process_index() == 0
-    mesh = parallel.make_mesh(None if config.num_devices <= 0 else config.num_devices)
-    parallel.check_global_batch(config.input.batch_size, mesh)
-    parallel.check_global_batch(config.input.eval_batch_size, mesh)
-    logging.info("Mesh: %s", parallel.device_count_summary(mesh))
+def validate_config(config) -> None:
+    """Catches values that would otherwise fail late or, worse, silently change the experiment."""
+    choices = {"method": (config.method, ("fopro", "ekd", "bsm")),
+               "input.augment": (config.input.augment, ("skin", "none")),
+               "eval.protocol": (config.eval.protocol, tuple(PROTOCOLS))}
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
 
-    tables, sources, train_counts = load_data(config)
-    logging.info("Train class counts (%s): %s", tables["train"].path, train_counts.tolist())
-    steps_per_epoch = pipeline.steps_per_epoch(len(sources["train"]), config.input.batch_size)
-    total_steps = config.total_steps if config.total_steps > 0 else config.total_epochs * steps_per_epoch
-    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
 
+def build_training(config, mesh, train_counts):
+    """Student, replicated initial state, compiled train step (+ prompt and teacher for fopro/ekd)."""
     student, teacher, teacher_vars, teacher_meta = build.models_from_config(config)
     optimizer = make_optimizer(config.optim)
     student_rng, prompt_rng = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -118,6 +115,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                            teacher_feature_key=config.teacher.feature_key, mesh=mesh)
     state = parallel.replicate(state, mesh)
     teacher_vars = parallel.replicate(teacher_vars, mesh) if teacher is not None else {}
+    return student, state, train_step, prompt, teacher_vars, teacher_meta
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    write_config_json(config, workdir)
+    is_chief = jax.process_index() == 0
+    mesh = parallel.make_mesh(None if config.num_devices <= 0 else config.num_devices)
+    parallel.check_global_batch(config.input.batch_size, mesh)
+    parallel.check_global_batch(config.input.eval_batch_size, mesh)
+    logging.info("Mesh: %s", parallel.device_count_summary(mesh))
+
+    tables, sources, train_counts = load_data(config)
+    logging.info("Train class counts (%s): %s", tables["train"].path, train_counts.tolist())
+    steps_per_epoch = pipeline.steps_per_epoch(len(sources["train"]), config.input.batch_size)
+    total_steps = config.total_steps if config.total_steps > 0 else config.total_epochs * steps_per_epoch
+    eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
+
+    student, state, train_step, prompt, teacher_vars, teacher_meta = build_training(config, mesh, train_counts)
     eval_step = steps.make_eval_step(student=student, num_classes=len(isic_splits.CLASS_NAMES), mesh=mesh)
     train_iter = pipeline.make_train_iterator(
         sources["train"], config.input.batch_size, seed=config.seed, process_index=jax.process_index(),

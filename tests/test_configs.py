@@ -44,3 +44,14 @@ def test_demo_config_and_parse_arg_types():
     assert config.demo and config.demo_methods == "bsm+ekd+fopro" and config.total_steps > 0
     parsed = common.parse_arg("a=3,b=0.5,c=x,d", a=1, b=0.1, c="y", d=False)
     assert (parsed.a, parsed.b, parsed.c, parsed.d) == (3, 0.5, "x", True)
+
+
+@pytest.mark.parametrize("key,value", [("input.augment", "flamby"), ("eval.protocol", "test_test")])
+def test_training_refuses_unknown_choices_before_touching_the_workdir(key, value, tmp_path):
+    from foprokd_jax import train
+    config = isic.get_config("runlocal")
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=key):
+        train.train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()
