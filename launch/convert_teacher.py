@@ -1,4 +1,4 @@
-r"""Convert a PyTorch ResNet checkpoint (MoCo-v2 or torchvision) into a Flax teacher artifact.
+r"""Convert a teacher checkpoint (MoCo-v2 / torchvision ResNet, DINOv2 ViT) into a Flax artifact.
 
 Offline, one-time step; the only place outside tests that imports torch (jax_conventions.md §6.10):
 
@@ -10,6 +10,14 @@ Offline, one-time step; the only place outside tests that imports torch (jax_con
 * ``--format auto`` picks MoCo-v2 when ``module.encoder_q.*`` keys exist (query encoder kept, MLP head
   dropped: the teacher feature is the 2048-d pooled output, fopro_kd_spec.md §6), else torchvision
   (``fc`` kept when present, so logits can be checked too).
+* DINOv2 (``--arch=dinov2_vit{s,b,l}14[_reg]``): ``--format dinov2`` reads the official
+  ``dinov2_*_pretrain.pth``; ``--format hf_dinov2`` reads a Hugging Face ``model.safetensors`` (or the
+  model folder holding it) without torch. The positional embedding is resized once, here, for
+  ``--image_size`` (default 224, a multiple of 14) exactly as the official code does at run time:
+
+    python launch/convert_teacher.py --src dinov2_vits14_pretrain.pth --arch dinov2_vits14 \
+        --format dinov2 --image_size 224 --out teachers/dinov2_vits14_224.npz
+
 * The output is ``--out`` (npz) plus ``--out``.json with the sha256; both appear atomically or not
   at all.
 """
@@ -23,18 +31,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 import numpy as np
 
-from foprokd_jax.porting import resnet_weights
+from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE
+from foprokd_jax.porting import dinov2_weights, resnet_weights
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 
-FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
+RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
+FEATURE_DIMS = {**RESNET_FEATURE_DIMS,
+                **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()}}
+ALL_FORMATS = ("auto", *resnet_weights.FORMATS, *dinov2_weights.FORMATS)
+HF_WEIGHTS_NAME = "model.safetensors"
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth / .pth.tar) to convert.")
 _OUT = flags.DEFINE_string("out", None,
                            "Output artifact path (.npz); a .npz.json sidecar is written beside it.")
 _ARCH = flags.DEFINE_enum("arch", "resnet50", sorted(FEATURE_DIMS),
-                          "ResNet architecture of the checkpoint.")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", *resnet_weights.FORMATS],
-                            "Checkpoint layout; 'auto' detects MoCo-v2 by its module.encoder_q.* keys.")
+                          "Architecture of the checkpoint (ResNet or DINOv2 ViT).")
+_FORMAT = flags.DEFINE_enum(
+    "format", "auto", list(ALL_FORMATS),
+    "Checkpoint layout. 'auto': for ResNets MoCo-v2 is detected by its module.encoder_q.* keys; for "
+    "DINOv2 a .safetensors file or a folder means hf_dinov2, anything else the official .pth.")
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", 224, "DINOv2 only: input size the positional embedding is baked for (multiple of "
+    f"{PATCH_SIZE}); the Flax teacher then accepts exactly this size.")
 
 
 class CheckpointError(RuntimeError):
@@ -75,16 +93,17 @@ def _tensors_to_numpy(state_dict):
 
 
 def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
-            include_fc=None) -> dict:
+            include_fc=None, image_size: int = 224) -> dict:
     """Convert ``src`` into the artifact ``out``; return the sidecar metadata.
 
     Args:
-      src: PyTorch checkpoint path.
+      src: checkpoint path (a HF model folder is accepted for 'hf_dinov2').
       out: artifact path (.npz); ``out + '.json'`` is the sidecar.
-      arch: 'resnet18' or 'resnet50'.
-      fmt: 'auto', 'moco_v2' or 'torchvision'.
-      include_fc: keep the torchvision classifier. None means: keep it for torchvision checkpoints
-        that have one, never for MoCo-v2 (whose fc is the contrastive MLP, not a classifier).
+      arch: 'resnet18', 'resnet50' or a DINOv2 name ('dinov2_vits14', ..., '_reg' variants).
+      fmt: 'auto', 'moco_v2', 'torchvision', 'dinov2' (official .pth) or 'hf_dinov2'.
+      include_fc: ResNets only: keep the torchvision classifier. None means: keep it for torchvision
+        checkpoints that have one, never for MoCo-v2 (whose fc is the contrastive MLP).
+      image_size: DINOv2 only: the input size the positional embedding is resized for.
 
     Raises:
       FileNotFoundError if ``src`` does not exist; CheckpointError if it cannot be read safely;
@@ -92,8 +111,12 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
     """
     if arch not in FEATURE_DIMS:
         raise ValueError(f"unsupported arch {arch!r}; expected one of {sorted(FEATURE_DIMS)}")
-    if fmt not in ("auto", *resnet_weights.FORMATS):
-        raise ValueError(f"unsupported format {fmt!r}")
+    if fmt not in ALL_FORMATS:
+        raise ValueError(f"unsupported format {fmt!r}; expected one of {list(ALL_FORMATS)}")
+    if arch in DINOV2_CONFIGS:
+        return _convert_dinov2(src, out, arch, fmt, include_fc, image_size)
+    if fmt in dinov2_weights.FORMATS:
+        raise ValueError(f"format {fmt!r} is for DINOv2 archs, not {arch!r}")
     checkpoint = _load_checkpoint(src)
 
     try:
@@ -133,18 +156,92 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
     return save_artifact(out, variables, meta)
 
 
+def _load_safetensors(src: str):
+    """A HF ``.safetensors`` file (or the model folder holding one) as {name: numpy array}."""
+    from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
+    path = os.path.join(src, HF_WEIGHTS_NAME) if os.path.isdir(src) else src
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Hugging Face weights not found: {path}")
+    try:
+        return load_file(path), path
+    except Exception as error:  # pylint: disable=broad-except
+        # safetensors raises its own SafetensorError (a plain Exception) for truncated/foreign files.
+        raise CheckpointError(f"{path} is not a readable safetensors file: "
+                              f"{type(error).__name__}: {error}") from error
+
+
+def _strip_prefix(state_dict, prefix):
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix):]: value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _convert_dinov2(src, out, arch, fmt, include_fc, image_size):
+    if fmt in resnet_weights.FORMATS:
+        raise ValueError(f"format {fmt!r} is for ResNets; DINOv2 archs take {dinov2_weights.FORMATS}")
+    if include_fc:
+        raise ValueError("DINOv2 backbones have no classifier to keep")
+    if image_size <= 0 or image_size % PATCH_SIZE:
+        raise ValueError(f"--image_size={image_size} is not a positive multiple of the DINOv2 patch "
+                         f"size {PATCH_SIZE} (e.g. 224 = 16 x {PATCH_SIZE}, 518 = 37 x {PATCH_SIZE})")
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    if fmt == "auto":
+        fmt = "hf_dinov2" if os.path.isdir(src) or src.endswith(".safetensors") else "dinov2"
+
+    if fmt == "hf_dinov2":
+        state_dict, weights_path = _load_safetensors(src)
+        to_flax = dinov2_weights.hf_dinov2_to_flax
+    else:
+        try:
+            state_dict = resnet_weights.unwrap_state_dict(_load_checkpoint(src))
+        except ValueError as error:
+            raise ValueError(f"{src}: {error}") from error
+        state_dict = _strip_prefix(_tensors_to_numpy(state_dict), "module.")
+        weights_path = src
+        to_flax = dinov2_weights.official_dinov2_to_flax
+    try:
+        variables = to_flax(state_dict, arch, image_size)
+    except ValueError as error:
+        raise ValueError(f"cannot convert {weights_path} as a {fmt} {arch} checkpoint:\n{error}"
+                         ) from error
+
+    embed_dim, depth, num_heads, registers = DINOV2_CONFIGS[arch]
+    meta = {
+        "arch": arch,
+        "family": "vit",
+        "feature_dim": embed_dim,
+        "feature_key": "pre_logits",
+        "num_classes": None,
+        "image_size": image_size,
+        "patch_size": PATCH_SIZE,
+        "num_register_tokens": registers,
+        "depth": depth,
+        "num_heads": num_heads,
+        "pos_embed_interpolation": dinov2_weights.interpolation_settings(arch),
+        "source": os.path.abspath(weights_path),
+        "source_format": fmt,
+        "source_sha256": sha256_file(weights_path),
+        "num_params": dinov2_weights.count_parameters(variables),
+    }
+    return save_artifact(out, variables, meta)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected positional arguments: {argv[1:]}")
     if not _SRC.value or not _OUT.value:
         raise app.UsageError("--src and --out are required")
     try:
-        meta = convert(_SRC.value, _OUT.value, _ARCH.value, _FORMAT.value)
+        meta = convert(_SRC.value, _OUT.value, _ARCH.value, _FORMAT.value,
+                       image_size=_IMAGE_SIZE.value)
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         print(f"convert_teacher: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {os.path.abspath(_OUT.value)} (+ .json sidecar)")
-    print(f"  arch={meta['arch']} format={meta['source_format']} feature_dim={meta['feature_dim']}")
+    print(f"  arch={meta['arch']} format={meta['source_format']} feature_dim={meta['feature_dim']}"
+          + (f" image_size={meta['image_size']}" if "image_size" in meta else ""))
     print(f"  parameters={meta['num_params']:,}")
     print(f"  sha256={meta['sha256']}")
     return 0
