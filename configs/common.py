@@ -62,10 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.student.stage_sizes = (2, 2, 2, 2)  # blocks per stage (ResNet-18); tests shrink it
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.name = "moco_v2_r50"   # frozen teacher; its weights come from launch/convert_teacher.py
+    c.teacher.name = "moco_r50"      # frozen teacher, a foprokd_jax/models/teachers.py registry name
     c.teacher.artifact = "teachers/moco_v2_r50.npz"  # converted artifact (.npz + .json sidecar with sha256)
     c.teacher.arch = "resnet50"      # architecture the artifact must declare
     c.teacher.feature_key = "pre_logits"  # distilled feature: 2048-d avgpool before the MoCo MLP (spec §3.2)
+    # Teacher compute dtype: 'float32' or 'bfloat16' (faster on GPU/TPU). Parameters stay float32, features
+    # are cast back to float32 before the loss, and the FPG always runs in float32.
+    c.teacher.dtype = "float32"
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "bsm"              # long-tail loss on both heads: 'bsm' (Balanced Softmax) or 'ce'

@@ -13,9 +13,26 @@ Ablations (same command, other arguments):
     method=fopro,akd=False          +FPG without adversarial KD (fpg.lambda_adv = 0)
     method=fopro,fpg=radial         FPG variant: 16 radial frequency bands x 3 channels
     method=fopro,fpg=conditional    FPG variant: input-conditional CNN on the log-amplitude
-Arguments: method=fopro|ekd|bsm, fpg=spectrum|radial|conditional, akd=True|False, teacher=moco (only
-teacher ported so far), imb=0.01|0.005|0.002, fold=1..5, runlocal (tiny shapes and a few steps).
+    teacher=dinov2_s14              another frozen teacher (below); the student's projector adapts to its width
+Arguments: method=fopro|ekd|bsm, fpg=spectrum|radial|conditional, akd=True|False, teacher=<registry name>,
+imb=0.01|0.005|0.002, fold=1..5, runlocal (tiny shapes and a few steps).
 FPG and AKD are a RECONSTRUCTION (the authors never released them): docs/fpg.md.
+
+Teachers (foprokd_jax/models/teachers.py; convert each once, torch needed only for that step):
+    teacher=moco_r50 (alias moco)   MoCo-v2 800ep ResNet-50, 2048-d pre-MLP avgpool feature
+        --src=moco_v2_800ep_pretrain.pth.tar --arch=resnet50 --out=teachers/moco_v2_r50.npz
+    teacher=dinov2_s14 / _b14 / _l14  DINOv2 ViT-S/B/L-14, 384/768/1024-d CLS token; official .pth
+        (dinov2_vits14_pretrain.pth) or HF safetensors (facebook/dinov2-small/model.safetensors, detected):
+        --src=dinov2_vits14_pretrain.pth --arch=dinov2_vits14 --image_size=224 --out=teachers/dinov2_vits14_224.npz
+        (the positional embedding is baked for --image_size, which must equal config.input.image_size)
+    teacher=imagenet_r50_v1 / imagenet_r50_v2   torchvision ResNet-50 IMAGENET1K_V1 / V2 .pth, 2048-d
+        --src=resnet50-0676ba61.pth (V1) or resnet50-11ad3fa6.pth (V2) --arch=resnet50 \
+        --out=teachers/imagenet_r50_v1.npz (or _v2)
+        (the reference's 'IMAGENET1K_V1' option actually loads the V2 weights, spec §13.14)
+    teacher=imagenet_r18            torchvision ResNet-18 IMAGENET1K_V1 .pth, 512-d (the reference's '18_img')
+        --src=resnet18-f37072fd.pth --arch=resnet18 --out=teachers/imagenet_r18.npz
+Each registry entry's `convert` field holds its full command; its default artifact is teachers/<...>.npz.
+bfloat16 teacher compute (GPU/TPU): --config.teacher.dtype=bfloat16.
 
 Expected result: the paper's tables could not be recovered here (spec §11), so no number is promised.
 Reference settings: Adam 3e-4, clip 5, batch 32, 100 epochs at 224x224, ResNet-18 from scratch.
@@ -23,20 +40,20 @@ Hardware: ~100 epochs x 649 steps at 224px; on one modern GPU this is hours, on 
 Results land in <workdir>/results.json (balanced accuracy on the report split of the best checkpoint).
 """
 from configs import common
+from foprokd_jax.models import teachers
 
-TEACHERS = {"moco": dict(name="moco_v2_r50", artifact="teachers/moco_v2_r50.npz", arch="resnet50",
-                         feature_key="pre_logits")}
+# Kept for callers of the old per-config dict; the registry is the source of truth.
+TEACHERS = teachers.TEACHERS
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, method="fopro", teacher="moco", imb="0.01", fold=1, fpg="spectrum", akd=True,
+    arg = common.parse_arg(arg, method="fopro", teacher="moco_r50", imb="0.01", fold=1, fpg="spectrum", akd=True,
                            runlocal=False)
     if arg.method not in ("fopro", "ekd", "bsm"):
         raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
     if arg.fpg not in ("spectrum", "radial", "conditional"):
         raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
-    if arg.teacher not in TEACHERS:
-        raise ValueError(f"teacher must be one of {sorted(TEACHERS)}, got {arg.teacher!r}")
+    spec = teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names
     if arg.imb not in ("0.01", "0.005", "0.002"):
         raise ValueError(f"imb must be 0.01, 0.005 or 0.002 (the official split files), got {arg.imb!r}")
     if not 1 <= arg.fold <= 5:
@@ -44,15 +61,17 @@ def get_config(arg=None):
 
     config = common.base_config()
     variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
-    config.name = f"isic_{arg.method}{variant}_{arg.teacher}_imb{arg.imb}_fold{arg.fold}"
+    config.name = f"isic_{arg.method}{variant}_{spec.name}_imb{arg.imb}_fold{arg.fold}"
     config.method = arg.method
     config.fpg.variant = arg.fpg
     config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
     config.input.imb = arg.imb
     config.input.fold = arg.fold
-    config.teacher.update(TEACHERS[arg.teacher])
+    config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
+                               feature_key=spec.feature_key))
     if arg.runlocal:
-        config.input.image_size = 32
+        # A ViT needs a multiple of its 14-px patch: 28 px = 2x2 patches (the artifact is converted at 28).
+        config.input.image_size = 28 if spec.family == "vit" else 32
         config.input.batch_size = 8
         config.input.eval_batch_size = 16
         config.student.width = 8

@@ -83,7 +83,8 @@ def validate_config(config) -> None:
     """Catches values that would otherwise fail late or, worse, silently change the experiment."""
     choices = {"method": (config.method, ("fopro", "ekd", "bsm")),
                "input.augment": (config.input.augment, ("skin", "none")),
-               "eval.protocol": (config.eval.protocol, tuple(PROTOCOLS))}
+               "eval.protocol": (config.eval.protocol, tuple(PROTOCOLS)),
+               "teacher.dtype": (config.teacher.dtype, ("float32", "bfloat16"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {allowed}")

@@ -126,7 +126,8 @@ def run() -> list:
     if FLAGS.demo:
         _apply_demo_defaults()
     # The teacher first: a wrong path or arch fails in a second, before any image is decoded.
-    module, variables, record = teacher_from_artifact(FLAGS.teacher_artifact, FLAGS.teacher_arch)
+    module, variables, record = teacher_from_artifact(FLAGS.teacher_artifact, FLAGS.teacher_arch,
+                                                      image_size=FLAGS.image_size)
     store = tfds_isic.prepare_isic(FLAGS.image_root, FLAGS.prepared_dir, FLAGS.image_size)
     train_images, train_labels = _load_split("train", store, FLAGS.max_train_per_class, FLAGS.seed)
     eval_images, eval_labels = _load_split(FLAGS.eval_split, store, FLAGS.max_eval_per_class, FLAGS.seed + 1)

@@ -1,12 +1,14 @@
 """Builds the student and the frozen teacher from a config, and initialises the student.
 
-The teacher's architecture comes from its artifact's sidecar (`arch`, optional `stage_sizes`/`block`/
-`width` for non-torchvision shapes such as the demo's tiny teacher), so a config cannot silently pair
-weights with the wrong network: `config.teacher.arch` must equal the artifact's `arch`.
+The teacher's architecture comes from its artifact's sidecar (`arch`, `family`, optional `stage_sizes`/`block`/
+`width` for non-torchvision shapes such as the demo's tiny teacher; see `teachers.build_teacher_module`), so a
+config cannot silently pair weights with the wrong network: `config.teacher.arch` must equal the artifact's
+`arch`, and a registered teacher's artifact must produce the registry's feature width.
 """
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,42 +16,72 @@ import numpy as np
 from foprokd_jax.data.isic_splits import CLASS_NAMES
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.models.fourier_prompt import FourierPrompt
-from foprokd_jax.models.resnet import ResNet, get_resnet
+from foprokd_jax.models import teachers
 from foprokd_jax.models.torch_init import torch_dense
 from foprokd_jax.parallel import DATA_AXIS
 from foprokd_jax.porting import artifact
 
 
-def teacher_from_artifact(path: str, expected_arch: str) -> Tuple[ResNet, dict, dict]:
-    """(module, variables, meta) of a converted teacher; meta gains the artifact path for the records."""
+def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional[int] = None,
+                          dtype: Any = jnp.float32) -> Tuple[nn.Module, dict, dict]:
+    """(module, variables, record) of a converted teacher; the record goes into checkpoints and results.
+
+    `image_size` is the run's input size (checked against a ViT artifact's baked size); `dtype` is the
+    teacher's compute dtype. Parameters stay float32: bfloat16 only changes the matmul/conv precision.
+    """
     variables, meta = artifact.load_artifact(path, expected_arch=expected_arch)
-    if meta.get("stage_sizes"):
-        module = ResNet(stage_sizes=tuple(meta["stage_sizes"]), block=meta.get("block", "bottleneck"),
-                        width=int(meta.get("width", 64)))
-    else:
-        module = get_resnet(meta["arch"])
+    module = teachers.build_teacher_module(meta, dtype=dtype, image_size=image_size)
+    family = teachers.artifact_family(meta)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
-    # The distilled feature is the pooled trunk output; a classifier in the artifact is never used.
-    variables = {k: {n: p for n, p in v.items() if n != "fc"} for k, v in variables.items()}
+    if family == "resnet":
+        # The distilled feature is the pooled trunk output; a classifier in the artifact is never used.
+        variables = {k: {n: p for n, p in v.items() if n != "fc"} for k, v in variables.items()}
     feature_dim = module.feature_dim
     if meta.get("feature_dim") not in (None, feature_dim):
         raise ValueError(f"artifact {path} declares feature_dim {meta['feature_dim']} but its architecture "
                          f"produces {feature_dim}")
-    record = {"artifact": path, "sha256": meta["sha256"], "arch": meta["arch"], "feature_dim": feature_dim,
-              "source": meta.get("source")}
+    record = {"artifact": path, "sha256": meta["sha256"], "arch": meta["arch"], "family": family,
+              "feature_dim": feature_dim, "source": meta.get("source")}
+    if family == "vit":
+        record["image_size"] = int(meta["image_size"])
     return module, variables, record
 
 
 def models_from_config(config):
-    """Returns (student, teacher or None, teacher variables or {}, teacher record or None)."""
+    """Returns (student, teacher or None, teacher variables or {}, teacher record or None).
+
+    The student's projector and `fc_free` are sized by the loaded teacher's feature width (D_t, spec §3.3).
+    """
     teacher, teacher_vars, record = None, {}, None
     if config.method in ("ekd", "fopro"):
-        teacher, teacher_vars, record = teacher_from_artifact(config.teacher.artifact, config.teacher.arch)
+        dtype = teachers.teacher_compute_dtype(config.teacher.get("dtype", "float32"))
+        teacher, teacher_vars, record = teacher_from_artifact(
+            config.teacher.artifact, config.teacher.arch, image_size=config.input.image_size, dtype=dtype)
+        _check_registered_teacher(config, record)
+        record["dtype"] = config.teacher.get("dtype", "float32")
     student = EKDStudent(num_classes=len(CLASS_NAMES),
                          teacher_dim=record["feature_dim"] if record else None,
                          trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
                          width=config.student.width, bn_axis_name=DATA_AXIS)
     return student, teacher, teacher_vars, record
+
+
+def _check_registered_teacher(config, record: dict) -> None:
+    """A registered teacher's artifact must give the registry's width and input normalisation.
+
+    Skipped when the config points a registry name at another architecture (tests and the demo pair a
+    registry name with a tiny random ResNet); `config.teacher.arch` vs the artifact is checked on load.
+    """
+    name = teachers.canonical_name(config.teacher.name)
+    spec = teachers.TEACHERS.get(name)
+    if spec is None or spec.arch != record["arch"]:
+        return
+    if record["feature_dim"] != spec.feature_dim:
+        raise ValueError(f"teacher {name!r} should give {spec.feature_dim}-d features but {record['artifact']} "
+                         f"gives {record['feature_dim']}-d")
+    if spec.normalisation not in teachers.SUPPORTED_NORMALISATIONS:
+        raise ValueError(f"teacher {name!r} expects {spec.normalisation!r} inputs; the pipeline only feeds "
+                         f"{teachers.SUPPORTED_NORMALISATIONS}")
 
 
 def prompt_from_config(config, teacher_dim: int):
