@@ -46,7 +46,8 @@ def test_demo_config_and_parse_arg_types():
     assert (parsed.a, parsed.b, parsed.c, parsed.d) == (3, 0.5, "x", True)
 
 
-@pytest.mark.parametrize("key,value", [("input.augment", "flamby"), ("eval.protocol", "test_test")])
+@pytest.mark.parametrize("key,value", [("input.augment", "flamby"), ("eval.protocol", "test_test"),
+                                       ("teacher.dtype", "float16")])
 def test_training_refuses_unknown_choices_before_touching_the_workdir(key, value, tmp_path):
     from foprokd_jax import train
     config = isic.get_config("runlocal")
