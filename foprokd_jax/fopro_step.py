@@ -23,7 +23,7 @@ import optax
 
 from foprokd_jax import losses, parallel
 from foprokd_jax.state import TrainState
-from foprokd_jax.steps import normalize_images
+from foprokd_jax.steps import normalize_images, student_objective
 
 
 def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, student: nn.Module,
@@ -39,15 +39,13 @@ def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, st
     t = teacher.apply(teacher_vars, x_prompted, train=False)[teacher_feature_key].astype(jnp.float32)
     z_t = explore_head.apply({"params": fpg_params["explore_head"]}, t)
 
-    terms = {
-        "loss_cls": jnp.mean(cls_loss(out["z1"], labels)),
-        "loss_cls_free": jnp.mean(cls_loss(out["z2"], labels)),
-        "loss_distill": jnp.mean(losses.normalized_feature_distance(out["p"], sg(t))),
+    # The student's objective is exactly EKD's, with the prompted teacher's features as constants.
+    student_loss, terms = student_objective(out, labels, cls_loss, free_u, sg(t))
+    terms.update({
         "fpg/loss_explore": jnp.mean(cls_loss(z_t, labels)),
         "fpg/loss_adversarial": jnp.mean(losses.normalized_feature_distance(sg(out["p"]), t)),
         "fpg/loss_prompt_reg": jnp.mean(jnp.square(log_gain)),
-    }
-    student_loss = terms["loss_cls"] + terms["loss_cls_free"] + free_u * terms["loss_distill"]
+    })
     fpg_loss = (lambda_cls * terms["fpg/loss_explore"] - lambda_adv * terms["fpg/loss_adversarial"]
                 + lambda_reg * terms["fpg/loss_prompt_reg"])
     terms["loss"] = student_loss

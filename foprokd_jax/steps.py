@@ -33,17 +33,28 @@ def teacher_features(teacher: nn.Module, teacher_vars: dict, x: jnp.ndarray, fea
     return jax.lax.stop_gradient(out[feature_key].astype(jnp.float32))
 
 
+def student_objective(out: dict, labels, cls_loss: Callable, free_u: float,
+                      teacher_feat: Optional[jnp.ndarray]):
+    """The student's loss from its outputs: BSM on fc, plus (with a teacher) the EKD terms of spec §3.4.
+
+    `teacher_feat=None` is the BSM-only baseline. Shared by the 'bsm'/'ekd' step and the FoPro-KD step
+    (where the teacher sees the prompted image). Returns (loss, terms).
+    """
+    terms = {"loss_cls": jnp.mean(cls_loss(out["z1"], labels))}
+    loss = terms["loss_cls"]
+    if teacher_feat is not None:
+        terms["loss_cls_free"] = jnp.mean(cls_loss(out["z2"], labels))
+        terms["loss_distill"] = jnp.mean(losses.normalized_feature_distance(out["p"], teacher_feat))
+        loss = loss + terms["loss_cls_free"] + free_u * terms["loss_distill"]
+    return loss, terms
+
+
 def train_loss(params, batch_stats, student: nn.Module, x, labels, cls_loss: Callable,
                method: str, free_u: float, teacher_feat: Optional[jnp.ndarray]):
     """The per-device training objective. Returns (loss, (loss terms, new batch_stats, fc logits))."""
     out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                  mutable=["batch_stats"])
-    terms = {"loss_cls": jnp.mean(cls_loss(out["z1"], labels))}
-    loss = terms["loss_cls"]
-    if method == "ekd":
-        terms["loss_cls_free"] = jnp.mean(cls_loss(out["z2"], labels))
-        terms["loss_distill"] = jnp.mean(losses.normalized_feature_distance(out["p"], teacher_feat))
-        loss = loss + terms["loss_cls_free"] + free_u * terms["loss_distill"]
+    loss, terms = student_objective(out, labels, cls_loss, free_u, teacher_feat if method == "ekd" else None)
     return loss, (terms, mutated["batch_stats"], out["z1"])
 
 

@@ -139,8 +139,3 @@ def load_trunk_weights(variables: dict, path: str, arch: str) -> dict:
     if missing:
         raise ValueError(f"{path} lacks {len(missing)} student trunk variables, e.g. {missing[:5]}")
     return flax.traverse_util.unflatten_dict(flat)
-
-
-def count_params(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
