@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 from foprokd_jax.models.vit import dinov2_vit
 from foprokd_jax.porting import dinov2_weights
 from foprokd_jax.porting.artifact import load_artifact, sha256_file
+from tests.parity_report import parity_report
 from launch import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,18 +112,6 @@ def _flax_features(arch, variables, images_nchw, image_size):
     return np.asarray(out["cls"]), np.asarray(out["patch_tokens"]), out
 
 
-def _report(name, ours, reference):
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    assert ours.shape == reference.shape, (ours.shape, reference.shape)
-    diff = np.abs(ours - reference)
-    scale = float(np.abs(reference).max())
-    significant = np.abs(reference) > 1e-3 * scale
-    max_rel = float((diff[significant] / np.abs(reference[significant])).max())
-    print(f"\n[parity] {name}: max|ref|={scale:.4g} max_abs={diff.max():.3e} "
-          f"max_abs/scale={diff.max() / scale:.3e} max_rel(|ref|>1e-3*scale)={max_rel:.3e}")
-    return float(diff.max() / scale)
-
-
 def _check_parity(name, arch, torch_model, artifact, sizes):
     variables, meta = load_artifact(artifact, expected_arch=arch)
     for size in sizes:
@@ -131,8 +120,8 @@ def _check_parity(name, arch, torch_model, artifact, sizes):
         images = _images(2, size, seed=size)
         cls, patches, out = _flax_features(arch, variables, images, size)
         ref_cls, ref_patches = _torch_features(torch_model, images)
-        assert _report(f"{name} x_norm_clstoken @{size}", cls, ref_cls) < 1e-4
-        assert _report(f"{name} x_norm_patchtokens @{size}", patches, ref_patches) < 1e-4
+        assert parity_report(f"{name} x_norm_clstoken @{size}", cls, ref_cls)[1] < 1e-4
+        assert parity_report(f"{name} x_norm_patchtokens @{size}", patches, ref_patches)[1] < 1e-4
         np.testing.assert_array_equal(out["pre_logits"], out["cls"])
     return variables
 

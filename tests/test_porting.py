@@ -18,6 +18,7 @@ from foprokd_jax.models.resnet import get_resnet
 from foprokd_jax.porting import resnet_weights
 from foprokd_jax.porting.artifact import load_artifact, save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
+from tests.parity_report import parity_report
 from launch import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,19 +50,6 @@ def _torch_resnet(arch: str, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     model = getattr(torchvision.models, arch)(weights=None)
     return _randomise_batchnorm(model, torch.Generator().manual_seed(seed + 1)).eval()
-
-
-def _report(name, ours, reference):
-    """Print parity numbers (visible with pytest -s) and return (max_abs, max_abs / feature scale)."""
-    ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
-    assert ours.shape == reference.shape
-    diff = np.abs(ours - reference)
-    scale = float(np.abs(reference).max())
-    significant = np.abs(reference) > 1e-3 * scale
-    max_rel = float((diff[significant] / np.abs(reference[significant])).max())
-    print(f"\n[parity] {name}: max|ref|={scale:.4g} max_abs={diff.max():.3e} "
-          f"max_abs/scale={diff.max() / scale:.3e} max_rel(|ref|>1e-3*scale)={max_rel:.3e}")
-    return float(diff.max()), float(diff.max() / scale)
 
 
 def _flax_features(arch, variables, images_nchw, num_classes=None):
@@ -146,7 +134,7 @@ def test_moco_v2_resnet50_parity(tmp_path):
         images = _images(batch, size, seed)
         ours = _flax_features("resnet50", variables, images)["pre_logits"]
         reference, _ = _torch_features(torch_model, images)
-        _, error_vs_scale = _report(f"MoCo-v2 R50 pre_logits {batch}x3x{size}x{size}", ours, reference)
+        _, error_vs_scale = parity_report(f"MoCo-v2 R50 pre_logits {batch}x3x{size}x{size}", ours, reference)
         assert error_vs_scale < 1e-4
 
 
@@ -161,8 +149,8 @@ def test_torchvision_resnet18_parity_with_logits(tmp_path, torch_resnet18):
     images = _images(2, 64, 2)
     ours = _flax_features("resnet18", variables, images, num_classes=1000)
     features, logits = _torch_features(torch_resnet18, images, with_logits=True)
-    _, feature_error = _report("torchvision R18 pre_logits 2x3x64x64", ours["pre_logits"], features)
-    _, logit_error = _report("torchvision R18 logits 2x3x64x64", ours["logits"], logits)
+    _, feature_error = parity_report("torchvision R18 pre_logits 2x3x64x64", ours["pre_logits"], features)
+    _, logit_error = parity_report("torchvision R18 logits 2x3x64x64", ours["logits"], logits)
     assert feature_error < 1e-4 and logit_error < 1e-4
 
 
