@@ -1,4 +1,4 @@
-r"""Convert a teacher checkpoint (MoCo-v2 / torchvision ResNet, DINOv2 ViT) into a Flax artifact.
+r"""Convert a teacher checkpoint (MoCo-v2 / torchvision ResNet or DenseNet, DINOv2 ViT) into a Flax artifact.
 
 Offline, one-time step; the only place outside tests that imports torch (jax_conventions.md §6.10):
 
@@ -10,6 +10,14 @@ Offline, one-time step; the only place outside tests that imports torch (jax_con
 * ``--format auto`` picks MoCo-v2 when ``module.encoder_q.*`` keys exist (query encoder kept, MLP head
   dropped: the teacher feature is the 2048-d pooled output, fopro_kd_spec.md §6), else torchvision
   (``fc`` kept when present, so logits can be checked too).
+* DenseNet-121 (``--arch=densenet121``, CRCKD's backbone, crckd_spec.md §2): a torchvision state dict
+  such as ``densenet121-a639ec97.pth``, in either key spelling (the published files use the legacy
+  ``denselayerN.norm.1`` form); ``classifier`` is kept when present. The sidecar declares family
+  'densenet' and feature key 'features':
+
+    python launch/convert_teacher.py --src=densenet121-a639ec97.pth --arch=densenet121 \
+        --out=teachers/imagenet_densenet121.npz
+
 * DINOv2 (``--arch=dinov2_vit{s,b,l}14[_reg]``): ``--format dinov2`` reads the official
   ``dinov2_*_pretrain.pth``; ``--format hf_dinov2`` reads a Hugging Face ``model.safetensors`` (or the
   model folder holding it) without torch. The positional embedding is resized once, here, for
@@ -32,11 +40,12 @@ from absl import app, flags
 import numpy as np
 
 from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE
-from foprokd_jax.porting import dinov2_weights, resnet_weights
+from foprokd_jax.porting import densenet_weights, dinov2_weights, resnet_weights
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 
 RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
-FEATURE_DIMS = {**RESNET_FEATURE_DIMS,
+DENSENET_FEATURE_DIMS = {"densenet121": 1024}
+FEATURE_DIMS = {**RESNET_FEATURE_DIMS, **DENSENET_FEATURE_DIMS,
                 **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()}}
 ALL_FORMATS = ("auto", *resnet_weights.FORMATS, *dinov2_weights.FORMATS)
 HF_WEIGHTS_NAME = "model.safetensors"
@@ -45,7 +54,7 @@ _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth / .pth.tar) to
 _OUT = flags.DEFINE_string("out", None,
                            "Output artifact path (.npz); a .npz.json sidecar is written beside it.")
 _ARCH = flags.DEFINE_enum("arch", "resnet50", sorted(FEATURE_DIMS),
-                          "Architecture of the checkpoint (ResNet or DINOv2 ViT).")
+                          "Architecture of the checkpoint (ResNet, DenseNet or DINOv2 ViT).")
 _FORMAT = flags.DEFINE_enum(
     "format", "auto", list(ALL_FORMATS),
     "Checkpoint layout. 'auto': for ResNets MoCo-v2 is detected by its module.encoder_q.* keys; for "
@@ -99,10 +108,13 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
     Args:
       src: checkpoint path (a HF model folder is accepted for 'hf_dinov2').
       out: artifact path (.npz); ``out + '.json'`` is the sidecar.
-      arch: 'resnet18', 'resnet50' or a DINOv2 name ('dinov2_vits14', ..., '_reg' variants).
-      fmt: 'auto', 'moco_v2', 'torchvision', 'dinov2' (official .pth) or 'hf_dinov2'.
-      include_fc: ResNets only: keep the torchvision classifier. None means: keep it for torchvision
-        checkpoints that have one, never for MoCo-v2 (whose fc is the contrastive MLP).
+      arch: 'resnet18', 'resnet50', 'densenet121' or a DINOv2 name ('dinov2_vits14', ..., '_reg'
+        variants).
+      fmt: 'auto', 'moco_v2', 'torchvision', 'dinov2' (official .pth) or 'hf_dinov2'. DenseNets
+        take 'auto' or 'torchvision'.
+      include_fc: ResNets and DenseNets: keep the torchvision classifier (``fc`` / ``classifier``).
+        None means: keep it for torchvision checkpoints that have one, never for MoCo-v2 (whose fc
+        is the contrastive MLP).
       image_size: DINOv2 only: the input size the positional embedding is resized for.
 
     Raises:
@@ -115,6 +127,8 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
         raise ValueError(f"unsupported format {fmt!r}; expected one of {list(ALL_FORMATS)}")
     if arch in DINOV2_CONFIGS:
         return _convert_dinov2(src, out, arch, fmt, include_fc, image_size)
+    if arch in DENSENET_FEATURE_DIMS:
+        return _convert_densenet(src, out, arch, fmt, include_fc)
     if fmt in dinov2_weights.FORMATS:
         raise ValueError(f"format {fmt!r} is for DINOv2 archs, not {arch!r}")
     checkpoint = _load_checkpoint(src)
@@ -152,6 +166,38 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
         "source_format": fmt,
         "source_sha256": sha256_file(src),
         "num_params": resnet_weights.count_parameters(variables),
+    }
+    return save_artifact(out, variables, meta)
+
+
+def _convert_densenet(src, out, arch, fmt, include_fc):
+    if fmt not in ("auto", "torchvision"):
+        raise ValueError(f"format {fmt!r} is not for DenseNets; {arch} takes 'auto' or 'torchvision'")
+    try:
+        state_dict = resnet_weights.unwrap_state_dict(_load_checkpoint(src))
+    except ValueError as error:
+        raise ValueError(f"{src}: {error}") from error
+    state_dict = resnet_weights.strip_data_parallel_prefix(_tensors_to_numpy(state_dict))
+    legacy_keys = densenet_weights.is_legacy_state_dict(state_dict)
+    try:
+        variables = densenet_weights.torch_to_flax(state_dict, arch, include_classifier=include_fc)
+    except ValueError as error:
+        raise ValueError(f"cannot convert {src} as a torchvision {arch} checkpoint:\n{error}") from error
+
+    classifier = variables["params"].get("classifier")
+    meta = {
+        "arch": arch,
+        "family": densenet_weights.FAMILY,
+        "feature_dim": DENSENET_FEATURE_DIMS[arch],
+        "feature_key": densenet_weights.FEATURE_KEY,
+        "num_classes": int(classifier["bias"].shape[0]) if classifier else None,
+        **{key: (list(value) if isinstance(value, tuple) else value)
+           for key, value in densenet_weights.ARCHS[arch].items()},
+        "legacy_keys": legacy_keys,
+        "source": os.path.abspath(src),
+        "source_format": "torchvision",
+        "source_sha256": sha256_file(src),
+        "num_params": densenet_weights.count_parameters(variables),
     }
     return save_artifact(out, variables, meta)
 

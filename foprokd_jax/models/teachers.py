@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from foprokd_jax.models.resnet import ResNet, get_resnet
 
-FAMILIES = ("resnet", "vit")
+FAMILIES = ("resnet", "vit", "densenet")
 # Every teacher here was trained on ImageNet-normalised inputs, which is what the pipeline feeds the student
 # (spec §6: "the right normalisation for MoCo, torchvision and DINOv2"). A teacher needing another
 # normalisation would need a per-teacher re-normalisation in the step, which does not exist yet.
@@ -121,17 +121,35 @@ def teacher_compute_dtype(name: str) -> Any:
 
 
 def artifact_family(meta: dict) -> str:
-    """'resnet' or 'vit'. Artifacts written before the ViT port carry no 'family' and are ResNets."""
-    family = meta.get("family") or ("vit" if str(meta.get("arch", "")).startswith("dinov2") else "resnet")
+    """'resnet', 'vit' or 'densenet'. Artifacts written before the ViT port carry no 'family': ResNets."""
+    arch = str(meta.get("arch", ""))
+    family = meta.get("family") or ("vit" if arch.startswith("dinov2")
+                                    else "densenet" if arch.startswith("densenet") else "resnet")
     if family not in FAMILIES:
         raise ValueError(f"artifact declares family {family!r}; expected one of {FAMILIES}")
     return family
+
+
+def _densenet_module(meta: dict, dtype: Any):
+    """A headless DenseNet (output key 'features') from the sidecar's torchvision constructor arguments, if
+    present, else by `arch` (size-agnostic like a ResNet: it ends in a global average pool)."""
+    from foprokd_jax.models import densenet  # pylint: disable=import-outside-toplevel
+
+    if meta.get("growth_rate"):
+        return densenet.DenseNet(
+            growth_rate=int(meta["growth_rate"]), block_config=tuple(int(n) for n in meta["block_config"]),
+            num_init_features=int(meta["num_init_features"]), bn_size=int(meta["bn_size"]), dtype=dtype)
+    if meta.get("arch") != "densenet121":
+        raise ValueError(f"unknown DenseNet arch {meta.get('arch')!r} in a teacher sidecar; expected 'densenet121'")
+    return densenet.densenet121(dtype=dtype)
 
 
 def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optional[int] = None):
     """The Flax module for an artifact's sidecar `meta`, computing in `dtype` with float32 parameters.
 
     ResNet: by torchvision name, or by the sidecar's `stage_sizes`/`block`/`width` (the demo's tiny teacher).
+    DenseNet: headless, by the sidecar's `growth_rate`/`block_config`/`num_init_features`/`bn_size` or `arch`;
+    its distilled feature is `'features'` (the sidecar's `feature_key`).
     DINOv2 ViT: by `arch` at the sidecar's baked `image_size` (the positional embedding was interpolated to that
     grid at conversion, as torch does at run time, spec §13.15), or by explicit `embed_dim`/`depth`/`num_heads`
     for reduced test teachers. `image_size` is the run's input size; a ViT artifact baked for another size is
@@ -144,6 +162,8 @@ def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optio
             return ResNet(stage_sizes=tuple(meta["stage_sizes"]), block=meta.get("block", "bottleneck"),
                           width=int(meta.get("width", 64)), dtype=dtype)
         return get_resnet(meta["arch"], dtype=dtype)
+    if family == "densenet":
+        return _densenet_module(meta, dtype)
 
     from foprokd_jax.models import vit  # pylint: disable=import-outside-toplevel  (keeps ResNet-only use light)
 
