@@ -3,6 +3,7 @@
     python launch/make_synthetic_isic.py --out /tmp/isic_synth --n_max 64
 
 Then use `<out>` as the manual_dir for `prepare_isic` and `<out>/splits` as the split folder.
+HAM10000, APTOS 2019 and Hyper-Kvasir: launch/make_synthetic_dataset.py --dataset=... --out=...
 """
 import argparse
 import json

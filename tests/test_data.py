@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_SPLITS
-from foprokd_jax.data import augment, isic_splits, pipeline, synthetic, tfds_isic
+from foprokd_jax.data import augment, image_folder_tfds, isic_splits, pipeline, synthetic, tfds_isic
 
 # Spec §8.1: identical for folds 1-5.
 TRAIN_COUNTS = {
@@ -165,7 +165,7 @@ def test_second_prepare_reuses(synth):
 
 def test_multi_part_records_keep_id_order(synth, tmp_path, monkeypatch):
     root, _, _ = synth
-    monkeypatch.setattr(tfds_isic, 'PART_BYTES', 20 * SIZE * SIZE * 3)  # ~20 images per part
+    monkeypatch.setattr(image_folder_tfds, 'PART_BYTES', 20 * SIZE * SIZE * 3)  # ~20 images per part
     store = tfds_isic.prepare_isic(str(root / 'raw'), str(tmp_path), SIZE)
     assert len(store.parts) > 3
     records = store._records()
@@ -180,7 +180,7 @@ def test_corrupt_jpeg_names_file_and_leaves_nothing_prepared(synth, tmp_path):
     victim = sorted((raw / 'ISIC_2019_Training_Input').iterdir())[5]
     good_bytes = victim.read_bytes()
     victim.write_bytes(good_bytes[:200])  # truncated JPEG
-    with pytest.raises(Exception, match=str(victim.name)):
+    with pytest.raises(image_folder_tfds.BadImagesError, match=str(victim.name)):
         tfds_isic.prepare_isic(str(raw), str(tmp_path / 'tfds'), SIZE)
     assert not tfds_isic.make_builder(str(tmp_path / 'tfds'), None, SIZE).is_prepared()
     victim.write_bytes(good_bytes)  # a later run must rebuild, not trust the failed one
@@ -359,41 +359,23 @@ def test_resize_matches_pil_bilinear():
 
 
 def test_augment_ops_match_torchvision():
-    """Fixed-parameter parity with torchvision's PIL backend (skipped without torch)."""
-    import importlib.util
-    import sys
-    import types
-    if importlib.util.find_spec('torch') is None or importlib.util.find_spec('torchvision') is None:
-        pytest.skip('torch/torchvision not installed')
-    before = set(sys.modules)
-    # torchvision's package __init__ needs its compiled ops (absent in the CPU venv); only the
-    # pure-Python transforms are needed, so import them under a bare package module.
-    spec = importlib.util.find_spec('torchvision')
-    package = types.ModuleType('torchvision')
-    package.__path__ = list(spec.submodule_search_locations)
-    saved = sys.modules.get('torchvision')
-    sys.modules['torchvision'] = package
-    try:
-        import torchvision.transforms.functional as F
-        from torchvision.transforms import InterpolationMode
-        img = Image.fromarray(_test_image(224))
-        nearest = InterpolationMode.NEAREST
-        for scale in (0.95, 1.2):
-            ref = F.affine(img, angle=0.0, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
-                           interpolation=nearest, fill=0)
-            np.testing.assert_array_equal(np.asarray(augment._affine(img, (0, 0), scale)), ref)
-        ref = F.affine(img, angle=0.0, translate=[-11, 0], scale=1.0, shear=[0.0, 0.0],
+    """Fixed-parameter parity with torchvision's PIL backend (torch is a test requirement)."""
+    from foprokd_jax.porting.torch_compat import import_torchvision
+    import_torchvision()
+    import torchvision.transforms.functional as F
+    from torchvision.transforms import InterpolationMode
+    img = Image.fromarray(_test_image(224))
+    nearest = InterpolationMode.NEAREST
+    for scale in (0.95, 1.2):
+        ref = F.affine(img, angle=0.0, translate=[0, 0], scale=scale, shear=[0.0, 0.0],
                        interpolation=nearest, fill=0)
-        np.testing.assert_array_equal(np.asarray(augment._affine(img, (-11, 0), 1.0)), ref)
-        for hue in (-0.01, 0.006):
-            np.testing.assert_array_equal(np.asarray(augment.adjust_hue(img, hue)),
-                                          np.asarray(F.adjust_hue(img, hue)))
-        ref = F.rotate(img, 30.0, nearest, fill=0)
-        np.testing.assert_array_equal(
-            np.asarray(img.rotate(30.0, resample=Image.NEAREST, fillcolor=(0, 0, 0))), ref)
-    finally:
-        for name in set(sys.modules) - before:
-            if name.startswith('torchvision'):
-                del sys.modules[name]
-        if saved is not None:
-            sys.modules['torchvision'] = saved
+        np.testing.assert_array_equal(np.asarray(augment._affine(img, (0, 0), scale)), ref)
+    ref = F.affine(img, angle=0.0, translate=[-11, 0], scale=1.0, shear=[0.0, 0.0],
+                   interpolation=nearest, fill=0)
+    np.testing.assert_array_equal(np.asarray(augment._affine(img, (-11, 0), 1.0)), ref)
+    for hue in (-0.01, 0.006):
+        np.testing.assert_array_equal(np.asarray(augment.adjust_hue(img, hue)),
+                                      np.asarray(F.adjust_hue(img, hue)))
+    ref = F.rotate(img, 30.0, nearest, fill=0)
+    np.testing.assert_array_equal(
+        np.asarray(img.rotate(30.0, resample=Image.NEAREST, fillcolor=(0, 0, 0))), ref)
