@@ -28,8 +28,13 @@ from foprokd_jax.steps import normalize_images, student_objective
 
 def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, student: nn.Module,
                  teacher: nn.Module, prompt: nn.Module, explore_head: nn.Module, cls_loss: Callable,
-                 free_u: float, lambda_cls: float, lambda_adv: float, lambda_reg: float, teacher_feature_key: str):
-    """Student objective + FPG objective (see module docstring); returns (sum, aux)."""
+                 free_u: float, lambda_cls: float, lambda_adv: float, lambda_reg: float, teacher_feature_key: str,
+                 step=None):
+    """Student objective + FPG objective (see module docstring); returns (sum, aux).
+
+    `cls_loss(logits, labels, step)` is the configured long-tail loss (BSM in the reference) on z1, z2 and the
+    explore head; `step` is the optimizer step count (DRW switches weights on it).
+    """
     sg = jax.lax.stop_gradient
     out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                  mutable=["batch_stats"])
@@ -40,9 +45,9 @@ def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, st
     z_t = explore_head.apply({"params": fpg_params["explore_head"]}, t)
 
     # The student's objective is exactly EKD's, with the prompted teacher's features as constants.
-    student_loss, terms = student_objective(out, labels, cls_loss, free_u, sg(t))
+    student_loss, terms = student_objective(out, labels, cls_loss, free_u, sg(t), step)
     terms.update({
-        "fpg/loss_explore": jnp.mean(cls_loss(z_t, labels)),
+        "fpg/loss_explore": losses.batch_mean(cls_loss, z_t, labels, step, parallel.DATA_AXIS),
         "fpg/loss_adversarial": jnp.mean(losses.normalized_feature_distance(sg(out["p"]), t)),
         "fpg/loss_prompt_reg": jnp.mean(jnp.square(log_gain)),
     })
@@ -73,7 +78,7 @@ def make_fopro_train_step(*, student: nn.Module, teacher: nn.Module, prompt: nn.
             state.params, state.fpg_params, state.batch_stats, teacher_vars, x, labels, student=student,
             teacher=teacher, prompt=prompt, explore_head=explore_head, cls_loss=cls_loss, free_u=free_u,
             lambda_cls=lambda_cls, lambda_adv=lambda_adv, lambda_reg=lambda_reg,
-            teacher_feature_key=teacher_feature_key)
+            teacher_feature_key=teacher_feature_key, step=state.step)
         grads, fpg_grads = parallel.pmean((grads, fpg_grads))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         fpg_updates, fpg_opt_state = fpg_optimizer.update(fpg_grads, state.fpg_opt_state, state.fpg_params)

@@ -7,7 +7,8 @@ averaged with `lax.pmean`, student BatchNorm statistics synchronised through `bn
 
 EKD follows the released code exactly (`methods/free.py:285-373`, spec §3.4):
     L = BSM(fc(h), y) + BSM(fc_free(p_free(h)), y) + free_u * mean(2 - 2 cos(p_free(h), f(x)))
-with the frozen teacher f in inference mode on the same augmented batch x as the student.
+with the frozen teacher f in inference mode on the same augmented batch x as the student. BSM is the
+reference's choice; any long-tail loss of `losses.make_classification_loss` can take its place (spec §5).
 """
 from typing import Callable, Optional
 
@@ -34,27 +35,34 @@ def teacher_features(teacher: nn.Module, teacher_vars: dict, x: jnp.ndarray, fea
 
 
 def student_objective(out: dict, labels, cls_loss: Callable, free_u: float,
-                      teacher_feat: Optional[jnp.ndarray]):
-    """The student's loss from its outputs: BSM on fc, plus (with a teacher) the EKD terms of spec §3.4.
+                      teacher_feat: Optional[jnp.ndarray], step=None, axis_name: Optional[str] = parallel.DATA_AXIS):
+    """The student's loss from its outputs: the long-tail loss on fc, plus (with a teacher) the EKD terms (§3.4).
 
     `teacher_feat=None` is the BSM-only baseline. Shared by the 'bsm'/'ekd' step and the FoPro-KD step
-    (where the teacher sees the prompted image). Returns (loss, terms).
+    (where the teacher sees the prompted image). `cls_loss(logits, labels, step)` is a
+    `losses.make_classification_loss` loss, reduced by `losses.batch_mean` (a weighted loss is normalised by
+    its weights summed over the global batch across `axis_name`). `step` is the optimizer step count (DRW).
+    Returns (loss, terms).
     """
-    terms = {"loss_cls": jnp.mean(cls_loss(out["z1"], labels))}
+    def cls_term(logits):
+        return losses.batch_mean(cls_loss, logits, labels, step, axis_name)
+
+    terms = {"loss_cls": cls_term(out["z1"])}
     loss = terms["loss_cls"]
     if teacher_feat is not None:
-        terms["loss_cls_free"] = jnp.mean(cls_loss(out["z2"], labels))
+        terms["loss_cls_free"] = cls_term(out["z2"])
         terms["loss_distill"] = jnp.mean(losses.normalized_feature_distance(out["p"], teacher_feat))
         loss = loss + terms["loss_cls_free"] + free_u * terms["loss_distill"]
     return loss, terms
 
 
 def train_loss(params, batch_stats, student: nn.Module, x, labels, cls_loss: Callable,
-               method: str, free_u: float, teacher_feat: Optional[jnp.ndarray]):
+               method: str, free_u: float, teacher_feat: Optional[jnp.ndarray], step=None):
     """The per-device training objective. Returns (loss, (loss terms, new batch_stats, fc logits))."""
     out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                  mutable=["batch_stats"])
-    loss, terms = student_objective(out, labels, cls_loss, free_u, teacher_feat if method == "ekd" else None)
+    loss, terms = student_objective(out, labels, cls_loss, free_u, teacher_feat if method == "ekd" else None,
+                                    step)
     return loss, (terms, mutated["batch_stats"], out["z1"])
 
 
@@ -64,7 +72,8 @@ def make_train_step(*, student: nn.Module, teacher: Optional[nn.Module], cls_los
     """Builds `train_step(state, teacher_vars, batch) -> (state, metrics)`, compiled data-parallel.
 
     `batch` holds global arrays sharded along 'data': `image` uint8 (B,H,W,3) and `label` int32 (B,).
-    For 'bsm', `teacher_vars` is ignored (pass an empty dict).
+    For 'bsm', `teacher_vars` is ignored (pass an empty dict). `cls_loss(logits, labels, step)` gets the
+    traced `state.step` (steps done before this one), so DRW switches weights without recompiling.
     """
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; available: {METHODS}")
@@ -78,7 +87,8 @@ def make_train_step(*, student: nn.Module, teacher: Optional[nn.Module], cls_los
                         if method == "ekd" else None)
         grad_fn = jax.value_and_grad(train_loss, has_aux=True)
         (loss, (terms, new_batch_stats, logits)), grads = grad_fn(
-            state.params, state.batch_stats, student, x, labels, cls_loss, method, free_u, teacher_feat)
+            state.params, state.batch_stats, student, x, labels, cls_loss, method, free_u, teacher_feat,
+            state.step)
         # The per-device loss is a mean over an equal-sized shard, so the mean over devices of the
         # gradients is the gradient of the global-batch mean: the pmap-era recipe, device-count free.
         grads = parallel.pmean(grads)

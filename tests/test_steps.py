@@ -19,10 +19,10 @@ def _optim_config():
     return ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=5.0))
 
 
-def _setup(method, batch_size=16, size=32, seed=0):
+def _setup(method, batch_size=16, size=32, seed=0, classifier="linear"):
     teacher = ResNet(stage_sizes=(1, 1, 1, 1), block="bottleneck", width=4)
     student = EKDStudent(num_classes=NUM_CLASSES, teacher_dim=teacher.feature_dim if method == "ekd" else None,
-                         stage_sizes=(1, 1, 1, 1), width=8, bn_axis_name=parallel.DATA_AXIS)
+                         stage_sizes=(1, 1, 1, 1), width=8, bn_axis_name=parallel.DATA_AXIS, classifier=classifier)
     dummy = jnp.zeros((1, size, size, 3))
     student_vars = student.init(jax.random.PRNGKey(seed), dummy, train=False)
     teacher_vars = teacher.init(jax.random.PRNGKey(seed + 1), dummy, train=False) if method == "ekd" else {}
@@ -133,15 +133,56 @@ def test_ekd_objective_matches_reference_formula():
     np.testing.assert_allclose(np.asarray(t), np.asarray(t_direct), rtol=1e-5, atol=1e-6)
 
 
+def test_ldam_drw_in_the_compiled_step_matches_numpy():
+    """LDAM-DRW on the cosine fc, 8 devices: the step passes the traced state.step to the loss, so step 0
+    (epoch 0) is unweighted and step 1 (epoch 1) class-balanced, normalised by sum(w_y) over the GLOBAL batch.
+    ('ekd' reduces z2 with the same `student_objective` term; the 'bsm' method keeps the compile small.)
+    """
+    student, _, student_vars, _, batches = _setup("bsm", classifier="cosine")
+    # Same parameters without the mesh axis: BatchNorm over the whole batch, as the 8 synchronised devices do.
+    reference = student.clone(bn_axis_name=None)
+    apply_train = jax.jit(lambda v, images: reference.apply(v, steps.normalize_images(images), train=True,
+                                                            mutable=["batch_stats"])[0])
+    loss_config = ConfigDict(dict(name="ldam", drw_epoch=1, drw_beta=0.9999, free_u=3.0))
+    cls_loss = losses.make_classification_loss(loss_config, COUNTS, steps_per_epoch=1)
+    mesh = parallel.make_mesh(8)
+    sgd = optax.sgd(0.05)
+    state = parallel.replicate(create_train_state(student_vars, sgd), mesh)
+    step = steps.make_train_step(student=student, teacher=None, cls_loss=cls_loss, optimizer=sgd, method="bsm",
+                                 free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh, donate=False)
+    margins = losses.ldam_margins(COUNTS, 0.5)
+    cb_weights = losses.class_balanced_weights(COUNTS, 0.9999)
+    for k, batch in enumerate(batches[:2]):
+        host = jax.device_get(state)
+        out = apply_train({"params": host.params, "batch_stats": host.batch_stats}, batch["image"])
+        state, m = step(state, {}, parallel.host_batch_to_global(batch, mesh))
+        labels = batch["label"]
+        weights = (np.ones(NUM_CLASSES) if k == 0 else cb_weights)[labels]
+        z = np.asarray(out["z1"], np.float64)
+        assert np.abs(z).max() <= 1 + 1e-6  # cosine logits
+        shifted = 30.0 * (z - margins[labels][:, None] * np.eye(NUM_CLASSES)[labels])
+        per_example = -_log_softmax(shifted)[np.arange(len(labels)), labels]
+        expected = (weights * per_example).sum() / weights.sum()
+        np.testing.assert_allclose(float(m["loss_cls"]), expected, rtol=1e-4, err_msg=f"step {k}")
+        if k == 1:  # the switch is visible: the weighted value is not the plain mean
+            assert abs(expected - per_example.mean()) > 1e-2 * per_example.mean()
+    assert int(state.step) == 2
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
 def test_training_reduces_loss_on_a_fixed_batch():
     student, teacher, student_vars, teacher_vars, batches = _setup("ekd", batch_size=8)
     mesh = parallel.make_mesh(2)
     optimizer = make_optimizer(ConfigDict(dict(_optim_config(), lr=3e-3)))
     state = parallel.replicate(create_train_state(student_vars, optimizer), mesh)
     tv = parallel.replicate(teacher_vars, mesh)
-    step = steps.make_train_step(student=student, teacher=teacher, cls_loss=losses.softmax_cross_entropy,
-                                 optimizer=optimizer, method="ekd", free_u=3.0, teacher_feature_key="pre_logits",
-                                 mesh=mesh)
+    step = steps.make_train_step(student=student, teacher=teacher,
+                                 cls_loss=losses.make_classification_loss("ce", COUNTS), optimizer=optimizer,
+                                 method="ekd", free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
     batch = parallel.host_batch_to_global(batches[0], mesh)
     first = None
     for _ in range(15):

@@ -13,6 +13,10 @@ k-th batches is exactly the single-process k-th batch: the run sees the same dat
 number of hosts, the per-process shards are disjoint, and every process makes the same number of
 steps per epoch (N // B, the drop_last count).
 
+`sampler` picks how an epoch's N examples are chosen: 'instance' (default) is the shuffle above;
+'class_balanced' and 'sqrt' draw N examples with replacement, class-aware (`samplers.py`). All three are
+functions of (seed, epoch, position), so everything said here holds for each of them.
+
 Evaluation keeps every example exactly once: the data is laid out in order in global batches of
 B, the last one padded with zero images and `mask=False`, and all processes yield
 ceil(N / B) batches (big_vision's `make_for_inference` / clu's `pad_dataset` idea, conventions §6.6).
@@ -27,6 +31,7 @@ import grain
 import numpy as np
 
 from foprokd_jax.data import augment as augment_lib
+from foprokd_jax.data import samplers as samplers_lib
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -87,11 +92,22 @@ def _augment_example(example: dict, rng: np.random.Generator,
 
 
 def make_train_dataset(source, global_batch_size: int, seed: int, process_index: int = 0,
-                       process_count: int = 1, augment: bool = True) -> grain.MapDataset:
-    """The infinite per-process example stream (before batching); see the module docstring."""
+                       process_count: int = 1, augment: bool = True, sampler: str = 'instance',
+                       labels=None) -> grain.MapDataset:
+    """The infinite per-process example stream (before batching); see the module docstring.
+
+    sampler: 'instance' (shuffle, every example once per epoch), 'class_balanced' or 'sqrt' (samplers.py).
+    labels: the training labels in source order, for the class-aware samplers (default `source.labels`).
+    """
     if not 0 <= seed < 2 ** 32:
         raise ValueError(f'seed must lie in [0, 2**32); got {seed}')
-    ds = grain.MapDataset.source(source).seed(seed).shuffle()
+    if sampler not in samplers_lib.SAMPLERS:
+        raise ValueError(f'Unknown sampler {sampler!r}; available: {samplers_lib.SAMPLERS}')
+    if sampler == 'instance':
+        # Unchanged since before the samplers existed: the same (seed, epoch) gives the same stream.
+        ds = grain.MapDataset.source(source).seed(seed).shuffle()
+    else:
+        ds = samplers_lib.resampled_source(source, sampler, seed, labels).seed(seed)
     if augment:
         # Before the process slice, so the rng of an example depends only on its global position.
         ds = ds.random_map(_augment_example)
@@ -101,16 +117,18 @@ def make_train_dataset(source, global_batch_size: int, seed: int, process_index:
 
 def make_train_iterator(source, global_batch_size: int, seed: int, process_index: int = 0,
                         process_count: int = 1, worker_count: int = 0, augment: bool = True,
-                        num_threads: int = 8):
+                        num_threads: int = 8, sampler: str = 'instance', labels=None):
     """Endless iterator of {'image': uint8 (b, S, S, 3), 'label': int32 (b,)} training batches.
 
     b = global_batch_size // process_count. Checkpointable: `state = it.get_state()` and later
     `it.set_state(state)` (on a fresh iterator from the same arguments) continues exactly.
     `worker_count` > 0 moves loading and augmentation to that many worker processes;
-    `num_threads` is the reading/augmenting thread pool used in-process.
+    `num_threads` is the reading/augmenting thread pool used in-process. `sampler`/`labels`: see
+    `make_train_dataset`.
     """
     local_batch = _per_process_batch(global_batch_size, process_index, process_count)
-    ds = make_train_dataset(source, global_batch_size, seed, process_index, process_count, augment)
+    ds = make_train_dataset(source, global_batch_size, seed, process_index, process_count, augment,
+                            sampler=sampler, labels=labels)
     read_options = grain.ReadOptions(num_threads=num_threads,
                                      prefetch_buffer_size=max(2 * local_batch, 16))
     # Batching the element stream is exact: each epoch holds a whole number of local batches.

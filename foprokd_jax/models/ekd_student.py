@@ -10,10 +10,14 @@ Layout of the released "ImageNet" ResNet-18 variant (``models/resnet_free.py``):
 ``p`` is matched to the frozen teacher's embedding (D_t = 2048 for the MoCo-v2 ResNet-50 of Chen et
 al. 2020). Only ``z1`` is used at evaluation time. Every Linear uses torch's default init and the
 BatchNorm1d torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5), per spec §7.
+
+With the LDAM loss the reference swaps ``fc`` and ``fc_free`` for a cosine classifier (``ClassifierLDAM``,
+spec §5): ``classifier='cosine'`` here, or ``'auto'`` resolved from the loss name by ``resolve_classifier``.
 """
 from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from foprokd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ResNet, get_resnet
@@ -47,6 +51,56 @@ class FreeProjector(nn.Module):
         return torch_dense(self.out_dim, hidden, name="linear2", dtype=self.dtype)(y)
 
 
+CLASSIFIERS = ("linear", "cosine")
+
+
+def resolve_classifier(classifier: str, loss_name: str) -> str:
+    """`config.student.classifier` -> 'linear' or 'cosine'; 'auto' is cosine exactly for LDAM, as the reference.
+
+    The reference replaces both heads by `ClassifierLDAM` when `--loss_fn_name=LDAM` (`methods/free.py:134-141`).
+    """
+    if classifier == "auto":
+        return "cosine" if str(loss_name).lower() == "ldam" else "linear"
+    if classifier not in CLASSIFIERS:
+        raise ValueError(f"config.student.classifier={classifier!r} is not one of {CLASSIFIERS + ('auto',)}")
+    return classifier
+
+
+def _l2_normalize(v: jnp.ndarray, axis: int) -> jnp.ndarray:
+    """`F.normalize`: v / max(||v||_2, 1e-12)."""
+    norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
+    return v / jnp.maximum(norm, 1e-12)
+
+
+def _unit_column_uniform(key, shape, dtype=jnp.float32):
+    """`ClassifierLDAM`'s init: U(-1, 1), then every class column rescaled to unit L2 norm (renorm + mul)."""
+    return _l2_normalize(jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0), axis=0).astype(dtype)
+
+
+class CosineClassifier(nn.Module):
+    """LDAM's normalised-linear classifier (Cao et al., NeurIPS 2019; reference `ClassifierLDAM`).
+
+    z_c = <x / |x|, w_c / |w_c|>, no bias: cosine logits in [-1, 1] that the LDAM loss scales by s.
+    Computed in float32 whatever the student's compute dtype (it is tiny and feeds the loss directly).
+    """
+
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", _unit_column_uniform, (x.shape[-1], self.num_classes), jnp.float32)
+        return _l2_normalize(x.astype(jnp.float32), -1) @ _l2_normalize(kernel, 0)
+
+
+def classifier_head(kind: str, num_classes: int, fan_in: int, name: Optional[str] = None, dtype: Any = jnp.float32):
+    """A class head: torch-initialised Linear ('linear') or the cosine classifier ('cosine')."""
+    if kind == "linear":
+        return torch_dense(num_classes, fan_in, name=name, dtype=dtype)
+    if kind == "cosine":
+        return CosineClassifier(num_classes, name=name)
+    raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {kind!r}")
+
+
 class EKDStudent(nn.Module):
     """ResNet trunk + ``fc`` + ``p_free`` + ``fc_free``; returns ``dict(h, z1, p, z2)``.
 
@@ -59,6 +113,8 @@ class EKDStudent(nn.Module):
         ``width``.
       bn_axis_name: mesh axis for synchronised BN, used by the trunk and by ``p_free``.
       dtype: compute dtype; parameters stay float32.
+      classifier: 'linear' (reference default) or 'cosine' (LDAM's ``ClassifierLDAM``) for ``fc`` and
+        ``fc_free``; see ``resolve_classifier`` for the config's 'auto'.
     """
 
     num_classes: int
@@ -69,6 +125,7 @@ class EKDStudent(nn.Module):
     width: int = 64
     bn_axis_name: Optional[str] = None
     dtype: Any = jnp.float32
+    classifier: str = "linear"
 
     def _build_trunk(self) -> ResNet:
         common = dict(num_classes=None, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="trunk")
@@ -82,11 +139,12 @@ class EKDStudent(nn.Module):
     def __call__(self, x, train: bool) -> Dict[str, jnp.ndarray]:
         h = self._build_trunk()(x, train)["pre_logits"]
         feature_dim = h.shape[-1]
-        z1 = torch_dense(self.num_classes, feature_dim, name="fc", dtype=self.dtype)(h)
+        z1 = classifier_head(self.classifier, self.num_classes, feature_dim, name="fc", dtype=self.dtype)(h)
         if self.teacher_dim is None:
             # The plain long-tail baseline ('bsm'): no distillation heads, only fc on the raw feature.
             return dict(h=h, z1=z1)
         p = FreeProjector(self.teacher_dim, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                           name="p_free")(h, train)
-        z2 = torch_dense(self.num_classes, self.teacher_dim, name="fc_free", dtype=self.dtype)(p)
+        z2 = classifier_head(self.classifier, self.num_classes, self.teacher_dim, name="fc_free",
+                             dtype=self.dtype)(p)
         return dict(h=h, z1=z1, p=p, z2=z2)
