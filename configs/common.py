@@ -44,22 +44,44 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0                       # model init and data order (grain shuffle + augmentation seeds)
 
     c.input = ml_collections.ConfigDict()
+    # Benchmark (foprokd_jax/data/registry.py, docs/datasets.md): 'isic2019_lt', 'ham10000', 'aptos' or 'hyperkvasir'.
+    # image_root is its unpacked download: the folder holding ISIC_2019_Training_Input/ | HAM10000_metadata.csv +
+    # HAM10000_images_part_{1,2}/ | train.csv + train_images/ (APTOS) | labeled-images/ (Hyper-Kvasir).
+    c.input.dataset = "isic2019_lt"
     c.input.image_root = "data/isic2019"       # folder holding ISIC_2019_Training_Input/*.jpg (official zip)
     c.input.split_dir = "data/isic2019/splits"  # folder of {train,val,test}_skin{fold}_{imb}.csv (FoPro-KD repo)
     c.input.prepared_dir = "data/tfds"          # tfds data_dir for the resized array_record copy (made once)
     c.input.fold = 1                 # 1..5: independent random draws, not a partition (spec §8.1)
     c.input.imb = "0.01"             # imbalance factor as in the CSV names: 0.01 / 0.005 / 0.002
+    # HAM10000 / APTOS / Hyper-Kvasir only (ISIC uses the official files): fold k = test fold k of a seeded,
+    # stratified 5-fold partition (docs/datasets.md).
+    c.input.split_seed = 2020        # seed of that partition and of the val carve (2020 = CRCKD's APTOS folds)
+    c.input.split_mode = "lesion"    # HAM10000: 'lesion' (a lesion_id's images share a split) or 'image' (leaky)
+    # Fraction of ALL images moved from the training folds into a 'val' split; < 0 = the dataset's default:
+    # HAM10000 0.1 (70/10/20), APTOS 0 and Hyper-Kvasir 0 (train/test only, as in their references).
+    c.input.val_fraction = -1.0
+    c.input.label_csv = ""           # '' = <image_root>/HAM10000_metadata.csv or <image_root>/train.csv (APTOS)
+    # Undecodable images found while preparing (listed in <prepared_dir>/<name>_size<S>.bad_images.json):
+    # 'fail' = error, nothing prepared; 'skip' = prepare without them, splits drop them with a warning.
+    c.input.bad_image_policy = "fail"
     c.input.image_size = 224         # images are resized once to image_size x image_size (no aspect kept)
     c.input.batch_size = 32          # GLOBAL batch size (summed over all devices and hosts)
     c.input.eval_batch_size = 64     # global batch size for evaluation (last batch padded with mask 0)
     c.input.augment = "skin"         # 'skin' (reference isic-FL transform) or 'none'
     c.input.worker_count = 0         # grain worker processes for decoding/augmentation (0 = in-process)
+    # Training sampler (docs/long_tail.md): 'instance' (reference: shuffle, each example once per epoch),
+    # 'class_balanced' (class uniform, then example uniform) or 'sqrt' (class prob ~ sqrt(n_c)); the last two
+    # draw N examples per epoch with replacement, deterministic in (seed, epoch) and resumable.
+    c.input.sampler = "instance"
 
     c.student = ml_collections.ConfigDict()
     c.student.name = "resnet18"      # trunk architecture
     c.student.init = ""              # '' = torch-style random init; or a converted torchvision artifact (.npz)
     c.student.width = 64             # trunk base width (64 = ResNet-18); tests shrink it
     c.student.stage_sizes = (2, 2, 2, 2)  # blocks per stage (ResNet-18); tests shrink it
+    # Class heads fc/fc_free: 'linear' (torch Linear), 'cosine' (LDAM's normalised-linear ClassifierLDAM, no
+    # bias) or 'auto' = cosine exactly when loss.name == 'ldam', as the reference (models/ekd_student.py).
+    c.student.classifier = "auto"
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.name = "moco_r50"      # frozen teacher, a foprokd_jax/models/teachers.py registry name
@@ -73,6 +95,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "bsm"              # long-tail loss on both heads: 'bsm' (Balanced Softmax) or 'ce'
     c.loss.free_u = 3.0              # weight of the 2 - 2cos teacher-feature term (reference README)
+    # loss.name may also be 'focal', 'cb', 'rw', 'la', 'ldam' or 'lcc' (docs/long_tail.md, spec §5); their
+    # parameters follow (reference values; each is read only by its loss):
+    c.loss.focal_gamma = 2.0         # 'focal': -(1 - p_t)^gamma log p_t, p_t detached in the factor (reference)
+    c.loss.cb_beta = 0.9999          # 'cb': class-balanced weights (1 - beta) / (1 - beta^n_c), summing to C
+    c.loss.la_tau = 1.0              # 'la': logit-adjusted CE(z + tau log pi); 0 = CE, 1 = BSM (Menon et al.)
+    c.loss.ldam_max_m = 0.5          # 'ldam': largest margin; m_c ~ n_c^(-1/4)
+    c.loss.ldam_s = 30.0             # 'ldam': logit scale s of CE(s (z - m_y onehot))
+    c.loss.drw_epoch = 80            # 'ldam': DRW from this epoch (reference floor(0.8 x 100 epochs)); < 0 = never
+    c.loss.drw_beta = 0.9999         # 'ldam': class-balanced beta of the DRW weights (before: weight 1)
+    c.loss.lcc_tau = 0.5             # 'lcc': CE(z - tau n_c^(-1/4)) (FedLC-style calibration, reference T)
+    # Batch reduction of weighted losses (cb, rw, ldam+DRW): 'weights' = sum(w_y l) / sum(w_y) over the global
+    # batch (torch CrossEntropyLoss(weight), the reference); 'batch' = sum(w_y l) / B
+    c.loss.weighted_mean = "weights"
 
     # FoPro-KD's Fourier Prompt Generator and adversarial KD: a RECONSTRUCTION (docs/fpg.md, spec §2.4, §4).
     c.fpg = ml_collections.ConfigDict()
@@ -106,7 +141,57 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict()
     # 'val_test': select on val (50/class), report on test (100/class), the conventional reading.
     # 'test_val': the released code's literal protocol (select on test_*.csv, report val_*.csv), spec §9.
+    # 'test_last': CRCKD's protocol (no validation set): monitor the test split, report the LAST checkpoint.
     c.eval.protocol = "val_test"
     c.eval.head_min = 700            # head classes: > head_min training images (Hyper-Kvasir protocol note)
     c.eval.tail_max = 70             # tail classes: < tail_max training images
+
+    # CRCKD (method 'crckd', crckd_spec.md, docs/crckd.md): DenseNet-121 student + EMA mean teacher, CCD + CRP.
+    # Defaults are the reference CODE's effective values; the switches marked (ambiguity) are settled in
+    # docs/crckd.md. CRCKD ignores student.*, teacher.*, loss.*, optim.* and input.augment.
+    c.crckd = ml_collections.ConfigDict()
+    c.crckd.backbone_init = ""       # '' = random init; or a converted torchvision densenet121 artifact (ImageNet, the
+    #                                  reference: launch/convert_teacher.py --arch=densenet121) loaded into both nets
+    c.crckd.growth_rate = 32         # DenseNet-121 (torchvision); tests shrink the four DenseNet keys
+    c.crckd.block_config = (6, 12, 24, 16)
+    c.crckd.num_init_features = 64
+    c.crckd.bn_size = 4
+    c.crckd.feat_dim = 128           # fc_layer width (feature4) = embedding width of embed_s/embed_t (s/t/feat_dim)
+    c.crckd.teacher_init = "independent"  # (G20) 'independent' own random heads as the code; 'student' = a copy
+    c.crckd.ema_decay = 0.99         # mean teacher: alpha_t = min(1 - 1/(t + 1), ema_decay), params only
+    c.crckd.teacher_rot_flip = True  # (G4) teacher view also gets a per-sample vflip (p .5) + rot90 k ~ U{0..3}
+    c.crckd.augment = True           # both views: RandomAffine(degrees, translate) + RandomHorizontalFlip; False = none
+    c.crckd.augment_degrees = 10.0
+    c.crckd.augment_translate = 0.02  # max shift as a fraction of width/height, rounded to whole pixels
+    c.crckd.nce_p = 20               # positives per anchor (own memory slot + P-1 same-class, no replacement)
+    c.crckd.nce_k = 4096             # negatives per anchor (replacement only when the pool is smaller)
+    c.crckd.nce_t = 0.07             # temperature of the CCD scores and of the CRP relations
+    c.crckd.nce_m = 0.5              # memory momentum: M[i] <- normalize(m M[i] + (1 - m) g_i)
+    c.crckd.positive_mode = "multi_pos"  # 'multi_pos' (CRCKD) or 'exact' (1 positive = own slot; 'relax' == exact, G9)
+    c.crckd.negative_mode = "sup"    # 'sup': negatives from other classes; 'unsup' (ablation): any other example
+    # (G5) memory rows and the N of the noise constant K/N and of Z = mean(exp) * N. -1 = the training-set size;
+    # the code's flag is 2929 (right only for APTOS folds 1-2). Must be >= the training-set size.
+    c.crckd.n_data = -1
+    c.crckd.z_s = -1.0               # Z of student-anchor scores; < 0 = set once from the first step's GLOBAL mean
+    c.crckd.z_t = -1.0               # Z of teacher-anchor scores; same rule
+    c.crckd.crp_relu_centroids = True  # (G11) ReLU on memory rows before the class mean, as the code
+    c.crckd.ccd_weight_pre = 0.1     # CCD weight before begin_distill_epoch (CCD_b4_weight)
+    c.crckd.ccd_weight_post = 0.01   # (G2) from begin_distill_epoch: 0.01 = code (0.1 applied twice), 0.1 = readme
+    c.crckd.crp_weight = 1.0         # CRP_distill, from begin_distill_epoch
+    c.crckd.consistency = 1.0        # mean-teacher KL weight after ramp-up (0 = no MT)
+    c.crckd.consistency_rampup_epochs = 30.0  # sigmoid ramp over epochs counted from 0 (G3)
+    c.crckd.begin_distill_epoch = 20  # (G3) begin_ema: KL and CRP start here, CCD weight switches to _post
+    c.crckd.ce_class_weights = "inverse_frequency"  # (G12) 'inverse_frequency' (N/n_c, weighted mean) or 'none'
+    c.crckd.eval_last_n_epochs = 11  # (G17) report the mean of the last N per-epoch evaluations (code: 11, not 10)
+    c.crckd.optim = ml_collections.ConfigDict()
+    c.crckd.optim.weight_decay = 5e-4  # (G16) COUPLED L2 (torch Adam weight_decay) on every trainable parameter
+    c.crckd.optim.max_lr = 3e-4      # OneCycleLR (cosine, two phases), stepped per iteration
+    c.crckd.optim.pct_start = 0.3
+    c.crckd.optim.div_factor = 25.0  # start lr = max_lr / 25
+    c.crckd.optim.final_div_factor = 1e4  # final lr = start lr / 1e4
+    c.crckd.optim.base_momentum = 0.85  # Adam beta1 cycles max -> base -> max with the LR
+    c.crckd.optim.max_momentum = 0.95
+    c.crckd.optim.b2 = 0.999
+    c.crckd.optim.eps = 1e-8
+    c.crckd.optim.epoch_start_lr = 1e-4  # (G16) code quirk: the first step of every epoch >= 1 uses base_lr; 0 = off
     return c

@@ -11,14 +11,21 @@ The host-side formulas follow scikit-learn's semantics, which the released FoPro
   * `macro_f1`  = `f1_score(average='macro', zero_division=0)`: mean F1 over classes that occur in the
                   labels OR the predictions (sklearn's `unique_labels`); F1 = 2TP / (2TP + FP + FN).
   * `mcc`       = `matthews_corrcoef` (Gorodkin's multiclass R_K), 0.0 when a marginal is constant.
-scikit-learn itself is not a dependency; tests check these against independent reference code.
+scikit-learn itself is not a dependency of the package (tests compare against it).
+
+`full_report` (host side, from probabilities) adds what CRCKD reports (crckd_spec.md §9): macro
+precision/recall/specificity, Cohen's kappa (unweighted and quadratic) and the macro one-vs-rest AUC;
+`mean_of_last_evals` gives CRCKD's "mean over the final N evaluations" from a run's metrics.jsonl.
 """
+import math
 import warnings
 from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from foprokd_jax.logging_utils import read_metrics_jsonl
 
 GROUP_ORDER = ("head", "medium", "tail")
 
@@ -173,16 +180,215 @@ def classification_report(confusion, train_class_counts=None, class_names: Optio
     return report
 
 
+# Scalars written to metrics.jsonl / TensorBoard after each evaluation, when the report has them.
+SCALAR_KEYS = ("accuracy", "bacc", "macro_f1", "mcc", "head_recall", "medium_recall", "tail_recall",
+               "macro_precision", "macro_recall", "macro_specificity", "kappa", "kappa_quadratic", "auc")
+
+
 def report_scalars(report: dict, prefix: str = "val/") -> dict:
-    """Flattens a `classification_report` into `{prefix + name: float}` for a scalar writer.
+    """Flattens a `classification_report`/`full_report` into `{prefix + name: float}` for a scalar writer.
 
     Per-class recalls become `prefix + "recall/" + class_name`; undefined (None) values are dropped.
     """
     scalars = {}
-    for key in ("accuracy", "bacc", "macro_f1", "mcc", "head_recall", "medium_recall", "tail_recall"):
-        if key in report:
+    for key in SCALAR_KEYS:
+        if report.get(key) is not None:
             scalars[prefix + key] = report[key]
     for name, value in report["per_class_recall"].items():
         if value is not None:
             scalars[f"{prefix}recall/{name}"] = value
     return scalars
+
+
+def softmax(logits) -> np.ndarray:
+    """Row-wise softmax in float64 on the host (float64 so near-equal logits keep distinct probabilities)."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks with ties sharing their mean rank (scipy's rankdata 'average')."""
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts_group = np.concatenate([[True], sorted_values[1:] != sorted_values[:-1]])
+    group_of = np.cumsum(starts_group) - 1
+    starts = np.flatnonzero(starts_group)
+    ends = np.append(starts[1:], len(values))  # exclusive
+    ranks = np.empty(len(values), np.float64)
+    ranks[order] = ((starts + 1 + ends) / 2.0)[group_of]
+    return ranks
+
+
+def binary_auc(scores, is_positive) -> Optional[float]:
+    """ROC AUC as the Mann-Whitney statistic; a tie between a positive and a negative counts 1/2.
+
+    Equal to sklearn's trapezoidal `roc_auc_score` (ties in the scores are one ROC point, so the
+    trapezoid gives them half credit). None when there are no positives or no negatives.
+    """
+    scores = np.asarray(scores).reshape(-1)
+    is_positive = np.asarray(is_positive, bool).reshape(-1)
+    num_pos = int(is_positive.sum())
+    num_neg = is_positive.size - num_pos
+    if num_pos == 0 or num_neg == 0:
+        return None
+    rank_sum = _average_ranks(scores)[is_positive].sum()
+    return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def one_vs_rest_auc(probs, labels, class_names: Sequence[str]):
+    """Macro one-vs-rest AUC as CRCKD reports it, and the per-class AUCs (crckd_spec.md §9).
+
+    CRCKD calls `roc_auc_score(onehot(labels), probs, average='macro', multi_class='ovo')`; with one-hot
+    targets sklearn ignores `multi_class` and returns the mean over classes of the binary AUC of column c
+    against `labels == c`. A class with no example in `labels` (or with every example) has no AUC: its
+    entry is None and it is left out of the mean, with a warning (sklearn 1.9 instead returns NaN for
+    the whole mean, older versions raise). Returns (macro AUC or None, {name: AUC or None}).
+    """
+    per_class = {}
+    for c, name in enumerate(class_names):
+        per_class[str(name)] = binary_auc(probs[:, c], labels == c)
+    undefined = [name for name, value in per_class.items() if value is None]
+    if undefined:
+        warnings.warn(f"one-vs-rest AUC is undefined for classes absent from the labels (or holding all of "
+                      f"them), left out of the macro AUC: {undefined}")
+    defined = [value for value in per_class.values() if value is not None]
+    return (float(np.mean(defined)) if defined else None), per_class
+
+
+def cohen_kappa_from_confusion(confusion, weights: Optional[str] = None) -> Optional[float]:
+    """Cohen's kappa between true and predicted classes; `weights` None (unweighted) or 'quadratic'.
+
+    Disagreement weights use the class indices 0..C-1 ((i - j)^2 for 'quadratic'), i.e. sklearn's
+    `cohen_kappa_score(..., labels=range(C))`. Without `labels`, sklearn re-indexes the classes that occur
+    and its quadratic kappa differs when a class in the middle of an ordinal scale never occurs.
+    Returns None when undefined (no expected disagreement: both raters use one and the same class).
+    """
+    confusion = np.asarray(confusion, np.float64)
+    num_classes = confusion.shape[0]
+    index = np.arange(num_classes)
+    if weights is None:
+        disagreement = 1.0 - np.eye(num_classes)
+    elif weights == "quadratic":
+        disagreement = (index[:, None] - index[None, :]) ** 2.0
+    else:
+        raise ValueError(f"kappa weights must be None or 'quadratic', got {weights!r}")
+    total = confusion.sum()
+    expected = np.outer(confusion.sum(axis=1), confusion.sum(axis=0)) / total
+    expected_disagreement = float(np.sum(disagreement * expected))
+    if expected_disagreement == 0.0:
+        return None
+    return float(1.0 - np.sum(disagreement * confusion) / expected_disagreement)
+
+
+def _check_probs_and_labels(probs, labels, class_names) -> tuple:
+    probs = np.asarray(probs)
+    labels = np.asarray(labels)
+    if probs.ndim != 2 or probs.shape[1] != len(class_names):
+        raise ValueError(f"probs must have shape (N, {len(class_names)}) for {len(class_names)} classes, "
+                         f"got {probs.shape}")
+    if labels.shape != (probs.shape[0],):
+        raise ValueError(f"labels must have shape ({probs.shape[0]},) to match probs, got {labels.shape}")
+    if probs.shape[0] == 0:
+        raise ValueError("no examples: probs and labels are empty")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= len(class_names):
+        raise ValueError(f"labels must lie in [0, {len(class_names)}), got range [{labels.min()}, {labels.max()}]")
+    if not np.all(np.isfinite(probs)):
+        raise ValueError(f"probs hold {int(np.sum(~np.isfinite(probs)))} non-finite values")
+    row_sums = probs.sum(axis=1, dtype=np.float64)
+    worst = int(np.argmax(np.abs(row_sums - 1.0)))
+    if probs.min() < 0 or abs(row_sums[worst] - 1.0) > 1e-3:
+        # AUC ranks each class column, and the softmax does not preserve a column's order of logits.
+        raise ValueError(f"probs must be probabilities (softmax of the logits): row {worst} sums to "
+                         f"{row_sums[worst]:.6g}, min value {probs.min():.6g}")
+    return probs, labels.astype(np.int64)
+
+
+def full_report(probs, labels, class_names: Sequence[str], train_counts=None, head_min: int = 700,
+                tail_max: int = 70, predictions=None) -> dict:
+    """Every evaluation number of FoPro-KD (spec §9) and CRCKD (crckd_spec.md §9), JSON-serialisable.
+
+    Args:
+      probs: (N, C) class probabilities (rows sum to 1); scored by the AUC.
+      labels: (N,) integer true classes.
+      class_names: the C class names, in class-index order.
+      train_counts: per-class training counts for the head/medium/tail groups (optional).
+      predictions: (N,) predicted classes; default argmax of `probs`. Pass argmax of the logits to count
+        exactly what a confusion matrix of the logits counts (a float32 softmax can tie near-equal logits).
+
+    Returns everything `classification_report` returns, plus `confusion` (list of lists, [true, pred]),
+    `macro_precision`, `macro_recall`, `macro_specificity` (sklearn/imblearn `average='macro'`: mean over
+    classes present in the labels or the predictions, 0 for an undefined ratio), `per_class_specificity`
+    (TN / (TN + FP)), `kappa`, `kappa_quadratic` (`cohen_kappa_from_confusion`, None if undefined), `auc`
+    and `per_class_auc` (`one_vs_rest_auc`) and `auc_undefined_classes`. No value is NaN.
+    """
+    class_names = [str(name) for name in class_names]
+    probs, labels = _check_probs_and_labels(probs, labels, class_names)
+    predictions = np.argmax(probs, axis=1) if predictions is None else np.asarray(predictions, np.int64)
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions must have shape {labels.shape}, got {predictions.shape}")
+    num_classes = len(class_names)
+    confusion = confusion_from_vectors(labels, predictions, num_classes)
+    report = classification_report(confusion, train_counts, class_names, head_min, tail_max)
+
+    counts = confusion.astype(np.float64)
+    true_positives = np.diag(counts)
+    support = counts.sum(axis=1)
+    predicted = counts.sum(axis=0)
+    in_true_or_pred = (support > 0) | (predicted > 0)
+    negatives = counts.sum() - support
+    false_positives = predicted - true_positives
+    specificity = _safe_divide(negatives - false_positives, negatives)
+    recall = _safe_divide(true_positives, support)
+    precision = _safe_divide(true_positives, predicted)
+    auc, per_class_auc = one_vs_rest_auc(probs, labels, class_names)
+    report.update({
+        "confusion": confusion.tolist(),
+        "macro_precision": float(precision[in_true_or_pred].mean()),
+        "macro_recall": float(recall[in_true_or_pred].mean()),
+        "macro_specificity": float(specificity[in_true_or_pred].mean()),
+        "per_class_specificity": {name: float(specificity[i]) for i, name in enumerate(class_names)},
+        "kappa": cohen_kappa_from_confusion(confusion),
+        "kappa_quadratic": cohen_kappa_from_confusion(confusion, "quadratic"),
+        "auc": auc,
+        "per_class_auc": per_class_auc,
+        "auc_undefined_classes": [name for name, value in per_class_auc.items() if value is None],
+    })
+    return report
+
+
+def mean_of_last_evals(metrics_jsonl_path: str, split_prefix: str, n: int) -> dict:
+    """CRCKD's reported number: each metric averaged over the final `n` evaluations (crckd_spec.md §9).
+
+    Reads the evaluation records that `report_scalars(report, prefix=split_prefix)` wrote to metrics.jsonl
+    (`split_prefix` e.g. 'test/' or 'test'). A step logged twice (a resumed run) keeps its last values.
+    Returns `{metric: mean, ..., "num_evals": k, "steps": [...]}` with the prefix stripped from metric
+    names (e.g. 'bacc', 'auc', 'recall/NV'); a metric is averaged over those of the k evaluations that
+    logged a finite value. Fewer than `n` evaluations: all are used, with a warning.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    prefix = split_prefix if split_prefix.endswith("/") else split_prefix + "/"
+    by_step = {}
+    for record in read_metrics_jsonl(metrics_jsonl_path):
+        values = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
+        if values and "step" in record:
+            by_step.setdefault(int(record["step"]), {}).update(values)
+    if not by_step:
+        raise ValueError(f"{metrics_jsonl_path} holds no evaluation records with prefix {prefix!r}")
+    steps = sorted(by_step)[-n:]
+    if len(steps) < n:
+        warnings.warn(f"{metrics_jsonl_path}: only {len(steps)} '{prefix}' evaluations, fewer than the {n} "
+                      "asked for; averaging all of them")
+    sums, counts = {}, {}
+    for step in steps:
+        for key, value in by_step[step].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                sums[key] = sums.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
+    result = {key: sums[key] / counts[key] for key in sorted(sums)}
+    result.update({"num_evals": len(steps), "steps": steps})
+    return result

@@ -259,3 +259,43 @@ def plot_method_comparison(scores_by_method: dict, out_png: str,
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return _save(figure, out_png)
+
+
+def plot_metric_vs_imbalance(series: dict, out_png: str, metric_label: str = "tail-class recall",
+                             title: Optional[str] = None) -> str:
+    """One line per method: a metric's mean ± std (error bars) against the imbalance ratio 1 / imb.
+
+    `series` is `{method label: [(imb, mean, std, n), ...]}` with `imb` the imbalance factor (0.01 ->
+    ratio 100); `mean` None marks a missing cell (no run, or the metric undefined, e.g. no tail class at
+    that factor) and leaves a gap; `std` None (a single run) draws no bar. The x axis is logarithmic with
+    the ratios as tick labels, most balanced on the left.
+    """
+    figure = Figure(figsize=(6.4, 4.2))
+    axis = figure.subplots()
+    ratios = sorted({1.0 / float(point[0]) for points in series.values() for point in points})
+    for label, points in series.items():
+        points = sorted(points, key=lambda p: 1.0 / float(p[0]))
+        x = np.array([1.0 / float(p[0]) for p in points])
+        y = np.array([np.nan if p[1] is None else float(p[1]) for p in points])
+        err = np.array([0.0 if p[2] is None or p[1] is None else float(p[2]) for p in points])
+        if not np.isfinite(y).any():
+            continue
+        line = axis.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linewidth=1.4, label=label)
+        for xi, yi, p in zip(x, y, points):
+            if np.isfinite(yi):
+                axis.annotate(f"n={p[3]}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=6,
+                              color=line[0].get_color())
+    if not axis.lines:
+        _empty_panel(axis, f"no {metric_label} to plot")
+        return _save(figure, out_png)
+    axis.set_xscale("log")
+    axis.set_xticks(ratios)
+    axis.set_xticklabels([f"{r:g}" for r in ratios])
+    axis.minorticks_off()
+    axis.set_xlabel("imbalance ratio (largest / smallest class)")
+    axis.set_ylabel(metric_label)
+    axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    axis.set_title(title or f"{metric_label} vs imbalance (mean ± std)", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, out_png)

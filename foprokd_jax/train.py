@@ -1,43 +1,123 @@
 """`train_and_evaluate(config, workdir)`: wires data, models, steps, checkpoints and logging together.
 
+The loop knows neither the method nor the benchmark: `data.registry.load_dataset` gives the splits and
+`methods.build_method` the state, compiled steps and training stream (`MethodParts`).
+
 Resumption: rerunning the same command with the same workdir restores the latest checkpoint (state,
 optimizer, step and data-iterator position) and continues; a finished run goes straight to the final
 report. Model selection: after training, the best checkpoint by balanced accuracy on the selection split
-is restored and evaluated on the report split (`config.eval.protocol`, spec §9).
+is restored and evaluated on the report split (`config.eval.protocol`; FoPro-KD spec §9, CRCKD spec §9).
+
+Faults (docs/reliability.md): a SIGKILL anywhere loses at most the steps since the last checkpoint (rerun
+to resume, bitwise identical on CPU); SIGTERM saves a checkpoint at the next step boundary and raises
+`TrainingPreempted`; a non-finite loss or gradient stops training before anything non-finite is saved.
+Everything that can be checked is checked before the workdir is touched.
 """
 import json
 import os
+import signal
+import time
 
 import jax
 import numpy as np
 from absl import logging
 
-from foprokd_jax import checkpointing, fopro_step, fpg_plots, losses, logging_utils, metrics, parallel, plots, steps
-from foprokd_jax.data import isic_splits, pipeline, tfds_isic
-from foprokd_jax.models import build
-from foprokd_jax.state import create_train_state, make_optimizer
+from foprokd_jax import checkpointing, evaluation, logging_utils, losses, methods, metrics, parallel, plots
+from foprokd_jax.data import pipeline, registry, samplers
+from foprokd_jax.models import ekd_student
 
-PROTOCOLS = {"val_test": ("val", "test"), "test_val": ("test", "val")}
+# eval.protocol -> (split monitored during training and used for checkpoint selection, split reported).
+# 'test_last' is CRCKD's protocol (spec §9): no validation set, the test fold is monitored every epoch and
+# the LAST checkpoint is reported (no selection), next to the mean of the last evaluations.
+PROTOCOLS = {"val_test": ("val", "test"), "test_val": ("test", "val"), "test_last": ("test", "test")}
+
+# Test hook (tests/test_resume.py): FOPROKD_FAULT=<point>@<step> makes the process kill itself with SIGKILL
+# at that point of that step ('step': the train step is dispatched but not finished; 'checkpoint': the
+# asynchronous checkpoint write is in flight; 'eval': after the first batch of the evaluation), or send
+# itself SIGTERM ('sigterm': right after the step is dispatched). Unset in normal runs.
+FAULT_ENV = "FOPROKD_FAULT"
+# Files that mark a folder as a training run (a workdir without config.json but with these is refused).
+RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "tb")
 
 
-def write_config_json(config, workdir: str) -> None:
-    """Writes workdir/config.json; refuses to resume a workdir that was started with another config."""
+class WorkdirConflictError(ValueError):
+    """The workdir holds another run (different config, or no readable config.json)."""
+
+
+class TrainingPreempted(Exception):
+    """SIGTERM arrived; a checkpoint of `step` was saved and training stopped. Rerun the command to resume."""
+
+    def __init__(self, step: int, workdir: str):
+        super().__init__(f"preempted (SIGTERM): checkpoint of step {step} saved in {workdir}/checkpoints; "
+                         "rerun the same command to resume")
+        self.step = step
+
+
+def _fault_armed(point: str, step: int) -> bool:
+    return os.environ.get(FAULT_ENV) == f"{point}@{step}"
+
+
+def _maybe_fault(point: str, step: int) -> None:
+    if _fault_armed(point, step):
+        logging.warning("%s=%s@%d: injecting the fault now", FAULT_ENV, point, step)
+        os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGKILL)
+
+
+def _config_dict(config) -> dict:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def check_workdir(config, workdir: str, overwrite: bool = False) -> str:
+    """Read-only look at the workdir: 'new', 'resume' (a run with this very config) or 'replace'.
+
+    A run made with a different config, or run files without a readable config.json, is a conflict:
+    WorkdirConflictError unless `overwrite`, in which case `prepare_workdir` moves the old run aside.
+    """
+    if not os.path.isdir(workdir) or not os.listdir(workdir):
+        return "new"
     path = os.path.join(workdir, "config.json")
-    current = json.loads(config.to_json_best_effort(sort_keys=True))
     if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if previous != current:
-            diff = sorted(k for k in set(_flatten(previous)) | set(_flatten(current))
-                          if _flatten(previous).get(k) != _flatten(current).get(k))
-            raise ValueError(f"{workdir} holds a run made with a different config (keys differ: {diff}). "
-                             "Resume with the same config, or choose a new --workdir.")
-        return
+        try:
+            with open(path) as f:
+                previous = json.load(f)
+        except (OSError, ValueError) as e:
+            reason = f"has an unreadable {path} ({e})"
+        else:
+            current, before = _flatten(_config_dict(config)), _flatten(previous)
+            diff = sorted(k for k in set(before) | set(current) if before.get(k) != current.get(k))
+            if not diff:
+                return "resume"
+            reason = f"holds a run made with a different config (keys differ: {diff})"
+    elif any(os.path.exists(os.path.join(workdir, name)) for name in RUN_FILES):
+        reason = "holds run files (checkpoints, metrics) but no config.json to tell which config made them"
+    else:
+        return "new"  # an existing folder with unrelated files: the run's files go beside them
+    if overwrite:
+        return "replace"
+    raise WorkdirConflictError(f"{workdir} {reason}. Resume with the same config, choose a new --workdir, or pass "
+                               "--overwrite to move the old run aside (it is renamed, not deleted).")
+
+
+def prepare_workdir(config, workdir: str, status: str) -> None:
+    """Applies `check_workdir`'s verdict: moves a replaced run aside, then writes config.json atomically.
+
+    Only process 0 touches the disk; the other processes wait for it (the workdir must be shared).
+    """
+    parallel.sync_processes("prepare_workdir:start")
     if jax.process_index() == 0:
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(current, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        if status == "replace":
+            aside = f"{os.path.normpath(workdir)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            while os.path.exists(aside):
+                aside += "_"
+            os.rename(workdir, aside)  # atomic; nothing of the old run is deleted
+            logging.warning("--overwrite: moved the previous run in %s to %s", workdir, aside)
+        os.makedirs(workdir, exist_ok=True)
+        if status != "resume":
+            path = os.path.join(workdir, "config.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(_config_dict(config), f, indent=2, sort_keys=True)
+            os.replace(path + ".tmp", path)
+    parallel.sync_processes("prepare_workdir:done")
 
 
 def _flatten(d, prefix=""):
@@ -50,166 +130,210 @@ def _flatten(d, prefix=""):
     return out
 
 
-def load_data(config):
-    """Split tables, the prepared image store and the per-split sources."""
-    inp = config.input
-    tables = {split: isic_splits.read_split(inp.split_dir, split, inp.fold, inp.imb)
-              for split in ("train", "val", "test")}
-    store = tfds_isic.prepare_isic(inp.image_root, inp.prepared_dir, inp.image_size)
-    sources = {split: tfds_isic.IsicSplitSource(table, store) for split, table in tables.items()}
-    counts = isic_splits.class_counts(tables["train"].labels, len(isic_splits.CLASS_NAMES))
-    return tables, sources, counts
-
-
-def evaluate(eval_step, state, source, config, mesh) -> np.ndarray:
-    """Confusion matrix of the student's `fc` logits over a whole split (each example exactly once)."""
-    num_classes = len(isic_splits.CLASS_NAMES)
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    for batch in pipeline.make_eval_batches(source, config.input.eval_batch_size,
-                                            jax.process_index(), jax.process_count()):
-        confusion += np.asarray(jax.device_get(eval_step(state, parallel.host_batch_to_global(batch, mesh))))
-    return confusion
-
-
-def write_prompt_images(writer, step, prompt, state, source, num_images: int = 6) -> None:
-    """The learned gain spectrum and originals above prompted images (TensorBoard + workdir/images)."""
-    images = np.stack([source[i]["image"] for i in range(min(num_images, len(source)))])
-    visuals = fpg_plots.prompt_visuals(prompt, jax.device_get(state.fpg_params["prompt"]), images)
-    writer.write_images(step, {"fpg/gain_spectrum": visuals["gain_png_array"],
-                               "fpg/original_vs_prompted": visuals["side_by_side"]})
+def split_report(predict_step, state, source, dataset, config, mesh) -> dict:
+    """Metrics of the evaluated model on one split (`metrics.full_report`: balanced accuracy, AUC, kappa...)."""
+    logits, labels = evaluation.predict_split(predict_step, state, source, config.input.eval_batch_size, mesh)
+    return evaluation.report_from_logits(logits, labels, dataset, config)
 
 
 def validate_config(config) -> None:
     """Catches values that would otherwise fail late or, worse, silently change the experiment."""
-    choices = {"method": (config.method, ("fopro", "ekd", "bsm")),
+    choices = {"method": (config.method, methods.method_names()),
                "input.augment": (config.input.augment, ("skin", "none")),
                "eval.protocol": (config.eval.protocol, tuple(PROTOCOLS)),
-               "teacher.dtype": (config.teacher.dtype, ("float32", "bfloat16"))}
+               "teacher.dtype": (config.teacher.dtype, ("float32", "bfloat16")),
+               "loss.name": (str(config.loss.name).lower(), losses.LOSS_NAMES),
+               "loss.weighted_mean": (config.loss.weighted_mean, ("weights", "batch")),
+               "input.sampler": (config.input.sampler, samplers.SAMPLERS),
+               "student.classifier": (config.student.classifier, ("auto",) + ekd_student.CLASSIFIERS)}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
 
 
-def build_training(config, mesh, train_counts):
-    """Student, replicated initial state, compiled train step (+ prompt and teacher for fopro/ekd)."""
-    student, teacher, teacher_vars, teacher_meta = build.models_from_config(config)
-    optimizer = make_optimizer(config.optim)
-    student_rng, prompt_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    init_vars = build.init_student(student, config, student_rng)
-    cls_loss = losses.make_classification_loss(config.loss.name, train_counts)
-    if config.method == "fopro":
-        prompt, explore_head = build.prompt_from_config(config, teacher_meta["feature_dim"])
-        fpg_optimizer = make_optimizer(config.fpg.optim)
-        fpg_params = build.init_prompt(prompt, explore_head, teacher_meta["feature_dim"], config.input.image_size,
-                                       prompt_rng)
-        state = create_train_state(init_vars, optimizer, fpg_params, fpg_optimizer)
-        train_step = fopro_step.make_fopro_train_step(
-            student=student, teacher=teacher, prompt=prompt, explore_head=explore_head, cls_loss=cls_loss,
-            optimizer=optimizer, fpg_optimizer=fpg_optimizer, free_u=config.loss.free_u,
-            lambda_cls=config.fpg.lambda_cls, lambda_adv=config.fpg.lambda_adv, lambda_reg=config.fpg.lambda_reg,
-            teacher_feature_key=config.teacher.feature_key, mesh=mesh)
-    else:
-        prompt = None
-        state = create_train_state(init_vars, optimizer)
-        train_step = steps.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss,
-                                           optimizer=optimizer, method=config.method, free_u=config.loss.free_u,
-                                           teacher_feature_key=config.teacher.feature_key, mesh=mesh)
-    state = parallel.replicate(state, mesh)
-    teacher_vars = parallel.replicate(teacher_vars, mesh) if teacher is not None else {}
-    return student, state, train_step, prompt, teacher_vars, teacher_meta
+def check_protocol(config, dataset) -> tuple:
+    """(selection split, report split) of config.eval.protocol, both present in the dataset."""
+    selection_split, report_split = PROTOCOLS[config.eval.protocol]
+    for split in (selection_split, report_split):
+        if split not in dataset.sources:
+            raise ValueError(
+                f"config.eval.protocol={config.eval.protocol!r} needs a {split!r} split, but {dataset.name} has "
+                f"only {sorted(dataset.sources)}. Use eval.protocol='test_last' (the CRCKD protocol) or carve "
+                "a validation set from the training fold (input.val_fraction > 0).")
+    return selection_split, report_split
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def load_dataset_once(input_config):
+    """`registry.load_dataset`, prepared by process 0 first when several processes share the prepared folder.
+
+    The first load of a benchmark writes its tfds copy; several hosts doing that into one shared folder at
+    once would race. Process 0 loads (and prepares) first, the others wait for it, then load the copy
+    (or prepare their own when `input.prepared_dir` is host-local).
+    """
+    if jax.process_count() == 1:
+        return registry.load_dataset(input_config)
+    dataset = registry.load_dataset(input_config) if jax.process_index() == 0 else None
+    parallel.sync_processes("dataset_prepared")
+    return dataset if dataset is not None else registry.load_dataset(input_config)
+
+
+def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
+    """Trains (or resumes) the run of `config` in `workdir` and writes its final report.
+
+    `overwrite`: if the workdir holds a run made with a different config, move it aside instead of refusing.
+    Raises ValueError subclasses for bad inputs (before anything is written), FloatingPointError when a
+    training metric becomes non-finite, TrainingPreempted after a SIGTERM checkpoint.
+    """
     validate_config(config)
-    os.makedirs(workdir, exist_ok=True)
-    write_config_json(config, workdir)
-    is_chief = jax.process_index() == 0
     mesh = parallel.make_mesh(None if config.num_devices <= 0 else config.num_devices)
-    parallel.check_global_batch(config.input.batch_size, mesh)
-    parallel.check_global_batch(config.input.eval_batch_size, mesh)
+    parallel.check_global_batch(config.input.batch_size, mesh, "config.input.batch_size")
+    parallel.check_global_batch(config.input.eval_batch_size, mesh, "config.input.eval_batch_size")
+    workdir_status = check_workdir(config, workdir, overwrite)
+    is_chief = jax.process_index() == 0
     logging.info("Mesh: %s", parallel.device_count_summary(mesh))
 
-    tables, sources, train_counts = load_data(config)
-    logging.info("Train class counts (%s): %s", tables["train"].path, train_counts.tolist())
-    steps_per_epoch = pipeline.steps_per_epoch(len(sources["train"]), config.input.batch_size)
+    dataset = load_dataset_once(config.input)
+    selection_split, report_split = check_protocol(config, dataset)
+    logging.info("%s train class counts: %s", dataset.name, dataset.train_counts.tolist())
+    steps_per_epoch = pipeline.steps_per_epoch(len(dataset.sources["train"]), config.input.batch_size)
     total_steps = config.total_steps if config.total_steps > 0 else config.total_epochs * steps_per_epoch
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else steps_per_epoch
 
-    student, state, train_step, prompt, teacher_vars, teacher_meta = build_training(config, mesh, train_counts)
-    eval_step = steps.make_eval_step(student=student, num_classes=len(isic_splits.CLASS_NAMES), mesh=mesh)
-    train_iter = pipeline.make_train_iterator(
-        sources["train"], config.input.batch_size, seed=config.seed, process_index=jax.process_index(),
-        process_count=jax.process_count(), worker_count=config.input.worker_count,
-        augment=config.input.augment == "skin")
-
-    selection_split, report_split = PROTOCOLS[config.eval.protocol]
-    metadata = {"teacher": teacher_meta, "train_csv": tables["train"].path}
-    with logging_utils.MetricWriter(workdir, enabled=is_chief) as writer, \
-            checkpointing.Checkpointer(workdir, metadata=metadata) as ckpt:
+    parts = methods.build_method(config, mesh, dataset, steps_per_epoch)
+    state, train_iter = parts.state, parts.train_iterator
+    prepare_workdir(config, workdir, workdir_status)
+    with checkpointing.Checkpointer(workdir) as ckpt:
         start = ckpt.latest_step()
         if start is not None:
             state = ckpt.restore(start, state, train_iter)
-            logging.info("Resuming from step %d of %d", start, total_steps)
+            logging.info("Resuming from step %d of %d (%s)", start, total_steps, ckpt.step_dir(start))
+        ckpt.write_metadata({**parts.meta, "dataset": dataset.describe})
         start = int(jax.device_get(state.step))
-        progress = logging_utils.ProgressMeter(total_steps, start_step=start)
-        last_good = start
+        if start < total_steps:
+            try:
+                state = _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, start,
+                                    total_steps, steps_per_epoch, eval_every, selection_split, is_chief)
+            except FloatingPointError as e:
+                ckpt.wait()
+                last = ckpt.latest_step()
+                kept = (f"the last good checkpoint, step {last} ({ckpt.step_dir(last)}), is kept unchanged and a "
+                        "rerun resumes from it" if last is not None else "no checkpoint had been saved yet")
+                raise FloatingPointError(f"{e}. Training stopped; {kept}. Lower the learning rate or check "
+                                         "the inputs.") from None
+        ckpt.wait()
+        # 'test_last' reports the final model (no selection on the test split); otherwise the best one.
+        final_step = ckpt.latest_step() if config.eval.protocol == "test_last" else ckpt.best_step()
+        state = ckpt.restore(final_step, state)
+    return final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
+                        is_chief)
+
+
+def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, start, total_steps,
+                steps_per_epoch, eval_every, selection_split, is_chief):
+    """Steps start+1..total_steps with logging, evaluation + checkpoint every `eval_every`, NaN guard, SIGTERM.
+
+    The finite check of a step's metrics (a handful of scalars, one transfer) runs after the next step is
+    dispatched, so it overlaps with device work; before logging, evaluating or saving it runs at once, so a
+    non-finite state is never written.
+    """
+    guard = logging_utils.FiniteGuard(last_good_step=start)
+    progress = logging_utils.ProgressMeter(total_steps, start_step=start)
+    pending = None  # (step, device metrics) not checked yet
+    with logging_utils.MetricWriter(workdir, enabled=is_chief) as writer, \
+            checkpointing.PreemptionWatch() as preemption:
         for step in range(start + 1, total_steps + 1):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
-            state, train_metrics = train_step(state, teacher_vars, batch)
-            if step % config.log_every_steps == 0 or step == total_steps:
-                scalars = {f"train/{k}": float(v) for k, v in parallel.to_host(train_metrics).items()}
-                last_good = logging_utils.check_finite(step, scalars, names=("loss", "grad_norm", "param_norm"),
-                                                       last_good_step=last_good)
-                timing = progress.update(step)
-                for key in ("steps_per_sec", "eta_seconds"):
-                    if timing.get(key) is not None:
-                        scalars[f"train/{key}"] = timing[key]
-                if timing.get("steps_per_sec"):
-                    scalars["train/images_per_sec"] = timing["steps_per_sec"] * config.input.batch_size
-                scalars["train/epoch"] = step / steps_per_epoch
-                writer.write_scalars(step, scalars)
-                logging.info("%s | loss %.4f", progress.format(step), scalars["train/loss"])
-            if step % eval_every == 0 or step == total_steps:
-                confusion = evaluate(eval_step, state, sources[selection_split], config, mesh)
-                report = metrics.classification_report(confusion, train_counts, isic_splits.CLASS_NAMES,
-                                                       config.eval.head_min, config.eval.tail_max)
+            state, step_metrics = parts.train_step(state, parts.frozen, batch)
+            _maybe_fault("step", step)
+            _maybe_fault("sigterm", step)
+            if pending is not None:
+                guard.check(*pending)
+            pending = (step, step_metrics)
+            is_log = step % config.log_every_steps == 0 or step == total_steps
+            is_eval = step % eval_every == 0 or step == total_steps
+            stop = preemption.requested(step)
+            if not (is_log or is_eval or stop):
+                continue
+            host_metrics = guard.check(*pending)
+            pending = None
+            if is_log:
+                _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics)
+            if is_eval:
+                predict_step = parts.predict_step
+                if _fault_armed("eval", step):
+                    def predict_step(*args, _predict=parts.predict_step, _step=step):
+                        out = jax.block_until_ready(_predict(*args))
+                        _maybe_fault("eval", _step)
+                        return out
+                report = split_report(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
-                if config.method == "fopro" and is_chief:
-                    write_prompt_images(writer, step, prompt, state, sources[selection_split])
+                if parts.on_eval is not None and is_chief:
+                    parts.on_eval(writer, step, state, dataset)
                 ckpt.save(step, state, train_iter, report["bacc"])
-        ckpt.wait()
-        best_step = ckpt.best_step()
-        state = ckpt.restore(best_step, state)
-    return final_report(eval_step, state, sources, train_counts, config, mesh, best_step,
-                        selection_split, report_split, teacher_meta, workdir, is_chief)
+                _maybe_fault("checkpoint", step)
+            if stop:
+                if not is_eval:
+                    ckpt.save(step, state, train_iter, None)  # not a candidate for the best checkpoint
+                ckpt.wait()
+                logging.warning("SIGTERM: saved the checkpoint of step %d, stopping", step)
+                raise TrainingPreempted(step, workdir)
+    return state
 
 
-def final_report(eval_step, state, sources, train_counts, config, mesh, best_step, selection_split,
-                 report_split, teacher_meta, workdir, is_chief) -> dict:
-    """Evaluates the best checkpoint on both splits and writes results.json plus figures."""
-    reports = {}
-    for split in (selection_split, report_split):
-        confusion = evaluate(eval_step, state, sources[split], config, mesh)
-        reports[split] = metrics.classification_report(confusion, train_counts, isic_splits.CLASS_NAMES,
-                                                        config.eval.head_min, config.eval.tail_max)
-        reports[split]["confusion"] = confusion.tolist()
+def _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics) -> None:
+    scalars = {f"train/{k}": float(np.asarray(v)) for k, v in host_metrics.items()}
+    timing = progress.update(step)
+    for key in ("steps_per_sec", "eta_seconds"):
+        if timing.get(key) is not None:
+            scalars[f"train/{key}"] = timing[key]
+    if timing.get("steps_per_sec"):
+        scalars["train/images_per_sec"] = timing["steps_per_sec"] * config.input.batch_size
+    scalars["train/epoch"] = step / steps_per_epoch
+    writer.write_scalars(step, scalars)
+    logging.info("%s | loss %.4f", progress.format(step), scalars["train/loss"])
+
+
+def final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
+                 is_chief) -> dict:
+    """Evaluates the chosen checkpoint on both splits and writes results.json plus figures."""
+    reports = {split: split_report(parts.predict_step, state, dataset.sources[split], dataset, config, mesh)
+               for split in dict.fromkeys((selection_split, report_split))}
+    teacher = parts.meta.get("teacher")
     results = {
-        "method": config.method, "fold": config.input.fold, "imb": config.input.imb,
+        "method": config.method, "dataset": dataset.name, "fold": config.input.fold,
+        "imb": config.input.imb if dataset.name == "isic2019_lt" else None,
+        "teacher": config.teacher.name if teacher else None, "seed": config.seed,
         "protocol": {"select_on": selection_split, "report_on": report_split, "name": config.eval.protocol},
-        "best_step": best_step, "train_class_counts": np.asarray(train_counts).tolist(),
-        "teacher": teacher_meta, "report": reports[report_split], "selection": reports[selection_split],
+        "best_step": final_step, "class_names": list(dataset.class_names),
+        "train_class_counts": dataset.train_counts.tolist(), "dataset_info": dataset.describe,
+        "method_info": parts.meta, "report": reports[report_split], "selection": reports[selection_split],
     }
+    last_n = last_evals_to_average(parts, config)
+    if last_n and is_chief:
+        # CRCKD's reported number (spec §9): each metric averaged over the final evaluations of the monitored
+        # split, beside the single chosen checkpoint.
+        results["last_evals_mean"] = metrics.mean_of_last_evals(os.path.join(workdir, "metrics.jsonl"),
+                                                                selection_split, last_n)
     if is_chief:
         path = os.path.join(workdir, "results.json")
         with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
         plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
-        plots.plot_confusion_matrix(np.asarray(reports[report_split]["confusion"]), isic_splits.CLASS_NAMES,
+        plots.plot_confusion_matrix(np.asarray(reports[report_split]["confusion"]), dataset.class_names,
                                     os.path.join(workdir, "confusion_matrix.png"))
-        plots.plot_per_class_recall(reports[report_split]["per_class_recall"], train_counts,
+        plots.plot_per_class_recall(reports[report_split]["per_class_recall"], dataset.train_counts,
                                     os.path.join(workdir, "per_class_recall.png"))
-        logging.info("Best step %d | %s balanced accuracy %.4f | results in %s", best_step, report_split,
+        logging.info("Step %d | %s balanced accuracy %.4f | results in %s", final_step, report_split,
                      reports[report_split]["bacc"], path)
     return results
+
+
+def last_evals_to_average(parts, config) -> int:
+    """How many final evaluations results.json averages: CRCKD's `eval_last_n_epochs`, also used for any
+    method run under its 'test_last' protocol; 0 (none) otherwise."""
+    n = parts.meta.get("crckd", {}).get("eval_last_n_epochs")
+    if n is None and config.eval.protocol == "test_last" and "crckd" in config:
+        n = config.crckd.eval_last_n_epochs
+    return int(n or 0)

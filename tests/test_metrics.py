@@ -1,4 +1,4 @@
-"""Metrics against hand-computed confusion matrices and independent reference code (sklearn is absent)."""
+"""Metrics against hand-computed cases, independent reference code and scikit-learn (a test-only dependency)."""
 import json
 import warnings
 
@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, PartitionSpec as P
+
+from sklearn import metrics as sk
 
 from foprokd_jax import metrics
 
@@ -223,3 +225,151 @@ def test_invalid_inputs():
         metrics.classification_report(np.ones((3, 2)), None, list("abc"))
     with pytest.raises(ValueError):
         metrics.classification_report(np.eye(3), None, list("ab"))
+
+
+# ---- full_report (probabilities) against scikit-learn ----
+
+def _random_case(seed, num_classes=6, n=120, missing_class=None, ties=False):
+    rng = np.random.default_rng(seed)
+    frequencies = np.linspace(2.0, 0.5, num_classes)  # a mild long tail
+    labels = rng.choice(num_classes, size=n, p=frequencies / frequencies.sum())
+    if missing_class is not None:
+        labels[labels == missing_class] = (missing_class + 1) % num_classes
+    logits = rng.normal(size=(n, num_classes)) + 1.5 * np.eye(num_classes)[labels]
+    if ties:
+        logits = np.round(logits)  # many equal scores within a class column, and argmax ties
+    probs = metrics.softmax(logits).astype(np.float32)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    return probs, labels
+
+
+@pytest.mark.parametrize("seed,missing,ties", [(0, None, False), (1, None, True), (2, 3, False), (3, 0, True),
+                                               (4, None, False), (5, 5, True)])
+def test_full_report_matches_sklearn(seed, missing, ties):
+    num_classes = 6
+    probs, labels = _random_case(seed, num_classes, missing_class=missing, ties=ties)
+    names = [f"c{i}" for i in range(num_classes)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = metrics.full_report(probs, labels, names)
+    preds = probs.argmax(1)
+    assert report["accuracy"] == pytest.approx(sk.accuracy_score(labels, preds), abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert report["bacc"] == pytest.approx(sk.balanced_accuracy_score(labels, preds), abs=1e-12)
+    for key, fn in (("macro_precision", sk.precision_score), ("macro_recall", sk.recall_score),
+                    ("macro_f1", sk.f1_score)):
+        assert report[key] == pytest.approx(fn(labels, preds, average="macro", zero_division=0), abs=1e-12), key
+    assert report["mcc"] == pytest.approx(sk.matthews_corrcoef(labels, preds), abs=1e-12)
+    assert report["kappa"] == pytest.approx(sk.cohen_kappa_score(labels, preds), abs=1e-12)
+    assert report["kappa_quadratic"] == pytest.approx(
+        sk.cohen_kappa_score(labels, preds, weights="quadratic", labels=list(range(num_classes))), abs=1e-12)
+    # Specificity per class from sklearn's one-vs-rest confusion matrices ([[tn, fp], [fn, tp]]).
+    ovr = sk.multilabel_confusion_matrix(labels, preds, labels=list(range(num_classes)))
+    specificity = ovr[:, 0, 0] / (ovr[:, 0, 0] + ovr[:, 0, 1])
+    for c in range(num_classes):
+        assert report["per_class_specificity"][names[c]] == pytest.approx(specificity[c], abs=1e-12)
+    seen = sorted(set(labels) | set(preds))  # imblearn's macro runs over sklearn's unique_labels
+    assert report["macro_specificity"] == pytest.approx(np.mean(specificity[seen]), abs=1e-12)
+    # CRCKD's AUC call: one-hot targets make it a multilabel macro of per-class one-vs-rest AUCs.
+    present = sorted(set(labels))
+    onehot = np.eye(num_classes)[labels]
+    expected_auc = sk.roc_auc_score(onehot[:, present], probs[:, present], average="macro", multi_class="ovo")
+    assert report["auc"] == pytest.approx(expected_auc, abs=1e-12)
+    per_class = sk.roc_auc_score(onehot[:, present], probs[:, present], average=None)
+    for c, value in zip(present, per_class):
+        assert report["per_class_auc"][names[c]] == pytest.approx(value, abs=1e-12)
+    if missing is None:
+        assert report["auc"] == pytest.approx(sk.roc_auc_score(labels, probs, multi_class="ovr"), abs=1e-12)
+        assert report["auc_undefined_classes"] == []
+    else:
+        assert report["per_class_auc"][names[missing]] is None
+        assert report["auc_undefined_classes"] == [names[missing]]
+    assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+@pytest.mark.filterwarnings("ignore:classes with no true examples")
+def test_full_report_missing_class_warns_and_extends_classification_report():
+    probs, labels = _random_case(7, 4, n=40, missing_class=2)
+    with pytest.warns(UserWarning, match="AUC is undefined"):
+        report = metrics.full_report(probs, labels, list("abcd"), train_counts=[800, 100, 50, 20])
+    confusion = metrics.confusion_from_vectors(labels, probs.argmax(1), 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = metrics.classification_report(confusion, [800, 100, 50, 20], list("abcd"))
+    assert {k: report[k] for k in base} == base  # a superset of the confusion-matrix report
+    assert report["confusion"] == confusion.tolist()
+    assert report["groups"] == {"head": ["a"], "medium": ["b"], "tail": ["c", "d"]}
+    assert report["tail_recall"] == report["per_class_recall"]["d"]  # c has no example
+
+
+def test_binary_auc_hand_cases():
+    # The textbook example: 3 of the 4 positive-negative pairs are ordered correctly.
+    assert metrics.binary_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    # Ties between a positive and a negative count one half: pairs (0.5+, 0.5-) -> 0.5, (0.5+, 0.2-) -> 1,
+    # (0.9+, 0.5-) -> 1, (0.9+, 0.2-) -> 1: 3.5 / 4.
+    assert metrics.binary_auc([0.5, 0.5, 0.9, 0.2], [1, 0, 1, 0]) == pytest.approx(3.5 / 4)
+    assert metrics.binary_auc([0.3, 0.3, 0.3], [1, 0, 1]) == pytest.approx(0.5)
+    assert metrics.binary_auc([0.1, 0.2], [1, 1]) is None
+
+
+def test_kappa_hand_cases():
+    # y_true = [0, 0, 1, 2], y_pred = [0, 1, 1, 2]: po = 3/4; true marginals [2,1,1], pred [1,2,1]:
+    # pe = (2*1 + 1*2 + 1*1) / 16 = 5/16; kappa = (12/16 - 5/16) / (11/16) = 7/11.
+    confusion = metrics.confusion_from_vectors([0, 0, 1, 2], [0, 1, 1, 2], 3)
+    assert metrics.cohen_kappa_from_confusion(confusion) == pytest.approx(7 / 11)
+    # Quadratic: observed weighted disagreement = 1 (one error at distance 1) / 4; expected: sum over
+    # (i, j) of (i-j)^2 t_i p_j / 16 = (0-1)^2*2*2 + (0-2)^2*2*1 + (1-0)^2*1*1 + (1-2)^2*1*1
+    # + (2-0)^2*1*1 + (2-1)^2*1*2 = 4 + 8 + 1 + 1 + 4 + 2 = 20 -> 20/16.  kappa = 1 - (1/4) / (20/16) = 0.8.
+    assert metrics.cohen_kappa_from_confusion(confusion, "quadratic") == pytest.approx(0.8)
+    # One class used by both raters: undefined, reported as None (not NaN).
+    assert metrics.cohen_kappa_from_confusion(np.array([[5, 0], [0, 0]])) is None
+
+
+def test_full_report_rejects_bad_inputs():
+    probs, labels = _random_case(8, 3, n=10)
+    with pytest.raises(ValueError, match="softmax"):
+        metrics.full_report(probs * 2, labels, list("abc"))  # logits/unnormalised scores
+    with pytest.raises(ValueError, match="shape"):
+        metrics.full_report(probs, labels, list("ab"))
+    with pytest.raises(ValueError, match="labels must lie"):
+        metrics.full_report(probs, labels + 3, list("abc"))
+    with pytest.raises(ValueError, match="non-finite"):
+        metrics.full_report(np.where(np.arange(3) == 1, np.nan, probs), labels, list("abc"))
+
+
+def test_full_report_predictions_override_argmax_of_probs():
+    probs = np.array([[0.5, 0.5], [0.2, 0.8], [0.7, 0.3]])
+    labels = np.array([1, 1, 0])
+    report = metrics.full_report(probs, labels, ["a", "b"], predictions=np.array([1, 1, 0]))
+    assert report["accuracy"] == 1.0
+    assert metrics.full_report(probs, labels, ["a", "b"])["accuracy"] == pytest.approx(2 / 3)  # tie -> class 0
+
+
+# ---- mean_of_last_evals ----
+
+def test_mean_of_last_evals_keeps_the_last_value_of_a_repeated_step(tmp_path):
+    from foprokd_jax.logging_utils import MetricWriter
+
+    with MetricWriter(str(tmp_path)) as writer:
+        writer.write_scalars(1, {"train/loss": 3.0})
+        for step, bacc in ((2, 0.1), (4, 0.2), (6, 0.3)):
+            writer.write_scalars(step, {"test/bacc": bacc, "test/auc": 1 - bacc, "val/bacc": 9.0})
+        writer.write_scalars(6, {"test/bacc": 0.5, "test/auc": 0.5})  # resumed run re-evaluates step 6
+        writer.write_scalars(8, {"test/bacc": 0.7, "test/auc": float("nan")})
+    out = metrics.mean_of_last_evals(str(tmp_path / "metrics.jsonl"), "test", 3)
+    assert out["steps"] == [4, 6, 8] and out["num_evals"] == 3
+    assert out["bacc"] == pytest.approx((0.2 + 0.5 + 0.7) / 3)
+    assert out["auc"] == pytest.approx((0.8 + 0.5) / 2)  # the NaN evaluation is left out for this key
+    assert set(out) == {"bacc", "auc", "num_evals", "steps"}
+    with pytest.warns(UserWarning, match="fewer than"):
+        assert metrics.mean_of_last_evals(str(tmp_path / "metrics.jsonl"), "test/", 11)["num_evals"] == 4
+    with pytest.raises(ValueError, match="no evaluation records"):
+        metrics.mean_of_last_evals(str(tmp_path / "metrics.jsonl"), "selection/", 3)
+
+
+def test_report_scalars_include_full_report_numbers():
+    probs, labels = _random_case(9, 3, n=30)
+    scalars = metrics.report_scalars(metrics.full_report(probs, labels, list("abc")), prefix="test/")
+    for key in ("bacc", "auc", "kappa_quadratic", "macro_specificity", "recall/a"):
+        assert isinstance(scalars[f"test/{key}"], float)

@@ -112,7 +112,7 @@ def test_registered_teacher_must_have_the_registry_width(tmp_path):
     config = isic.get_config("teacher=dinov2_s14,method=ekd,runlocal")
     config.teacher.artifact = path
     with pytest.raises(ValueError, match="384-d"):
-        build.models_from_config(config)
+        build.models_from_config(config, 8)
 
 
 @pytest.fixture(scope="module")
@@ -133,10 +133,11 @@ def test_dinov2_s14_config_trains_on_synthetic_data(dataset, tmp_path, method, d
     config.teacher.dtype = dtype
     config.total_steps = 2
     config.num_devices = 1  # the 8-device data-parallel path is test_train's; one device halves the time
-    student, _, _, record = build.models_from_config(config)
+    student, _, _, record = build.models_from_config(config, 8)
     assert student.teacher_dim == 384 and record["dtype"] == dtype
     results = train.train_and_evaluate(config, str(tmp_path / "work"))
-    assert results["teacher"]["feature_dim"] == 384 and results["teacher"]["arch"] == "dinov2_vits14"
+    assert results["method_info"]["teacher"]["feature_dim"] == 384
+    assert results["method_info"]["teacher"]["arch"] == "dinov2_vits14" and results["teacher"] == "dinov2_s14"
     assert 0.0 <= results["report"]["bacc"] <= 1.0
 
 

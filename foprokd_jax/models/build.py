@@ -13,11 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foprokd_jax.data.isic_splits import CLASS_NAMES
-from foprokd_jax.models.ekd_student import EKDStudent
+from foprokd_jax.models.ekd_student import EKDStudent, classifier_head, resolve_classifier
 from foprokd_jax.models.fourier_prompt import FourierPrompt
 from foprokd_jax.models import teachers
-from foprokd_jax.models.torch_init import torch_dense
 from foprokd_jax.parallel import DATA_AXIS
 from foprokd_jax.porting import artifact
 
@@ -33,9 +31,11 @@ def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional
     module = teachers.build_teacher_module(meta, dtype=dtype, image_size=image_size)
     family = teachers.artifact_family(meta)
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats")}
+    # The distilled feature is the pooled trunk output; a classifier in the artifact is never used.
     if family == "resnet":
-        # The distilled feature is the pooled trunk output; a classifier in the artifact is never used.
         variables = {k: {n: p for n, p in v.items() if n != "fc"} for k, v in variables.items()}
+    elif family == "densenet":
+        variables = {k: {n: p for n, p in v.items() if n != "classifier"} for k, v in variables.items()}
     feature_dim = module.feature_dim
     if meta.get("feature_dim") not in (None, feature_dim):
         raise ValueError(f"artifact {path} declares feature_dim {meta['feature_dim']} but its architecture "
@@ -47,7 +47,7 @@ def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional
     return module, variables, record
 
 
-def models_from_config(config):
+def models_from_config(config, num_classes: int):
     """Returns (student, teacher or None, teacher variables or {}, teacher record or None).
 
     The student's projector and `fc_free` are sized by the loaded teacher's feature width (D_t, spec §3.3).
@@ -59,11 +59,17 @@ def models_from_config(config):
             config.teacher.artifact, config.teacher.arch, image_size=config.input.image_size, dtype=dtype)
         _check_registered_teacher(config, record)
         record["dtype"] = config.teacher.get("dtype", "float32")
-    student = EKDStudent(num_classes=len(CLASS_NAMES),
+    student = EKDStudent(num_classes=num_classes,
                          teacher_dim=record["feature_dim"] if record else None,
                          trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
-                         width=config.student.width, bn_axis_name=DATA_AXIS)
+                         width=config.student.width, bn_axis_name=DATA_AXIS,
+                         classifier=student_classifier(config))
     return student, teacher, teacher_vars, record
+
+
+def student_classifier(config) -> str:
+    """'linear' or 'cosine' class heads: config.student.classifier, where 'auto' means cosine exactly for LDAM."""
+    return resolve_classifier(config.student.get("classifier", "auto"), config.loss.name)
 
 
 def _check_registered_teacher(config, record: dict) -> None:
@@ -84,12 +90,13 @@ def _check_registered_teacher(config, record: dict) -> None:
                          f"{teachers.SUPPORTED_NORMALISATIONS}")
 
 
-def prompt_from_config(config, teacher_dim: int):
+def prompt_from_config(config, teacher_dim: int, num_classes: int):
     """The Fourier prompt generator and the explore head (Linear D_t -> C on teacher features)."""
     fpg = config.fpg
     prompt = FourierPrompt(variant=fpg.variant, alpha=fpg.alpha, num_bands=fpg.num_bands,
                            share_channels=fpg.share_channels, hidden=fpg.hidden, depth=fpg.depth)
-    explore_head = torch_dense(len(CLASS_NAMES), teacher_dim, name="explore_head")
+    # Same head kind as the student's: LDAM's scale-30 margins assume cosine logits (docs/long_tail.md).
+    explore_head = classifier_head(student_classifier(config), num_classes, teacher_dim, name="explore_head")
     return prompt, explore_head
 
 
