@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Class heads fc/fc_free: 'linear' (torch Linear), 'cosine' (LDAM's normalised-linear ClassifierLDAM, no
     # bias) or 'auto' = cosine exactly when loss.name == 'ldam', as the reference (models/ekd_student.py).
     c.student.classifier = "auto"
+    # Student compute dtype: 'float32' or 'bfloat16' (mixed precision for GPU/TPU; slower on CPU). Parameters,
+    # optimiser state and BN statistics stay float32 and outputs are cast to float32 before the losses.
+    c.student.dtype = "float32"
 
     c.teacher = ml_collections.ConfigDict()
     c.teacher.name = "moco_r50"      # frozen teacher, a foprokd_jax/models/teachers.py registry name

@@ -23,7 +23,7 @@ import optax
 
 from foprokd_jax import losses, parallel
 from foprokd_jax.state import TrainState
-from foprokd_jax.steps import normalize_images, student_objective
+from foprokd_jax.steps import float32_outputs, normalize_images, student_objective
 
 
 def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, student: nn.Module,
@@ -38,6 +38,7 @@ def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, st
     sg = jax.lax.stop_gradient
     out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                  mutable=["batch_stats"])
+    out = float32_outputs(out)  # losses in float32 under a bfloat16 student; the prompt's FFT gets float32 x
     x_prompted, log_gain = prompt.apply({"params": fpg_params["prompt"]}, x)
     # No stop-gradient on the teacher's input: the FPG learns through the frozen teacher. The teacher's
     # weights get no gradient because they are not an argument we differentiate.

@@ -34,6 +34,11 @@ def teacher_features(teacher: nn.Module, teacher_vars: dict, x: jnp.ndarray, fea
     return jax.lax.stop_gradient(out[feature_key].astype(jnp.float32))
 
 
+def float32_outputs(out: dict) -> dict:
+    """Model outputs cast to float32, so that losses never run in a bfloat16 compute dtype (no-op in float32)."""
+    return {name: value.astype(jnp.float32) for name, value in out.items()}
+
+
 def student_objective(out: dict, labels, cls_loss: Callable, free_u: float,
                       teacher_feat: Optional[jnp.ndarray], step=None, axis_name: Optional[str] = parallel.DATA_AXIS):
     """The student's loss from its outputs: the long-tail loss on fc, plus (with a teacher) the EKD terms (§3.4).
@@ -44,6 +49,8 @@ def student_objective(out: dict, labels, cls_loss: Callable, free_u: float,
     its weights summed over the global batch across `axis_name`). `step` is the optimizer step count (DRW).
     Returns (loss, terms).
     """
+    out = float32_outputs(out)
+
     def cls_term(logits):
         return losses.batch_mean(cls_loss, logits, labels, step, axis_name)
 

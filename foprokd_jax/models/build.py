@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foprokd_jax.models.ekd_student import EKDStudent, classifier_head, resolve_classifier
+from foprokd_jax.models.ekd_student import EKDStudent, classifier_head, resolve_classifier, student_compute_dtype
 from foprokd_jax.models.fourier_prompt import FourierPrompt
 from foprokd_jax.models import teachers
 from foprokd_jax.parallel import DATA_AXIS
@@ -63,7 +63,9 @@ def models_from_config(config, num_classes: int):
                          teacher_dim=record["feature_dim"] if record else None,
                          trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
                          width=config.student.width, bn_axis_name=DATA_AXIS,
-                         classifier=student_classifier(config))
+                         classifier=student_classifier(config),
+                         # Mixed precision: bfloat16 compute, float32 params/BN statistics/outputs.
+                         dtype=student_compute_dtype(config.student.get("dtype", "float32")))
     return student, teacher, teacher_vars, record
 
 

@@ -45,6 +45,7 @@ class FreeProjector(nn.Module):
             axis_name=self.bn_axis_name,
             dtype=self.dtype,
             param_dtype=jnp.float32,
+            force_float32_reductions=True,  # float32 batch/running statistics under a bfloat16 compute dtype
             name="bn",
         )(y)
         y = nn.relu(y)
@@ -52,6 +53,16 @@ class FreeProjector(nn.Module):
 
 
 CLASSIFIERS = ("linear", "cosine")
+
+# config.student.dtype -> compute dtype. bfloat16 is for GPU/TPU (XLA:CPU emulates it and is slower).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def student_compute_dtype(name: str) -> Any:
+    """`config.student.dtype` ('float32' or 'bfloat16') -> jnp dtype; parameters stay float32 either way."""
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"config.student.dtype={name!r} is not one of {tuple(COMPUTE_DTYPES)}")
+    return COMPUTE_DTYPES[name]
 
 
 def resolve_classifier(classifier: str, loss_name: str) -> str:
@@ -112,7 +123,8 @@ class EKDStudent(nn.Module):
         is non-empty, which builds a custom (e.g. tiny test) trunk from ``stage_sizes``/``block``/
         ``width``.
       bn_axis_name: mesh axis for synchronised BN, used by the trunk and by ``p_free``.
-      dtype: compute dtype; parameters stay float32.
+      dtype: compute dtype (float32, or bfloat16 for GPU/TPU mixed precision). Parameters and BN statistics
+        stay float32 and every output (h, z1, p, z2) is returned in float32, so the losses run in float32.
       classifier: 'linear' (reference default) or 'cosine' (LDAM's ``ClassifierLDAM``) for ``fc`` and
         ``fc_free``; see ``resolve_classifier`` for the config's 'auto'.
     """
@@ -139,12 +151,13 @@ class EKDStudent(nn.Module):
     def __call__(self, x, train: bool) -> Dict[str, jnp.ndarray]:
         h = self._build_trunk()(x, train)["pre_logits"]
         feature_dim = h.shape[-1]
+        f32 = jnp.float32  # outputs feed the losses: cast back from the compute dtype (no-op in float32)
         z1 = classifier_head(self.classifier, self.num_classes, feature_dim, name="fc", dtype=self.dtype)(h)
         if self.teacher_dim is None:
             # The plain long-tail baseline ('bsm'): no distillation heads, only fc on the raw feature.
-            return dict(h=h, z1=z1)
+            return dict(h=h.astype(f32), z1=z1.astype(f32))
         p = FreeProjector(self.teacher_dim, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
                           name="p_free")(h, train)
         z2 = classifier_head(self.classifier, self.num_classes, self.teacher_dim, name="fc_free",
                              dtype=self.dtype)(p)
-        return dict(h=h, z1=z1, p=p, z2=z2)
+        return dict(h=h.astype(f32), z1=z1.astype(f32), p=p.astype(f32), z2=z2.astype(f32))

@@ -56,6 +56,9 @@ def _make_bn(train, axis_name, name, dtype):
         axis_name=axis_name,
         dtype=dtype,
         param_dtype=jnp.float32,
+        # Explicit although it is Flax's default: with a bfloat16 compute dtype the batch mean/variance are
+        # still reduced in float32 and the running statistics stored in float32 (mixed precision).
+        force_float32_reductions=True,
         scale_init=nn.initializers.ones,
         bias_init=nn.initializers.zeros,
         name=name,
@@ -132,7 +135,9 @@ class ResNet(nn.Module):
       width: channels of the stem and of stage 1 (64 in torchvision); stage i has width * 2**(i-1).
       num_classes: adds the ``fc`` classifier and a ``'logits'`` output when set.
       bn_axis_name: mesh axis to average BN batch statistics over (synchronised BN under shard_map).
-      dtype: compute dtype. Parameters and BN statistics are always float32.
+      dtype: compute dtype (float32, or bfloat16 on GPU/TPU). Parameters and BN statistics are always
+        float32; ``'pre_logits'`` is pooled and returned in float32, the stem/stage maps and ``'logits'`` are in
+        ``dtype``.
 
     ``__call__(x, train)`` takes an already-normalised float batch (B, H, W, 3) and returns
     ``{'stem', 'stage1'..'stage4', 'pre_logits'[, 'logits']}``. ``'stem'`` is the max-pool output
@@ -182,9 +187,13 @@ class ResNet(nn.Module):
                 )(x, train)
             features[f"stage{stage_index + 1}"] = x
 
-        pooled = jnp.mean(x, axis=(1, 2))
+        # Pool in float32: the feature handed to heads and losses is float32 whatever the compute dtype
+        # (a no-op cast for float32 models, so the float32 path is unchanged).
+        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features["pre_logits"] = pooled
         if self.num_classes is not None:
+            # In the compute dtype: this torchvision fc only serves ported classifiers, never a loss (the
+            # student's heads live in EKDStudent, which returns float32).
             features["logits"] = torch_dense(
                 self.num_classes, pooled.shape[-1], name="fc", dtype=self.dtype)(pooled)
         return features
