@@ -1,99 +1,112 @@
-"""Throughput benchmark: full `bsm`, `ekd` and `fopro` train steps and the input pipeline (not a test).
+"""Throughput benchmark: our `bsm`/`ekd`/`fopro` train steps, a PyTorch EKD step, and the input pipeline.
 
-    python launch/benchmark.py                         # 224 and 112, batch 32, ResNet-18 / MoCo R50 shapes
+    python launch/benchmark.py                                   # 224 and 112, batch 32, + torch, table
     python launch/benchmark.py --image_sizes=112 --steps=5 --out=bench.json
+    python launch/benchmark.py --image_sizes=224 --methods=ekd,fopro --xla_flag_sets=cpu_defaults,none
+    python launch/benchmark.py --torch=false --pipeline=false --isolate=false   # the old in-process mode
+    taskset -c 1 python launch/benchmark.py --image_sizes=112   # one pinned core: steadier on a shared machine
 
-Reports compile time (first call) and steady-state img/s (median over --steps timed calls, after one
-warm-up call) of the real step functions with full-size models (ResNet-18 student with the EKD heads,
-ResNet-50 teacher with random weights, plus the FPG for fopro: speed does not depend on the values), on
-all local devices.
-The pipeline figure is img/s of the grain train iterator with the 'skin' augmentation on synthetic
-images prepared at each size.
+Every configuration runs in a fresh process (`--isolate`, default): XLA reads XLA_FLAGS once per process,
+and peak memory (RSS) is then per configuration. Each reports compile + first step, then the median over
+`--steps` timed steps after one warm-up of: wall time, CPU time of the process, and the share of the
+machine OTHER processes used meanwhile (/proc/stat vs /proc/self/stat, benchmarks/cpu_contention.py). A
+configuration whose foreign share exceeds `--contention_threshold` is marked CONTENDED instead of being
+averaged in silently. The JAX steps are the real step functions with full-size models (ResNet-18 student
+with the EKD heads, ResNet-50 teacher with random weights, plus the FPG for fopro: speed does not depend
+on the values), on all local devices. The PyTorch reference is benchmarks/torch_ekd.py (channels_last,
+eager, `--torch_threads`). The pipeline figure is img/s of the grain train iterator with the 'skin'
+augmentation on synthetic images prepared at each size, and img/s per core of CPU it used.
+Output: a markdown table (docs/performance.md), the issue-8 target checks, and optionally `--out` JSON.
 """
 import json
 import os
-import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("image_sizes", ["224", "112"], "Square input sizes to benchmark.")
-flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose train step is timed.")
+flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose JAX train step is timed.")
 flags.DEFINE_string("fpg_variant", "spectrum", "FPG variant for the 'fopro' step.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration (after compile + 1 warm-up).")
-flags.DEFINE_integer("pipeline_batches", 8, "Batches drawn from the input pipeline per size.")
+flags.DEFINE_integer("pipeline_batches", 8, "Batches drawn from the input pipeline per size (at least; "
+                     "and for at least 3 s).")
 flags.DEFINE_integer("worker_count", 0, "grain worker processes for the pipeline benchmark.")
 flags.DEFINE_string("out", "", "Optional JSON file for the results.")
+flags.DEFINE_bool("torch", True, "Also time the PyTorch EKD step (benchmarks/torch_ekd.py); skipped with a "
+                  "note when torch is not installed.")
+flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the PyTorch step; 0 = the cores this "
+                     "process may run on (2 on the project's CPU machine).")
+flags.DEFINE_bool("pipeline", True, "Also time the input pipeline.")
+flags.DEFINE_list("xla_flag_sets", ["cpu_defaults"], "XLA flag sets for the JAX steps: 'cpu_defaults' "
+                  "(foprokd_jax.xla_flags.apply_cpu_defaults) and/or 'none' (XLA's own defaults).")
+flags.DEFINE_bool("isolate", True, "Run each configuration in a fresh process.")
+flags.DEFINE_float("contention_threshold", 0.08, "Foreign CPU share above which a run is marked CONTENDED.")
+flags.DEFINE_string("run_one", "", "Internal: run one configuration (JSON) and print its result row.")
 FLAGS = flags.FLAGS
 
+XLA_FLAG_SETS = ("cpu_defaults", "none")
+RESULT_PREFIX = "BENCH_RESULT "
+MIN_PIPELINE_S = 3.0
 
-def bench_step(method, size, batch_size, steps):
+
+def apply_xla_flag_set(name: str) -> None:
+    """Sets up XLA_FLAGS for one of XLA_FLAG_SETS; must run before JAX creates its backends."""
+    from foprokd_jax import xla_flags
+    if name == "cpu_defaults":
+        xla_flags.apply_cpu_defaults()
+    elif name != "none":
+        raise ValueError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")
+
+
+def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum"):
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from ml_collections import ConfigDict
-    from configs import isic
-    from foprokd_jax import fopro_step, losses, parallel, steps as steps_lib
-    from foprokd_jax.models import build
-    from foprokd_jax.models.ekd_student import EKDStudent
-    from foprokd_jax.models.resnet import resnet50
-    from foprokd_jax.state import create_train_state, make_optimizer
+    from benchmarks import jax_steps, timing
+    from foprokd_jax import xla_flags
 
-    mesh = parallel.make_mesh()
-    teacher = resnet50()
-    dummy = jnp.zeros((1, size, size, 3))
-    teacher_vars = teacher.init(jax.random.PRNGKey(1), dummy, train=False) if method != "bsm" else {}
-    uses_teacher = method in ("ekd", "fopro")
-    student = EKDStudent(num_classes=8, teacher_dim=2048 if uses_teacher else None,
-                         bn_axis_name=parallel.DATA_AXIS)
-    variables = jax.jit(lambda r: student.init(r, dummy, train=False))(jax.random.PRNGKey(0))
-    optimizer = make_optimizer(ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                               weight_decay=0.0, clip_norm=5.0)))
-    cls_loss = losses.make_classification_loss("bsm", np.arange(8, 0, -1))
-    if method == "fopro":
-        config = isic.get_config(f"method=fopro,fpg={FLAGS.fpg_variant}")
-        prompt, head = build.prompt_from_config(config, 2048)
-        fpg_params = build.init_prompt(prompt, head, 2048, size, jax.random.PRNGKey(2))
-        state = create_train_state(variables, optimizer, fpg_params, optimizer)
-        step = fopro_step.make_fopro_train_step(
-            student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
-            optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
-            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh)
-    else:
-        state = create_train_state(variables, optimizer)
-        step = steps_lib.make_train_step(
-            student=student, teacher=teacher if uses_teacher else None, cls_loss=cls_loss, optimizer=optimizer,
-            method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
-    state = parallel.replicate(state, mesh)
-    teacher_vars = parallel.replicate(teacher_vars, mesh)
-    rng = np.random.default_rng(0)
-    batch = parallel.host_batch_to_global(
-        {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-         "label": rng.integers(0, 8, (batch_size,)).astype(np.int32)}, mesh)
+    built = jax_steps.build_step(method, size, batch_size, fpg_variant)
+    # Compile ahead of time once: the same executable is timed, and it tells us the FLOPs and which
+    # library runs the convolutions, without a second compilation.
     t0 = time.perf_counter()
-    state, m = step(state, teacher_vars, batch)
-    jax.block_until_ready(m)
+    compiled = built.step.lower(*built.args()).compile()
     compile_s = time.perf_counter() - t0
-    state, m = step(state, teacher_vars, batch)  # warm-up
-    jax.block_until_ready(m)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, m = step(state, teacher_vars, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t0)
-    median = statistics.median(times)
-    return {"method": method, "image_size": size, "batch_size": batch_size, "devices": mesh.devices.size,
-            "compile_plus_first_step_s": round(compile_s, 2), "step_s": round(median, 4),
-            "img_per_s": round(batch_size / median, 2)}
+    holder = {"state": built.state}
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], built.teacher_vars, built.batch)
+        jax.block_until_ready(metrics)
+
+    timed = timing.time_step(run, steps)
+    row = {"framework": "jax", "method": method, "image_size": size, "batch_size": batch_size,
+           "devices": built.mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
+           **timed.summary(batch_size, threshold),
+           "compile_s": round(compile_s + timed.first_call_s, 2), "compile_only_s": round(compile_s, 2),
+           **jax_steps.cost_of(compiled), "conv_backends": xla_flags.count_conv_backends(compiled.as_text()),
+           "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+           "peak_rss_mib": timing.peak_rss_mib()}
+    # Kept for readers of the earlier JSON format.
+    row["compile_plus_first_step_s"], row["step_s"] = row["compile_s"], round(timed.median_step_s, 4)
+    return row
 
 
-def bench_pipeline(size, batch_size, num_batches, worker_count):
+def bench_torch(size, batch_size, steps, threshold, threads):
+    from benchmarks import timing, torch_ekd
+    threads = threads or len(os.sched_getaffinity(0))
+    step, info = torch_ekd.build_ekd_step(size, batch_size, threads=threads)
+    timed = timing.time_step(step, steps)
+    return {"framework": "torch", "method": "ekd", "image_size": size, "batch_size": batch_size,
+            "config": f"{info['memory_format']}, {info['threads']} threads, {info['mode']}", **info,
+            **timed.summary(batch_size, threshold), "peak_rss_mib": timing.peak_rss_mib()}
+
+
+def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
+    from benchmarks import cpu_contention
     from foprokd_jax.data import isic_splits, pipeline, synthetic, tfds_isic
     root = os.path.join(tempfile.gettempdir(), "foprokd_bench_synthetic")
     split_dir = os.path.join(root, "splits")
@@ -105,37 +118,132 @@ def bench_pipeline(size, batch_size, num_batches, worker_count):
     table = isic_splits.read_split(split_dir, "train", 1, "0.01")
     source = tfds_isic.IsicSplitSource(table, store)
     it = pipeline.make_train_iterator(source, batch_size, seed=0, worker_count=worker_count, augment=True)
-    next(it)  # start-up (and worker spawn) excluded
-    t0 = time.perf_counter()
-    for _ in range(num_batches):
+    for _ in range(2):  # start-up (and worker spawn) excluded; the prefetch buffer is drained once
         next(it)
-    elapsed = time.perf_counter() - t0
+    before = cpu_contention.snapshot()
+    drawn = 0
+    # At least `num_batches`, and at least MIN_PIPELINE_S: /proc counts CPU time in 10 ms ticks.
+    while drawn < num_batches or time.perf_counter() - before.wall_s < MIN_PIPELINE_S:
+        next(it)
+        drawn += 1
+    after = cpu_contention.snapshot()
+    img_per_s = drawn * batch_size / (after.wall_s - before.wall_s)
+    share = cpu_contention.foreign_share(before, after)
+    cores = cpu_contention.own_cores(before, after)
+    note = "" if worker_count == 0 else " (worker processes' CPU is not counted in 'cores used')"
     return {"image_size": size, "batch_size": batch_size, "worker_count": worker_count,
-            "prepare_s_(cached_after_first)": round(prepare_s, 2),
-            "img_per_s": round(num_batches * batch_size / elapsed, 1)}
+            "prepare_s_(cached_after_first)": round(prepare_s, 2), "batches": drawn,
+            "img_per_s": round(img_per_s, 1),
+            "cores": None if cores is None else round(cores, 2),
+            "img_per_s_per_core": round(img_per_s / cores, 1) if cores else None,
+            "foreign_share": None if share is None else round(share, 3),
+            "contended": cpu_contention.is_contended(share, threshold), "note": note}
+
+
+def run_config(spec: dict) -> dict:
+    """One measurement in this process; `spec['kind']` is 'jax_step', 'torch_step' or 'pipeline'."""
+    threshold = spec["threshold"]
+    if spec["kind"] == "jax_step":
+        row = bench_step(spec["method"], spec["size"], spec["batch_size"], spec["steps"], threshold,
+                         spec.get("fpg_variant", "spectrum"))
+        row["config"] = (f"xla={spec['xla']}, {row['devices']} device(s), "
+                         f"{len(os.sched_getaffinity(0))} core(s)")
+        return row
+    if spec["kind"] == "torch_step":
+        return bench_torch(spec["size"], spec["batch_size"], spec["steps"], threshold, spec["threads"])
+    if spec["kind"] == "pipeline":
+        return bench_pipeline(spec["size"], spec["batch_size"], spec["batches"], spec["worker_count"], threshold)
+    raise ValueError(f"unknown benchmark kind {spec['kind']!r}")
+
+
+def run_isolated(spec: dict) -> dict:
+    """`run_config(spec)` in a fresh interpreter; returns its row (or an 'error' row)."""
+    env = dict(os.environ)
+    if spec.get("xla") == "none":
+        env["FOPROKD_XLA_CPU_DEFAULTS"] = "0"
+    cmd = [sys.executable, os.path.abspath(__file__), f"--run_one={json.dumps(spec)}"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}", **spec}
+
+
+def plan(sizes, torch_available: bool) -> list:
+    """The configurations to measure, in order; adjacent JAX and torch runs make the fairest ratios."""
+    specs = []
+    for size in sizes:
+        common = dict(size=size, batch_size=FLAGS.batch_size, steps=FLAGS.steps, threshold=FLAGS.contention_threshold)
+        for xla in FLAGS.xla_flag_sets:
+            for method in FLAGS.methods:
+                specs.append(dict(kind="jax_step", method=method, xla=xla, fpg_variant=FLAGS.fpg_variant, **common))
+        if FLAGS.torch and torch_available:
+            specs.append(dict(kind="torch_step", threads=FLAGS.torch_threads, **common))
+        if FLAGS.pipeline:
+            specs.append(dict(kind="pipeline", batches=FLAGS.pipeline_batches, worker_count=FLAGS.worker_count,
+                              size=size, batch_size=FLAGS.batch_size, threshold=FLAGS.contention_threshold))
+    return specs
+
+
+def describe(row: dict) -> str:
+    if "error" in row:
+        return f"{row['kind']} {row.get('method', '')} {row['size']}px FAILED: {row['error']}"
+    if "framework" in row:
+        return (f"{row['framework']} {row['method']} {row['image_size']}px bs{row['batch_size']}: "
+                f"{row['img_per_s']:.2f} img/s ({row['step_ms']:.0f} ms/step; compile+first {row['compile_s']:.1f} s;"
+                f" foreign CPU {row['foreign_share']})")
+    return (f"input pipeline {row['image_size']}px: {row['img_per_s']:.1f} img/s, "
+            f"{row['img_per_s_per_core']} img/s per core (foreign CPU {row['foreign_share']})")
 
 
 def main(argv):
     del argv
-    import jax
+    from benchmarks import report
     from foprokd_jax import logging_utils
     logging_utils.quiet_library_logs()
-    print(f"JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}; "
-          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    results = {"steps": [], "pipeline": []}
-    for size in map(int, FLAGS.image_sizes):
-        for method in FLAGS.methods:
-            r = bench_step(method, size, FLAGS.batch_size, FLAGS.steps)
-            results["steps"].append(r)
-            print(f"train step {method:4s} {size}px bs{r['batch_size']}: {r['img_per_s']:8.2f} img/s "
-                  f"({r['step_s']:.3f} s/step; compile+first {r['compile_plus_first_step_s']:.1f} s)", flush=True)
-        p = bench_pipeline(size, FLAGS.batch_size, FLAGS.pipeline_batches, FLAGS.worker_count)
-        results["pipeline"].append(p)
-        print(f"input pipeline {size}px (skin augmentation, {p['worker_count']} workers): "
-              f"{p['img_per_s']:.1f} img/s", flush=True)
+    if FLAGS.run_one:
+        spec = json.loads(FLAGS.run_one)
+        if spec["kind"] == "jax_step":
+            apply_xla_flag_set(spec["xla"])
+        print(RESULT_PREFIX + json.dumps(run_config(spec)), flush=True)
+        return
+    for name in FLAGS.xla_flag_sets:
+        if name not in XLA_FLAG_SETS:
+            raise app.UsageError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")
+    if not FLAGS.isolate and len(FLAGS.xla_flag_sets) > 1:
+        raise app.UsageError("--isolate=false runs everything in one process, where XLA_FLAGS is read once: "
+                             "give a single --xla_flag_sets entry")
+    try:
+        import torch  # noqa: F401  (optional: requirements-test.txt)
+        torch_available = True
+    except ImportError:
+        torch_available = False
+        if FLAGS.torch:
+            print("torch is not installed: the PyTorch EKD reference is skipped.", flush=True)
+    if not FLAGS.isolate:
+        apply_xla_flag_set(FLAGS.xla_flag_sets[0])
+    import jax
+    print(f"JAX {jax.__version__}; {os.cpu_count()} CPU cores; XLA_FLAGS (parent)="
+          f"{os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    rows = []
+    for spec in plan([int(s) for s in FLAGS.image_sizes], torch_available):
+        row = run_isolated(spec) if FLAGS.isolate else run_config(spec)
+        rows.append(row)
+        print(describe(row), flush=True)
+    step_rows = [r for r in rows if "framework" in r]
+    pipeline_rows = [r for r in rows if "error" not in r and "framework" not in r]
+    tables = [report.step_table(step_rows)]
+    if pipeline_rows:
+        tables.append(report.pipeline_table(pipeline_rows, step_rows))
+    checks = report.target_checks(step_rows, pipeline_rows)
+    note = report.contention_note(step_rows + pipeline_rows, FLAGS.contention_threshold)
+    print("\n" + "\n\n".join(tables) + "\n\n" + note + "\n\nIssue-8 targets:\n" + "\n".join(checks), flush=True)
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump({"steps": [r for r in step_rows if r["framework"] == "jax"],
+                       "torch": [r for r in step_rows if r["framework"] == "torch"],
+                       "pipeline": pipeline_rows, "errors": [r for r in rows if "error" in r],
+                       "targets": checks, "contention": note}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,81 @@
+"""The real `bsm` / `ekd` / `fopro` train steps at full model size, ready to time or profile.
+
+Full-size models (ResNet-18 student with the EKD heads, ResNet-50 teacher, the FPG and explore head for
+fopro) with random weights: speed does not depend on the values. One fixed random uint8 batch, as the
+pipeline ships it. Used by launch/benchmark.py and benchmarks/profile_step.py.
+"""
+import dataclasses
+from typing import Any, Callable
+
+
+@dataclasses.dataclass
+class BuiltStep:
+    step: Callable       # the jitted data-parallel step: (state, teacher_vars, batch) -> (state, metrics)
+    state: Any
+    teacher_vars: Any
+    batch: Any
+    mesh: Any
+
+    def args(self):
+        return self.state, self.teacher_vars, self.batch
+
+
+def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spectrum", num_classes: int = 8,
+               num_devices=None) -> BuiltStep:
+    """Models, optimizer (clip 5 + Adam 3e-4), replicated state and one global batch for `method`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from ml_collections import ConfigDict
+    from configs import isic
+    from foprokd_jax import fopro_step, losses, parallel, steps as steps_lib
+    from foprokd_jax.models import build
+    from foprokd_jax.models.ekd_student import EKDStudent
+    from foprokd_jax.models.resnet import resnet50
+    from foprokd_jax.state import create_train_state, make_optimizer
+
+    if method not in ("bsm", "ekd", "fopro"):
+        raise ValueError(f"method must be 'bsm', 'ekd' or 'fopro', got {method!r}")
+    mesh = parallel.make_mesh(num_devices)
+    parallel.check_global_batch(batch_size, mesh)
+    teacher = resnet50()
+    teacher_dim = 2048
+    dummy = jnp.zeros((1, size, size, 3))
+    uses_teacher = method in ("ekd", "fopro")
+    teacher_vars = (jax.jit(lambda r: teacher.init(r, dummy, train=False))(jax.random.PRNGKey(1))
+                    if uses_teacher else {})
+    student = EKDStudent(num_classes=num_classes, teacher_dim=teacher_dim if uses_teacher else None,
+                         bn_axis_name=parallel.DATA_AXIS)
+    variables = jax.jit(lambda r: student.init(r, dummy, train=False))(jax.random.PRNGKey(0))
+    optimizer = make_optimizer(ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
+                                               weight_decay=0.0, clip_norm=5.0)))
+    cls_loss = losses.make_classification_loss("bsm", np.arange(num_classes, 0, -1))
+    if method == "fopro":
+        config = isic.get_config(f"method=fopro,fpg={fpg_variant}")
+        prompt, head = build.prompt_from_config(config, teacher_dim, num_classes)
+        fpg_params = build.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(2))
+        state = create_train_state(variables, optimizer, fpg_params, optimizer)
+        step = fopro_step.make_fopro_train_step(
+            student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
+            optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
+            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh)
+    else:
+        state = create_train_state(variables, optimizer)
+        step = steps_lib.make_train_step(
+            student=student, teacher=teacher if uses_teacher else None, cls_loss=cls_loss, optimizer=optimizer,
+            method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    rng = np.random.default_rng(0)
+    batch = parallel.host_batch_to_global(
+        {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+         "label": rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}, mesh)
+    return BuiltStep(step, parallel.replicate(state, mesh), parallel.replicate(teacher_vars, mesh), batch, mesh)
+
+
+def cost_of(compiled) -> dict:
+    """FLOPs and bytes accessed per call from XLA's cost analysis of a compiled step (None if absent)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if not cost:
+        return {"flops_per_step": None, "bytes_accessed_per_step": None}
+    return {"flops_per_step": float(cost.get("flops", 0.0)),
+            "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0))}
