@@ -32,6 +32,9 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from foprokd_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # before any JAX computation: XLA reads XLA_FLAGS once (docs/performance.md)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
