@@ -46,7 +46,7 @@ def ensure_demo_teacher(config) -> None:
     logging.info("Wrote the demo teacher (random init) to %s", path)
 
 
-def run_demo(config, workdir: str) -> dict:
+def run_demo(config, workdir: str, overwrite: bool = False) -> dict:
     ensure_synthetic_data(config)
     ensure_demo_teacher(config)
     methods = [m for m in config.demo_methods.split("+") if m]
@@ -57,7 +57,7 @@ def run_demo(config, workdir: str) -> dict:
         run_config.method = method
         run_config.lock()
         logging.info("=== demo: training %s ===", method)
-        results = train.train_and_evaluate(run_config, os.path.join(workdir, method))
+        results = train.train_and_evaluate(run_config, os.path.join(workdir, method), overwrite=overwrite)
         summary[method] = results["report"]
     if jax.process_index() == 0:
         _write_comparison(summary, workdir)

@@ -29,7 +29,7 @@ def predict_split(predict_step, state, source, eval_batch_size: int, mesh):
     gathered onto every process with `process_allgather` (which accepts both the replicated and the
     data-sharded outputs a `predict_step` may return), and padding rows (mask False) are dropped.
     """
-    parallel.check_global_batch(eval_batch_size, mesh)
+    parallel.check_global_batch(eval_batch_size, mesh, "config.input.eval_batch_size")
     logits, labels = [], []
     for batch in pipeline.make_eval_batches(source, eval_batch_size, jax.process_index(), jax.process_count()):
         global_batch = parallel.host_batch_to_global(batch, mesh)

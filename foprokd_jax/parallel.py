@@ -33,17 +33,26 @@ def launched_as_multi_process(environ=None) -> bool:
     return bool(env.get("JAX_COORDINATOR_ADDRESS"))
 
 
-def maybe_initialize_distributed() -> None:
+def maybe_initialize_distributed(environ=None) -> None:
     """Joins a multi-host job when launched as one; single-host runs (a laptop, one GPU box) skip it.
 
-    `jax.distributed.initialize()` must run before any other JAX call; with no arguments it reads the
-    cluster from the environment (Cloud TPU, Slurm, or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
-    JAX_PROCESS_ID).
+    `jax.distributed.initialize()` must run before any other JAX call. Cloud TPU and Slurm are detected by
+    JAX itself; elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0) plus JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID, which are passed on here (JAX itself reads only the address). docs/pods.md.
     """
-    if launched_as_multi_process():
-        jax.distributed.initialize()
-        logging.info("jax.distributed initialised: process %d of %d, %d global devices",
-                     jax.process_index(), jax.process_count(), jax.device_count())
+    env = os.environ if environ is None else environ
+    if not launched_as_multi_process(env):
+        return
+    kwargs = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+    if env.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+    if env.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    logging.info("jax.distributed initialised: process %d of %d, %d global devices",
+                 jax.process_index(), jax.process_count(), jax.device_count())
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -64,14 +73,21 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
+def check_global_batch(global_batch_size: int, mesh: Mesh, name: str = "config.input.batch_size") -> None:
+    """Each device (and each process) must get an equal slice of the global batch."""
     n = mesh.devices.size
     if global_batch_size % n:
-        raise ValueError(f"Global batch size {global_batch_size} is not divisible by the {n} devices of the "
-                         f"mesh; choose a multiple of {n} (config.input.batch_size).")
+        raise ValueError(f"{name}={global_batch_size} is not divisible by the {n} devices of the mesh; "
+                         f"choose a multiple of {n} (or set config.num_devices).")
     if global_batch_size % jax.process_count():
-        raise ValueError(f"Global batch size {global_batch_size} is not divisible by the "
-                         f"{jax.process_count()} processes.")
+        raise ValueError(f"{name}={global_batch_size} is not divisible by the {jax.process_count()} processes.")
+
+
+def sync_processes(name: str) -> None:
+    """Barrier across the processes of a multi-host job (no-op for a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -127,4 +143,4 @@ def to_host(tree: Any) -> Any:
 
 
 __all__ = ["DATA_AXIS", "make_mesh", "replicate", "host_batch_to_global", "data_parallel", "pmean", "psum",
-           "maybe_initialize_distributed", "check_global_batch", "to_host"]
+           "maybe_initialize_distributed", "check_global_batch", "sync_processes", "to_host"]

@@ -19,6 +19,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -31,10 +32,11 @@ from foprokd_jax.models import ekd_student
 # the LAST checkpoint is reported (no selection), next to the mean of the last evaluations.
 PROTOCOLS = {"val_test": ("val", "test"), "test_val": ("test", "val"), "test_last": ("test", "test")}
 
-# Test hook (tests/test_resume.py): FOPROKD_FAULT=<point>@<step> makes the process kill itself with SIGKILL
-# at that point of that step ('step': the train step is dispatched but not finished; 'checkpoint': the
-# asynchronous checkpoint write is in flight; 'eval': after the first batch of the evaluation), or send
-# itself SIGTERM ('sigterm': right after the step is dispatched). Unset in normal runs.
+# Test hook (tests/test_resume.py, test_cli_bad_inputs.py): FOPROKD_FAULT=<point>@<step> makes the process
+# kill itself with SIGKILL at that point of that step ('step': the train step is dispatched but not finished;
+# 'checkpoint': the asynchronous checkpoint write is in flight; 'eval': after the first batch of the
+# evaluation), send itself SIGTERM ('sigterm': right after the step is dispatched), or set every float in the
+# state to NaN before the step ('nan'). Unset in normal runs.
 FAULT_ENV = "FOPROKD_FAULT"
 # Files that mark a folder as a training run (a workdir without config.json but with these is refused).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "tb")
@@ -145,6 +147,7 @@ def validate_config(config) -> None:
                "loss.name": (str(config.loss.name).lower(), losses.LOSS_NAMES),
                "loss.weighted_mean": (config.loss.weighted_mean, ("weights", "batch")),
                "input.sampler": (config.input.sampler, samplers.SAMPLERS),
+               "student.dtype": (config.student.get("dtype", "float32"), tuple(ekd_student.COMPUTE_DTYPES)),
                "student.classifier": (config.student.classifier, ("auto",) + ekd_student.CLASSIFIERS)}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
@@ -243,6 +246,8 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
             checkpointing.PreemptionWatch() as preemption:
         for step in range(start + 1, total_steps + 1):
             batch = parallel.host_batch_to_global(next(train_iter), mesh)
+            if _fault_armed("nan", step):  # NaN parameters, as a diverged update would leave them
+                state = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
             state, step_metrics = parts.train_step(state, parts.frozen, batch)
             _maybe_fault("step", step)
             _maybe_fault("sigterm", step)
@@ -259,12 +264,7 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
             if is_log:
                 _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics)
             if is_eval:
-                predict_step = parts.predict_step
-                if _fault_armed("eval", step):
-                    def predict_step(*args, _predict=parts.predict_step, _step=step):
-                        out = jax.block_until_ready(_predict(*args))
-                        _maybe_fault("eval", _step)
-                        return out
+                predict_step = _finite_predictions(parts.predict_step, selection_split, step)
                 report = split_report(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
@@ -279,6 +279,20 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 logging.warning("SIGTERM: saved the checkpoint of step %d, stopping", step)
                 raise TrainingPreempted(step, workdir)
     return state
+
+
+def _finite_predictions(predict_step, split: str, step: int):
+    """`predict_step` that raises FloatingPointError on non-finite logits (eval-mode outputs can overflow
+    while the training metrics are still finite), so a model that diverged is never checkpointed."""
+    def checked(*args):
+        logits = predict_step(*args)
+        if not bool(jnp.all(jnp.isfinite(logits))):
+            raise FloatingPointError(f"non-finite logits in the {split} evaluation at step {step} (the training "
+                                     "metrics of that step were finite)")
+        _maybe_fault("eval", step)
+        return logits
+
+    return checked
 
 
 def _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics) -> None:

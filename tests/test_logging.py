@@ -115,6 +115,26 @@ def test_check_finite():
         check_finite(1, {"my_metric": float("-inf")}, names=("my_metric",))
 
 
+def test_finite_guard_names_the_step_and_every_non_finite_term():
+    fetched = []
+
+    def fetch(metrics):  # stands in for jax.device_get: one call per check, returns host values
+        fetched.append(metrics)
+        return {k: np.asarray(v) for k, v in metrics.items()}
+
+    guard = logging_utils.FiniteGuard(last_good_step=10, fetch=fetch)
+    host = guard.check(11, {"loss": np.float32(0.5), "grad_norm": np.float32(2.0), "count": np.int32(3)})
+    assert float(host["loss"]) == 0.5 and guard.last_good_step == 11 and len(fetched) == 1
+    with pytest.raises(FloatingPointError) as info:
+        guard.check(12, {"loss": np.float32(np.nan), "loss_kd": np.float32(1.0), "grad_norm": np.float32(np.inf),
+                         "fpg/grad_norm": np.float32(-np.inf)})
+    message = str(info.value)
+    assert message.startswith("non-finite training metrics at step 12: ")
+    assert "loss=nan" in message and "grad_norm=inf" in message and "fpg/grad_norm=-inf" in message
+    assert "loss_kd" not in message and "(last finite step 11)" in message
+    assert guard.last_good_step == 11  # a failed check does not advance it
+
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0

@@ -19,12 +19,25 @@ def test_multi_process_detection(env, expected):
     assert parallel.launched_as_multi_process(env) is expected
 
 
+def test_distributed_initialisation_reads_the_generic_environment(monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+    parallel.maybe_initialize_distributed({})  # a single-host run never initialises
+    parallel.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
+                                           "JAX_PROCESS_ID": "2"})
+    parallel.maybe_initialize_distributed({"SLURM_NTASKS": "8"})  # Slurm: JAX detects the rest itself
+    assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2), {}]
+
+
 def test_mesh_and_batch_checks():
     mesh = parallel.make_mesh(8)
     assert mesh.axis_names == (parallel.DATA_AXIS,) and mesh.devices.size == 8
     parallel.check_global_batch(32, mesh)
-    with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    with pytest.raises(ValueError, match="config.input.batch_size=12 is not divisible by the 8 devices"):
         parallel.check_global_batch(12, mesh)
+    with pytest.raises(ValueError, match="config.input.eval_batch_size=4 is not"):
+        parallel.check_global_batch(4, mesh, "config.input.eval_batch_size")
+    parallel.sync_processes("single process: a no-op")
     with pytest.raises(ValueError, match="devices are available"):
         parallel.make_mesh(jax.device_count() + 1)
 

@@ -1,16 +1,17 @@
-"""End to end: the training loop on synthetic ISIC-layout data, exact resume, the CLI's error paths."""
+"""End to end: the training loop on synthetic ISIC-layout data and the CLI's error paths.
+
+Exact resume after real kills is tested in test_resume.py; bad inputs through the CLI in test_cli_bad_inputs.py.
+"""
 import json
 import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from configs import isic
-from foprokd_jax import demo, steps, train
+from foprokd_jax import demo, train
 from foprokd_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,49 +38,6 @@ def _config(dataset, method="ekd", total_steps=6):
     config.lock()
     demo.ensure_demo_teacher(config)
     return config
-
-
-def _checkpoint_arrays(workdir, step):
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    tree = ocp.StandardCheckpointer().restore(path)
-    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def test_resume_after_interruption_equals_uninterrupted(dataset, tmp_path, monkeypatch):
-    config = _config(dataset)
-    straight = str(tmp_path / "straight")
-    results_straight = train.train_and_evaluate(config, straight)
-
-    # Interrupted run: the process dies in the middle of step 5 (after the step-4 checkpoint).
-    interrupted = str(tmp_path / "interrupted")
-    real_make = steps.make_train_step
-
-    def crashing_make(**kwargs):
-        step_fn, calls = real_make(**kwargs), [0]
-
-        def wrapped(*args):
-            calls[0] += 1
-            if calls[0] == 5:
-                raise KeyboardInterrupt("simulated preemption")
-            return step_fn(*args)
-        return wrapped
-
-    monkeypatch.setattr(steps, "make_train_step", crashing_make)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, interrupted)
-    monkeypatch.setattr(steps, "make_train_step", real_make)
-    assert not os.path.exists(os.path.join(interrupted, "results.json"))
-    results_resumed = train.train_and_evaluate(config, interrupted)  # same command again: resumes at 4
-
-    a, b = _checkpoint_arrays(straight, 6), _checkpoint_arrays(interrupted, 6)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
-    assert results_straight["report"]["confusion"] == results_resumed["report"]["confusion"]
-    assert results_straight["best_step"] == results_resumed["best_step"]
-    # Latest 2 + best are kept; the best is the earliest step with the top validation bacc.
-    kept = sorted(int(d) for d in os.listdir(os.path.join(straight, "checkpoints")) if d.isdigit())
-    assert kept[-2:] == [4, 6] and results_straight["best_step"] in kept
 
 
 def test_run_writes_results_metrics_and_figures(dataset, tmp_path):
