@@ -198,3 +198,46 @@ def base_config() -> ml_collections.ConfigDict:
     c.crckd.optim.eps = 1e-8
     c.crckd.optim.epoch_start_lr = 1e-4  # (G16) code quirk: the first step of every epoch >= 1 uses base_lr; 0 = off
     return c
+
+
+FPG_VARIANTS = ("spectrum", "radial", "conditional")
+
+
+def check_kd_args(arg) -> None:
+    """The `:arg` checks shared by every benchmark config: fold and the FoPro-KD prompt variant."""
+    if not 1 <= arg.fold <= 5:
+        raise ValueError(f"fold must be in 1..5, got {arg.fold}")
+    if arg.fpg not in FPG_VARIANTS:
+        raise ValueError(f"fpg must be one of {FPG_VARIANTS}, got {arg.fpg!r}")
+
+
+def apply_kd_method(config, arg) -> str:
+    """Sets method, teacher and FPG keys of a 'fopro' / 'ekd' / 'bsm' run; returns its name tag.
+
+    The tag reads `<method>[_<fpg variant>[_noakd]]_<teacher>`, e.g. `fopro_radial_noakd_moco_r50`.
+    """
+    from foprokd_jax.models import teachers
+
+    spec = teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names
+    config.method = arg.method
+    config.fpg.variant = arg.fpg
+    config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
+    config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
+                               feature_key=spec.feature_key))
+    variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
+    return f"{arg.method}{variant}_{spec.name}"
+
+
+def apply_kd_runlocal(config, teacher: str) -> None:
+    """`runlocal`: tiny shapes and a few steps for a ResNet-student run (smoke tests, laptops)."""
+    from foprokd_jax.models import teachers
+
+    # A ViT needs a multiple of its 14-px patch: 28 px = 2x2 patches (the artifact is converted at 28).
+    config.input.image_size = 28 if teachers.get_teacher_spec(teacher).family == "vit" else 32
+    config.input.batch_size = 8
+    config.input.eval_batch_size = 16
+    config.student.width = 8
+    config.student.stage_sizes = (1, 1, 1, 1)
+    config.total_steps = 4
+    config.eval_every_steps = 2
+    config.log_every_steps = 1

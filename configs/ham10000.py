@@ -31,7 +31,6 @@ on one modern GPU.
 from configs import common
 from foprokd_jax.crckd import presets
 from foprokd_jax.data import ham10000
-from foprokd_jax.models import teachers
 
 METHODS = ("crckd", "fopro", "ekd", "bsm")
 
@@ -41,16 +40,13 @@ def get_config(arg=None):
                            teacher="moco_r50", fpg="spectrum", akd=True, runlocal=False)
     if arg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {arg.method!r}")
-    if not 1 <= arg.fold <= 5:
-        raise ValueError(f"fold must be in 1..5, got {arg.fold}")
+    common.check_kd_args(arg)
     if arg.split not in ham10000.SPLIT_MODES:
         raise ValueError(f"split must be one of {ham10000.SPLIT_MODES}, got {arg.split!r}")
     if not (arg.val == -1.0 or 0.0 <= arg.val < 0.8):
         raise ValueError(f"val must be -1 (dataset default) or lie in [0, 0.8), got {arg.val}")
     if arg.variant not in presets.VARIANTS:
         raise ValueError(f"variant must be one of {presets.VARIANTS}, got {arg.variant!r}")
-    if arg.fpg not in ("spectrum", "radial", "conditional"):
-        raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
 
     config = common.base_config()
     config.method = arg.method
@@ -62,29 +58,9 @@ def get_config(arg=None):
     has_val = (ham10000.DEFAULT_VAL_FRACTION if arg.val < 0 else arg.val) > 0
     config.eval.protocol = "val_test" if has_val else "test_last"
     val = "" if arg.val < 0 else f"_val{arg.val:g}"
-    if arg.method == "crckd":
-        presets.apply_reference(config, arg.variant, arg.ccd_post)
-        tag = arg.variant if arg.ccd_post == 0.01 else f"{arg.variant}_ccdpost{arg.ccd_post:g}"
-    else:
-        spec = teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names
-        config.fpg.variant = arg.fpg
-        config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
-        config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
-                                   feature_key=spec.feature_key))
-        variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
-        tag = f"{arg.method}{variant}_{spec.name}"
+    tag = presets.apply_method(config, arg)
     config.name = f"ham10000_{tag}_{arg.split}_fold{arg.fold}{val}"
     if arg.runlocal:
-        if arg.method == "crckd":
-            presets.apply_runlocal(config)
-        else:
-            config.input.image_size = 28 if teachers.get_teacher_spec(arg.teacher).family == "vit" else 32
-            config.input.batch_size = 8
-            config.input.eval_batch_size = 16
-            config.student.width = 8
-            config.student.stage_sizes = (1, 1, 1, 1)
-            config.total_steps = 4
-            config.eval_every_steps = 2
-            config.log_every_steps = 1
+        presets.apply_method_runlocal(config, arg)
     config.lock()
     return config

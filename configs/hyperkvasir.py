@@ -25,7 +25,6 @@ Expected result: the paper's table could not be recovered (spec §11), so no num
 Hardware: ~8,530 training images = 266 steps per epoch at batch 32, 224 px; hours on one modern GPU.
 """
 from configs import common
-from foprokd_jax.models import teachers
 
 
 def get_config(arg=None):
@@ -33,21 +32,13 @@ def get_config(arg=None):
                            runlocal=False)
     if arg.method not in ("fopro", "ekd", "bsm"):
         raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
-    if arg.fpg not in ("spectrum", "radial", "conditional"):
-        raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
-    spec = teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names
-    if not 1 <= arg.fold <= 5:
-        raise ValueError(f"fold must be in 1..5, got {arg.fold}")
+    common.check_kd_args(arg)
     if not 0.0 <= arg.val < 0.8:
         raise ValueError(f"val must lie in [0, 0.8) (a fraction of all images), got {arg.val}")
 
     config = common.base_config()
-    variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
     val = f"_val{arg.val:g}" if arg.val else ""
-    config.name = f"hyperkvasir_{arg.method}{variant}_{spec.name}_fold{arg.fold}{val}"
-    config.method = arg.method
-    config.fpg.variant = arg.fpg
-    config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
+    config.name = f"hyperkvasir_{common.apply_kd_method(config, arg)}_fold{arg.fold}{val}"
     config.input.dataset = "hyperkvasir"
     config.input.image_root = "data/hyper-kvasir"
     config.input.fold = arg.fold
@@ -55,16 +46,7 @@ def get_config(arg=None):
     config.eval.protocol = "val_test" if arg.val > 0 else "test_last"
     config.eval.head_min = 700
     config.eval.tail_max = 70
-    config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
-                               feature_key=spec.feature_key))
     if arg.runlocal:
-        config.input.image_size = 28 if spec.family == "vit" else 32
-        config.input.batch_size = 8
-        config.input.eval_batch_size = 16
-        config.student.width = 8
-        config.student.stage_sizes = (1, 1, 1, 1)
-        config.total_steps = 4
-        config.eval_every_steps = 2
-        config.log_every_steps = 1
+        common.apply_kd_runlocal(config, arg.teacher)
     config.lock()
     return config

@@ -53,31 +53,18 @@ def get_config(arg=None):
         raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
     if arg.fpg not in ("spectrum", "radial", "conditional"):
         raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
-    spec = teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names
+    teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names, before any work
     if arg.imb not in ("0.01", "0.005", "0.002"):
         raise ValueError(f"imb must be 0.01, 0.005 or 0.002 (the official split files), got {arg.imb!r}")
     if not 1 <= arg.fold <= 5:
         raise ValueError(f"fold must be in 1..5, got {arg.fold}")
 
     config = common.base_config()
-    variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
-    config.name = f"isic_{arg.method}{variant}_{spec.name}_imb{arg.imb}_fold{arg.fold}"
-    config.method = arg.method
-    config.fpg.variant = arg.fpg
-    config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
+    tag = common.apply_kd_method(config, arg)
+    config.name = f"isic_{tag}_imb{arg.imb}_fold{arg.fold}"
     config.input.imb = arg.imb
     config.input.fold = arg.fold
-    config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
-                               feature_key=spec.feature_key))
     if arg.runlocal:
-        # A ViT needs a multiple of its 14-px patch: 28 px = 2x2 patches (the artifact is converted at 28).
-        config.input.image_size = 28 if spec.family == "vit" else 32
-        config.input.batch_size = 8
-        config.input.eval_batch_size = 16
-        config.student.width = 8
-        config.student.stage_sizes = (1, 1, 1, 1)
-        config.total_steps = 4
-        config.eval_every_steps = 2
-        config.log_every_steps = 1
+        common.apply_kd_runlocal(config, arg.teacher)
     config.lock()
     return config

@@ -40,3 +40,23 @@ def apply_runlocal(config) -> None:
     config.total_steps = 4
     config.eval_every_steps = 2
     config.log_every_steps = 1
+
+
+def apply_method(config, arg) -> str:
+    """A HAM10000/APTOS config's method: CRCKD's reference run (`arg.variant`, `arg.ccd_post`) or the FoPro-KD
+    family (`configs.common.apply_kd_method`). Returns the run-name tag."""
+    from configs import common
+
+    if arg.method == "crckd":
+        apply_reference(config, arg.variant, arg.ccd_post)
+        return arg.variant if arg.ccd_post == 0.01 else f"{arg.variant}_ccdpost{arg.ccd_post:g}"
+    return common.apply_kd_method(config, arg)
+
+
+def apply_method_runlocal(config, arg) -> None:
+    from configs import common
+
+    if arg.method == "crckd":
+        apply_runlocal(config)
+    else:
+        common.apply_kd_runlocal(config, arg.teacher)
