@@ -17,8 +17,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import isic
-from foprokd_jax.data import registry, synthetic
+from tests import cli_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 2
@@ -26,25 +25,10 @@ DEVICES = 2
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("isic_bad_inputs"))
-    synthetic.write_synthetic_isic(root, n_max=24, val_per_class=2, test_per_class=3,
-                                   image_sizes=((40, 30), (32, 32)), folds=(1,), imbs=("0.01",), seed=0)
-    config = isic.get_config("method=bsm,runlocal")
-    config.unlock()
-    config.input.update(dict(image_root=root, split_dir=f"{root}/splits", prepared_dir=f"{root}/tfds"))
-    registry.load_dataset(config.input)
-    return root
-
+    return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_bad_inputs")))
 
 def _env(tmp_path_factory):
-    cache = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")  # shared with test_resume.py
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(DEVICES),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}",
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    env.pop("FOPROKD_FAULT", None)
-    return env
-
+    return cli_runs.cli_env(tmp_path_factory, DEVICES)
 
 def _train(env, dataset, workdir, *extra, config="configs/isic.py:method=bsm,runlocal"):
     command = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config}",

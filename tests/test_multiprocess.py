@@ -16,8 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import isic
-from foprokd_jax.data import registry, synthetic
+from tests import cli_runs
 from tests.test_resume import _checkpoint_arrays, _losses_by_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,25 +25,10 @@ TOTAL_STEPS = 8
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp("isic_multiprocess"))
-    synthetic.write_synthetic_isic(root, n_max=24, val_per_class=2, test_per_class=3,
-                                   image_sizes=((40, 30), (32, 32)), folds=(1,), imbs=("0.01",), seed=0)
-    config = isic.get_config("method=bsm,runlocal")
-    config.unlock()
-    config.input.update(dict(image_root=root, split_dir=f"{root}/splits", prepared_dir=f"{root}/tfds"))
-    registry.load_dataset(config.input)
-    return root
-
+    return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_multiprocess")))
 
 def _env(tmp_path_factory, devices, **extra):
-    cache = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")  # shared with test_resume.py
-    env = {k: v for k, v in os.environ.items() if k != "FOPROKD_FAULT"}
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_COMPILATION_CACHE_DIR=cache,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-               **extra)
-    return env
-
+    return cli_runs.cli_env(tmp_path_factory, devices, **extra)
 
 def _command(dataset, workdir):
     return [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config=configs/isic.py:method=bsm,runlocal",

@@ -20,9 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import isic
 from foprokd_jax import checkpointing
-from foprokd_jax.data import registry, synthetic
+from tests import cli_runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 8
@@ -31,16 +30,7 @@ DEVICES = 2  # data parallel over 2 CPU devices: sharded restores, without 8-dev
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    """Tiny synthetic ISIC (32x32), prepared once here so concurrent runs never race to build it."""
-    root = str(tmp_path_factory.mktemp("isic_resume"))
-    synthetic.write_synthetic_isic(root, n_max=24, val_per_class=2, test_per_class=3,
-                                   image_sizes=((40, 30), (32, 32)), folds=(1,), imbs=("0.01",), seed=0)
-    config = isic.get_config("method=bsm,runlocal")
-    config.unlock()
-    config.input.update(dict(image_root=root, split_dir=f"{root}/splits", prepared_dir=f"{root}/tfds"))
-    registry.load_dataset(config.input)
-    return root
-
+    return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_resume")))
 
 def _config_flags(root):
     return ["--config=configs/isic.py:method=bsm,runlocal", f"--config.input.image_root={root}",
@@ -49,15 +39,7 @@ def _config_flags(root):
 
 
 def cli_env(tmp_path_factory, devices=DEVICES):
-    """Environment for a training subprocess: CPU, `devices` devices, the session's compilation cache."""
-    cache = str(tmp_path_factory.getbasetemp() / "jax_compilation_cache")
-    env = {k: v for k, v in os.environ.items() if k != "FOPROKD_FAULT"}
-    env.update(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices),
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    return env
-
+    return cli_runs.cli_env(tmp_path_factory, devices)
 
 def _train_command(dataset, workdir):
     return [sys.executable, os.path.join(ROOT, "launch", "train.py"), *_config_flags(dataset), f"--workdir={workdir}"]

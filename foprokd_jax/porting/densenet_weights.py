@@ -26,6 +26,7 @@ import numpy as np
 
 from foprokd_jax.models.densenet import DenseNet
 from foprokd_jax.porting import artifact
+from foprokd_jax.porting.resnet_weights import raise_if_mismatched, to_flax_layout
 
 FAMILY = "densenet"
 FEATURE_KEY = "features"
@@ -109,25 +110,6 @@ def _flax_location(torch_key: str) -> Optional[Tuple[Tuple[str, ...], str]]:
     return None
 
 
-def _to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "conv":
-        if value.ndim != 4:
-            raise ValueError(f"expected a 4-D OIHW conv weight, got shape {value.shape}")
-        return np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
-    if kind == "linear":
-        if value.ndim != 2:
-            raise ValueError(f"expected a 2-D Linear weight, got shape {value.shape}")
-        return value.T  # (out, in) -> (in, out)
-    return value
-
-
-def _list_for_error(title: str, items) -> str:
-    items = sorted(items)
-    shown = "\n    ".join(items[:_MAX_LISTED])
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {title} ({len(items)}):\n    {shown}{more}"
-
-
 def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
                   include_classifier: Optional[bool] = None,
                   model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
@@ -172,7 +154,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
             continue
         flat_key, kind = location
         try:
-            array = _to_flax_layout(np.asarray(value, dtype=np.float32), kind)
+            array = to_flax_layout(np.asarray(value, dtype=np.float32), kind)
         except ValueError as error:
             mismatched.append(f"{key}: {error}")
             mismatched_keys.add(flat_key)
@@ -185,15 +167,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
         converted[flat_key] = np.ascontiguousarray(array)
 
     missing = ["/".join(k) for k in expected if k not in converted and k not in mismatched_keys]
-    if unexpected or missing or mismatched:
-        parts = [f"state dict does not match Flax {arch} (include_classifier={include_classifier}):"]
-        if unexpected:
-            parts.append(_list_for_error("unexpected checkpoint keys", unexpected))
-        if mismatched:
-            parts.append(_list_for_error("shape mismatches", mismatched))
-        if missing:
-            parts.append(_list_for_error("model variables missing from the checkpoint", missing))
-        raise ValueError("\n".join(parts))
+    raise_if_mismatched(f"state dict does not match Flax {arch} (include_classifier={include_classifier}):",
+                        unexpected, mismatched, missing, max_listed=_MAX_LISTED)
     return flax.traverse_util.unflatten_dict(converted)
 
 

@@ -85,7 +85,7 @@ def _flax_location(torch_key: str):
     return collection, scope + (flax_layer, leaf), "conv" if is_conv else "plain"
 
 
-def _to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
+def to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
     if kind == "conv":
         if value.ndim != 4:
             raise ValueError(f"expected a 4-D OIHW conv weight, got shape {value.shape}")
@@ -97,11 +97,26 @@ def _to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
     return value
 
 
-def _list_for_error(title: str, items) -> str:
+def _list_for_error(title: str, items, max_listed: int) -> str:
     items = sorted(items)
-    shown = "\n    ".join(items[:_MAX_LISTED])
-    more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    shown = "\n    ".join(items[:max_listed])
+    more = f"\n    ... and {len(items) - max_listed} more" if len(items) > max_listed else ""
     return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def raise_if_mismatched(header: str, unexpected, mismatched, missing, max_listed: int = _MAX_LISTED) -> None:
+    """One error listing every unexpected key, shape mismatch and missing variable of a conversion
+    (shared by the ResNet and DenseNet converters)."""
+    if not (unexpected or missing or mismatched):
+        return
+    parts = [header]
+    if unexpected:
+        parts.append(_list_for_error("unexpected checkpoint keys", unexpected, max_listed))
+    if mismatched:
+        parts.append(_list_for_error("shape mismatches", mismatched, max_listed))
+    if missing:
+        parts.append(_list_for_error("model variables missing from the checkpoint", missing, max_listed))
+    raise ValueError("\n".join(parts))
 
 
 def expected_variable_shapes(arch: str, num_classes: Optional[int]) -> Dict[Tuple[str, ...], Tuple]:
@@ -152,7 +167,7 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str,
             continue
         array = np.asarray(value, dtype=np.float32)
         try:
-            array = _to_flax_layout(array, kind)
+            array = to_flax_layout(array, kind)
         except ValueError as error:
             mismatched.append(f"{key}: {error}")
             mismatched_keys.add(flat_key)
@@ -166,15 +181,8 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str,
 
     # A variable whose checkpoint entry had the wrong shape is reported once, as a mismatch.
     missing = ["/".join(k) for k in expected if k not in converted and k not in mismatched_keys]
-    if unexpected or missing or mismatched:
-        parts = [f"state dict does not match Flax {arch} (include_fc={include_fc}):"]
-        if unexpected:
-            parts.append(_list_for_error("unexpected checkpoint keys", unexpected))
-        if mismatched:
-            parts.append(_list_for_error("shape mismatches", mismatched))
-        if missing:
-            parts.append(_list_for_error("model variables missing from the checkpoint", missing))
-        raise ValueError("\n".join(parts))
+    raise_if_mismatched(f"state dict does not match Flax {arch} (include_fc={include_fc}):", unexpected,
+                        mismatched, missing)
 
     variables = flax.traverse_util.unflatten_dict(converted)
     variables.setdefault("batch_stats", {})
