@@ -56,6 +56,9 @@ flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBo
 flags.DEFINE_bool("overwrite", False, "If --workdir holds a run made with a different config, move it aside "
                   "(renamed to <workdir>.replaced-<date>-<time>) and start afresh instead of refusing. A run with "
                   "the same config is resumed either way.")
+flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache folder, so that reruns, resumes "
+                    "and other folds skip compiling the step. Default: $JAX_COMPILATION_CACHE_DIR, else "
+                    "~/.cache/foprokd_jax/xla; '' turns it off (foprokd_jax/compilation_cache.py).")
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
 
 
@@ -79,12 +82,13 @@ def main(argv):
     from foprokd_jax import logging_utils, parallel
     logging_utils.quiet_library_logs()
     parallel.maybe_initialize_distributed()
-    from foprokd_jax import demo, train
+    from foprokd_jax import compilation_cache, demo, train
 
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or os.path.join("workdirs", config.get("name", "run"))
     logging.info("workdir: %s", os.path.abspath(workdir))
     try:
+        compilation_cache.enable(flags.FLAGS.compilation_cache)  # before the first compilation
         if config.get("demo"):
             demo.run_demo(config, workdir, overwrite=flags.FLAGS.overwrite)
         else:
