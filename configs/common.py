@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.eval_batch_size = 64     # global batch size for evaluation (last batch padded with mask 0)
     c.input.augment = "skin"         # 'skin' (reference isic-FL transform) or 'none'
     c.input.worker_count = 0         # grain worker processes for decoding/augmentation (0 = in-process)
+    # Batches copied to the devices ahead of the step by a background thread (hides the host's batching
+    # and transfer behind the step on GPU/TPU); 0 = synchronous. The checkpointed position is unaffected.
+    c.input.prefetch_to_device = 2
     # Training sampler (docs/long_tail.md): 'instance' (reference: shuffle, each example once per epoch),
     # 'class_balanced' (class uniform, then example uniform) or 'sqrt' (class prob ~ sqrt(n_c)); the last two
     # draw N examples per epoch with replacement, deterministic in (seed, epoch) and resumable.

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 
 from foprokd_jax import checkpointing, evaluation, logging_utils, losses, methods, metrics, parallel, plots
-from foprokd_jax.data import pipeline, registry, samplers
+from foprokd_jax.data import device_prefetch, pipeline, registry, samplers
 from foprokd_jax.models import ekd_student
 
 # eval.protocol -> (split monitored during training and used for checkpoint selection, split reported).
@@ -152,6 +152,9 @@ def validate_config(config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
+    prefetch = config.input.prefetch_to_device
+    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        raise ValueError(f"config.input.prefetch_to_device={prefetch!r} must be an integer >= 0 (0 = no prefetch)")
 
 
 def check_protocol(config, dataset) -> tuple:
@@ -242,10 +245,13 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
     guard = logging_utils.FiniteGuard(last_good_step=start)
     progress = logging_utils.ProgressMeter(total_steps, start_step=start)
     pending = None  # (step, device metrics) not checked yet
+    # The prefetcher's position is the one checkpointed: that of the last batch it handed to the step.
+    batches = device_prefetch.DevicePrefetcher(train_iter, lambda b: parallel.host_batch_to_global(b, mesh),
+                                               size=config.input.prefetch_to_device)
     with logging_utils.MetricWriter(workdir, enabled=is_chief) as writer, \
-            checkpointing.PreemptionWatch() as preemption:
+            checkpointing.PreemptionWatch() as preemption, batches:
         for step in range(start + 1, total_steps + 1):
-            batch = parallel.host_batch_to_global(next(train_iter), mesh)
+            batch = next(batches)
             if _fault_armed("nan", step):  # NaN parameters, as a diverged update would leave them
                 state = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
             state, step_metrics = parts.train_step(state, parts.frozen, batch)
@@ -270,11 +276,11 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
                 if parts.on_eval is not None and is_chief:
                     parts.on_eval(writer, step, state, dataset)
-                ckpt.save(step, state, train_iter, report["bacc"])
+                ckpt.save(step, state, batches, report["bacc"])
                 _maybe_fault("checkpoint", step)
             if stop:
                 if not is_eval:
-                    ckpt.save(step, state, train_iter, None)  # not a candidate for the best checkpoint
+                    ckpt.save(step, state, batches, None)  # not a candidate for the best checkpoint
                 ckpt.wait()
                 logging.warning("SIGTERM: saved the checkpoint of step %d, stopping", step)
                 raise TrainingPreempted(step, workdir)
