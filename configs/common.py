@@ -126,6 +126,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.fpg.lambda_cls = 1.0           # weight of the explore term: long-tail loss of a linear head on f(P(x))
     c.fpg.lambda_adv = 1.0           # AKD: the prompt maximises student-teacher disagreement (0 = FPG without AKD)
     c.fpg.lambda_reg = 1e-3          # keeps the prompt near identity: mean((log gain)^2)
+    c.fpg.update_every = 1           # train the FPG on every k-th step only (speed switch); 1 = every step (default)
     c.fpg.optim = ml_collections.ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
                                                  weight_decay=0.0, clip_norm=5.0))
 

@@ -57,7 +57,8 @@ def build_kd_method(config, mesh, dataset, steps_per_epoch: int) -> MethodParts:
             student=student, teacher=teacher, prompt=prompt, explore_head=explore_head, cls_loss=cls_loss,
             optimizer=optimizer, fpg_optimizer=fpg_optimizer, free_u=config.loss.free_u,
             lambda_cls=config.fpg.lambda_cls, lambda_adv=config.fpg.lambda_adv, lambda_reg=config.fpg.lambda_reg,
-            teacher_feature_key=config.teacher.feature_key, mesh=mesh)
+            teacher_feature_key=config.teacher.feature_key, mesh=mesh,
+            update_every=config.fpg.get("update_every", 1))
         selection_split = "val" if "val" in dataset.sources else "test"
 
         def on_eval(writer, step, state, dataset_):

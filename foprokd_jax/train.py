@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from foprokd_jax import checkpointing, evaluation, logging_utils, losses, methods, metrics, parallel, plots
+from foprokd_jax import (checkpointing, evaluation, fopro_step, logging_utils, losses, methods, metrics, parallel,
+                         plots)
 from foprokd_jax.data import device_prefetch, pipeline, registry, samplers
 from foprokd_jax.models import ekd_student
 
@@ -152,6 +153,7 @@ def validate_config(config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
+    fopro_step.check_update_every(config.fpg.get("update_every", 1))  # before any data is prepared
     prefetch = config.input.prefetch_to_device
     if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
         raise ValueError(f"config.input.prefetch_to_device={prefetch!r} must be an integer >= 0 (0 = no prefetch)")
