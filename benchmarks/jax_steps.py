@@ -21,8 +21,11 @@ class BuiltStep:
 
 
 def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spectrum", num_classes: int = 8,
-               num_devices=None) -> BuiltStep:
-    """Models, optimizer (clip 5 + Adam 3e-4), replicated state and one global batch for `method`."""
+               num_devices=None, fpg_update_every: int = 1) -> BuiltStep:
+    """Models, optimizer (clip 5 + Adam 3e-4), replicated state and one global batch for `method`.
+
+    fpg_update_every: 'fopro' only, `config.fpg.update_every` (train the FPG on every k-th step).
+    """
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -58,7 +61,7 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
         step = fopro_step.make_fopro_train_step(
             student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
             optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
-            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh)
+            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh, update_every=fpg_update_every)
     else:
         state = create_train_state(variables, optimizer)
         step = steps_lib.make_train_step(

@@ -36,10 +36,12 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 def find_step(rows: Sequence[dict], framework: str, method: str, image_size: int, batch_size: int,
               config: Optional[str] = None) -> Optional[dict]:
-    """The first step row matching the keys (and `config`, when given)."""
+    """The first step row matching the keys (and `config`, when given); a FoPro-KD row timed with the FPG
+    trained only every k > 1 steps never stands for the FoPro-KD step itself."""
     for row in rows:
         if (row.get("framework"), row.get("method"), row.get("image_size"), row.get("batch_size")) == \
-                (framework, method, image_size, batch_size) and (config is None or row.get("config") == config):
+                (framework, method, image_size, batch_size) and (config is None or row.get("config") == config) \
+                and (row.get("fpg_update_every") or 1) == 1:
             return row
     return None
 
@@ -56,7 +58,9 @@ def step_table(rows: Sequence[dict]) -> str:
     for row in rows:
         torch_row = find_step(rows, "torch", "ekd", row["image_size"], row["batch_size"])
         ratio = _ratio(row.get("step_ms"), torch_row and torch_row.get("step_ms"))
-        out.append([f"{row['framework']} {row['method']}", _fmt(row.get("config")), _fmt(row["image_size"]),
+        every = row.get("fpg_update_every") or 1
+        name = f"{row['framework']} {row['method']}" + (f" (FPG every {every} steps)" if every > 1 else "")
+        out.append([name, _fmt(row.get("config")), _fmt(row["image_size"]),
                     _fmt(row["batch_size"]), _fmt(row.get("img_per_s"), 2), _fmt(row.get("step_ms")),
                     _fmt(row.get("cpu_ms")), _fmt(ratio, 2), _fmt(row.get("compile_s")),
                     _fmt(row.get("peak_rss_mib"), 0), _percent(row.get("foreign_share")),

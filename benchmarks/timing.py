@@ -47,23 +47,30 @@ class StepTiming:
         }
 
 
-def time_step(run_step: Callable[[], object], steps: int, warmup: int = 1) -> StepTiming:
-    """Times `run_step()`: one first call, `warmup` untimed calls, then `steps` timed calls (>= 1)."""
+def time_step(run_step: Callable[[], object], steps: int, warmup: int = 1, calls_per_step: int = 1) -> StepTiming:
+    """Times `run_step()`: one first call, `warmup` untimed calls, then `steps` timed calls (>= 1).
+
+    calls_per_step > 1: each timed sample is that many consecutive calls, reported per call (for a step whose
+    cost cycles, e.g. the FPG trained every k-th step: a sample of k calls holds exactly one FPG update).
+    """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if calls_per_step < 1:
+        raise ValueError(f"calls_per_step must be >= 1, got {calls_per_step}")
     t0 = time.perf_counter()
     run_step()
     first = time.perf_counter() - t0
-    for _ in range(warmup):
+    for _ in range(warmup * calls_per_step):
         run_step()
     wall, cpu, foreign = [], [], []
     start = cpu_contention.snapshot()
     for _ in range(steps):
         before = cpu_contention.snapshot()
-        run_step()
+        for _ in range(calls_per_step):
+            run_step()
         after = cpu_contention.snapshot()
-        wall.append(after.wall_s - before.wall_s)
-        cpu.append(after.own_cpu_s - before.own_cpu_s)
+        wall.append((after.wall_s - before.wall_s) / calls_per_step)
+        cpu.append((after.own_cpu_s - before.own_cpu_s) / calls_per_step)
         foreign.append(cpu_contention.foreign_share(before, after))
     region = cpu_contention.foreign_share(start, cpu_contention.snapshot())
     return StepTiming(first, wall, cpu, foreign, region)

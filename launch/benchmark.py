@@ -33,6 +33,10 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("image_sizes", ["224", "112"], "Square input sizes to benchmark.")
 flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose JAX train step is timed.")
 flags.DEFINE_string("fpg_variant", "spectrum", "FPG variant for the 'fopro' step.")
+flags.DEFINE_list("fpg_update_every", ["1"], "config.fpg.update_every values timed for the 'fopro' step (k: the FPG "
+                  "trains on every k-th step; the mean step time over k consecutive steps is reported).")
+flags.DEFINE_string("compilation_cache", "", "Persistent compilation cache folder for the JAX steps ('' = none). "
+                    "Run twice with the same folder: the second run's 'compile s' is the cached first step.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration (after compile + 1 warm-up).")
 flags.DEFINE_integer("pipeline_batches", 8, "Batches drawn from the input pipeline per size (at least; "
@@ -65,12 +69,15 @@ def apply_xla_flag_set(name: str) -> None:
         raise ValueError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")
 
 
-def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum"):
+def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum", fpg_update_every=1,
+               compilation_cache=""):
     import jax
     from benchmarks import jax_steps, timing
-    from foprokd_jax import xla_flags
+    from foprokd_jax import compilation_cache as cache_lib, xla_flags
 
-    built = jax_steps.build_step(method, size, batch_size, fpg_variant)
+    if compilation_cache:
+        cache_lib.enable(compilation_cache)
+    built = jax_steps.build_step(method, size, batch_size, fpg_variant, fpg_update_every=fpg_update_every)
     # Compile ahead of time once: the same executable is timed, and it tells us the FLOPs and which
     # library runs the convolutions, without a second compilation.
     t0 = time.perf_counter()
@@ -82,13 +89,16 @@ def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum
         holder["state"], metrics = compiled(holder["state"], built.teacher_vars, built.batch)
         jax.block_until_ready(metrics)
 
-    timed = timing.time_step(run, steps)
+    # With update_every=k the step's cost cycles with period k: time whole cycles, report the mean step.
+    timed = timing.time_step(run, steps, calls_per_step=fpg_update_every if method == "fopro" else 1)
     row = {"framework": "jax", "method": method, "image_size": size, "batch_size": batch_size,
            "devices": built.mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
            **timed.summary(batch_size, threshold),
            "compile_s": round(compile_s + timed.first_call_s, 2), "compile_only_s": round(compile_s, 2),
            **jax_steps.cost_of(compiled), "conv_backends": xla_flags.count_conv_backends(compiled.as_text()),
            "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
+           "fpg_update_every": fpg_update_every if method == "fopro" else None,
+           "compilation_cache": compilation_cache or None,
            "peak_rss_mib": timing.peak_rss_mib()}
     # Kept for readers of the earlier JSON format.
     row["compile_plus_first_step_s"], row["step_s"] = row["compile_s"], round(timed.median_step_s, 4)
@@ -145,7 +155,8 @@ def run_config(spec: dict) -> dict:
     threshold = spec["threshold"]
     if spec["kind"] == "jax_step":
         row = bench_step(spec["method"], spec["size"], spec["batch_size"], spec["steps"], threshold,
-                         spec.get("fpg_variant", "spectrum"))
+                         spec.get("fpg_variant", "spectrum"), spec.get("fpg_update_every", 1),
+                         spec.get("compilation_cache", ""))
         row["config"] = (f"xla={spec['xla']}, {row['devices']} device(s), "
                          f"{len(os.sched_getaffinity(0))} core(s)")
         return row
@@ -176,7 +187,10 @@ def plan(sizes, torch_available: bool) -> list:
         common = dict(size=size, batch_size=FLAGS.batch_size, steps=FLAGS.steps, threshold=FLAGS.contention_threshold)
         for xla in FLAGS.xla_flag_sets:
             for method in FLAGS.methods:
-                specs.append(dict(kind="jax_step", method=method, xla=xla, fpg_variant=FLAGS.fpg_variant, **common))
+                for k in (FLAGS.fpg_update_every if method == "fopro" else ["1"]):
+                    specs.append(dict(kind="jax_step", method=method, xla=xla, fpg_variant=FLAGS.fpg_variant,
+                                      fpg_update_every=int(k), compilation_cache=FLAGS.compilation_cache,
+                                      **common))
         if FLAGS.torch and torch_available:
             specs.append(dict(kind="torch_step", threads=FLAGS.torch_threads, **common))
         if FLAGS.pipeline:

@@ -126,3 +126,20 @@ def test_hlo_categories_split_convolutions_by_direction_model_and_library():
     assert cats["ynn_fusion"] == "conv dW student [YNNPACK]"
     assert cats["transpose_copy_fusion"] == "copy/transpose"
     assert cats["add_fusion"] == "fusion (BN/elementwise/reduce)"
+
+
+def test_fopro_rows_with_a_sparse_fpg_are_labelled_and_never_taken_for_the_fopro_step():
+    sparse = dict(_step("jax", "fopro", 4500.0), fpg_update_every=2)
+    steps = [_step("jax", "ekd", 3000.0), sparse, dict(_step("jax", "fopro", 6000.0), fpg_update_every=1)]
+    assert "224px bs32: FoPro-KD step / EKD step = 2.000" in "\n".join(report.target_checks(steps, []))
+    names = [line.split("|")[1].strip() for line in report.step_table(steps).splitlines()[2:]]
+    assert names == ["jax ekd", "jax fopro (FPG every 2 steps)", "jax fopro"]
+
+
+def test_time_step_reports_the_mean_call_of_whole_cycles():
+    from benchmarks import timing
+    calls = []
+    timed = timing.time_step(lambda: calls.append(1), steps=3, warmup=1, calls_per_step=4)
+    assert len(calls) == 1 + 4 + 3 * 4 and len(timed.step_s) == 3
+    with pytest.raises(ValueError, match="calls_per_step"):
+        timing.time_step(lambda: None, steps=1, calls_per_step=0)
