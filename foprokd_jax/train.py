@@ -153,10 +153,9 @@ def validate_config(config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
-    fopro_step.check_update_every(config.fpg.get("update_every", 1))  # before any data is prepared
-    prefetch = config.input.prefetch_to_device
-    if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
-        raise ValueError(f"config.input.prefetch_to_device={prefetch!r} must be an integer >= 0 (0 = no prefetch)")
+    # Checked again where they are used; here so that a bad value fails before any data is prepared.
+    fopro_step.check_update_every(config.fpg.get("update_every", 1))
+    device_prefetch.check_size(config.input.prefetch_to_device)
 
 
 def check_protocol(config, dataset) -> tuple:

@@ -123,3 +123,13 @@ def test_end_of_a_finite_iterator_stops_cleanly():
 def test_bad_size_is_named(size):
     with pytest.raises(ValueError, match="input.prefetch_to_device"):
         device_prefetch.DevicePrefetcher(_host_iterator(), put=lambda b: b, size=size)
+
+
+def test_config_check_fails_before_any_data_is_prepared():
+    from configs import isic
+    from foprokd_jax import train
+    config = isic.get_config("method=bsm,runlocal")
+    config.unlock()
+    config.input.prefetch_to_device = -2
+    with pytest.raises(ValueError, match=r"config.input.prefetch_to_device must be an integer >= 0.*-2"):
+        train.validate_config(config)

@@ -31,6 +31,13 @@ class _Failure:
 _END = object()
 
 
+def check_size(size) -> int:
+    """`input.prefetch_to_device` as an int >= 0, or a ValueError naming the key (bools and floats refused)."""
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError(f"config.input.prefetch_to_device must be an integer >= 0 (0 = no prefetch), got {size!r}")
+    return size
+
+
 class DevicePrefetcher:
     """Iterator of `put(next(host_iterator))`, computed `size` batches ahead in a background thread.
 
@@ -44,11 +51,9 @@ class DevicePrefetcher:
     """
 
     def __init__(self, host_iterator, put: Callable[[Any], Any], size: int = 2):
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError(f"input.prefetch_to_device must be an integer >= 0, got {size!r}")
         self._inner = host_iterator
         self._put = put
-        self._size = size
+        self._size = check_size(size)
         self._state = self._snapshot()
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
