@@ -246,9 +246,9 @@ class PreemptionWatch:
 
 def _silence_abandoned_reads() -> None:
     """After a failed restore, Orbax's other read coroutines are abandoned and each later reports the same
-    storage error at length, as "Exception ignored in: <coroutine ...>" (sys.unraisablehook) or as
-    "Task exception was never retrieved" (the asyncio logger). Drop those two kinds for Orbax's coroutines;
-    the CheckpointRestoreError already says what is wrong."""
+    storage error at length, as "Exception ignored in: <coroutine ...>" (sys.unraisablehook) or as "Task
+    exception was never retrieved" / "_GatheringFuture exception was never retrieved" (the asyncio logger).
+    Drop those reports when they come from Orbax; the CheckpointRestoreError already says what is wrong."""
     previous = sys.unraisablehook
 
     def unraisable_hook(unraisable):
@@ -258,9 +258,36 @@ def _silence_abandoned_reads() -> None:
         previous(unraisable)
 
     sys.unraisablehook = unraisable_hook
-    pylogging.getLogger("asyncio").addFilter(
-        lambda record: not ("exception was never retrieved" in record.getMessage()
-                            and "orbax" in record.getMessage()))
+    pylogging.getLogger("asyncio").addFilter(lambda record: not is_abandoned_orbax_read(record))
+
+
+def _raised_in_orbax(error: Optional[BaseException]) -> bool:
+    """Whether `error`, or an exception it was raised from, passed through an Orbax source file."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        frame = error.__traceback__
+        while frame is not None:
+            if "orbax" in frame.tb_frame.f_code.co_filename:
+                return True
+            frame = frame.tb_next
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def is_abandoned_orbax_read(record: pylogging.LogRecord) -> bool:
+    """An asyncio "... exception was never retrieved" report about an Orbax read.
+
+    A Task's message names its coroutine (an Orbax function); a gathering future's names only the exception,
+    so its traceback is checked for Orbax frames. Any other asyncio report passes.
+    """
+    message = record.getMessage()
+    if "exception was never retrieved" not in message:
+        return False
+    if "orbax" in message:
+        return True
+    error = record.exc_info[1] if record.exc_info else None
+    return _raised_in_orbax(error)
 
 
 class _ClosedLoopReportFilter:
