@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import mixed_precision_effect as mpe
+from benchmarks import numerics_agreement as agreement
 from foprokd_jax import steps
 from foprokd_jax.porting import artifact
 
@@ -19,9 +20,9 @@ SIZE = 32
 def test_feature_metrics_on_hand_made_vectors():
     approx = np.array([[1.0, 0.0], [3.0, 4.0]])
     exact = np.array([[1.0, 1.0], [3.0, 4.0]])
-    np.testing.assert_allclose(mpe.per_sample_cosine(approx, exact), [1 / math.sqrt(2), 1.0])
-    np.testing.assert_allclose(mpe.relative_l2(approx, exact), [1 / math.sqrt(2), 0.0])
-    m = mpe.feature_agreement(approx, exact)
+    np.testing.assert_allclose(agreement.per_sample_cosine(approx, exact), [1 / math.sqrt(2), 1.0])
+    np.testing.assert_allclose(agreement.relative_l2(approx, exact), [1 / math.sqrt(2), 0.0])
+    m = agreement.feature_agreement(approx, exact)
     np.testing.assert_allclose(m["cos_mean"], (1 / math.sqrt(2) + 1) / 2)
     np.testing.assert_allclose(m["cos_min"], 1 / math.sqrt(2))
     np.testing.assert_allclose(m["rel_median"], 1 / (2 * math.sqrt(2)))
@@ -29,15 +30,15 @@ def test_feature_metrics_on_hand_made_vectors():
     # Errors |a_i - b_i| = (1, 0), median 0.5; rows of exact deviate from their mean (2, 2.5) by (-1, -1.5), (1, 1.5).
     np.testing.assert_allclose(m["spread_rel_median"], 0.5 / math.sqrt(3.25))
     with pytest.raises(ValueError, match="one shape"):
-        mpe.feature_agreement(approx, exact[:1])
+        agreement.feature_agreement(approx, exact[:1])
     with pytest.raises(ValueError, match=r"reference rows \[1\] are all zero"):
-        mpe.feature_agreement(approx, np.array([[1.0, 1.0], [0.0, 0.0]]))
+        agreement.feature_agreement(approx, np.array([[1.0, 1.0], [0.0, 0.0]]))
 
 
 def test_gradient_agreement_on_hand_made_trees():
     exact = {"a": np.array([1.0, 0.0]), "b": {"c": np.array([[0.0, 2.0]])}, "z": np.array([1e-9])}
     approx = {"a": np.array([1.0, 0.0]), "b": {"c": np.array([[2.0, 0.0]])}, "z": np.array([-5e-3])}
-    g = mpe.gradient_agreement(approx, exact)
+    g = agreement.gradient_agreement(approx, exact)
     # Flattened (a, b/c, z): exact (1, 0, 0, 2, 1e-9), approx (1, 0, 2, 0, -5e-3).
     va, vb = np.array([1, 0, 2, 0, -5e-3]), np.array([1, 0, 0, 2, 1e-9])
     np.testing.assert_allclose(g["cos"], va @ vb / (np.linalg.norm(va) * np.linalg.norm(vb)))
@@ -45,7 +46,7 @@ def test_gradient_agreement_on_hand_made_trees():
     # 'z' has a negligible reference gradient (1e-9 << the median tensor norm): skipped in the per-tensor minimum.
     assert g["skipped"] == ["z"] and g["min_leaf"] == "b/c" and g["min_leaf_cos"] == 0.0
     with pytest.raises(ValueError, match="same tree"):
-        mpe.gradient_agreement({"a": np.ones(2)}, exact)
+        agreement.gradient_agreement({"a": np.ones(2)}, exact)
 
 
 def test_calibrated_running_stats_are_the_batch_moments_and_make_eval_equal_train():
@@ -117,7 +118,7 @@ def test_float32_against_itself_is_exact(tiny_run):
     a, b = (mpe.forward(student, variables, x, train=True) for _ in range(2))
     for key in mpe.STUDENT_KEYS:
         assert np.array_equal(a[key], b[key])
-        m = mpe.feature_agreement(a[key], b[key])
+        m = agreement.feature_agreement(a[key], b[key])
         assert m["rel_max"] == 0.0 and m["spread_rel_median"] == 0.0 and abs(m["cos_min"] - 1.0) < 1e-12
 
 
