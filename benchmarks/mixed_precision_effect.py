@@ -44,6 +44,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.numerics_agreement import (  # noqa: E402
+    band_gradient_agreement, feature_agreement, gradient_agreement, op_dtypes, scalar_relative_error,
+    stablehlo_fft_signatures)
 from configs import common  # noqa: E402
 from foprokd_jax import fopro_step, losses, steps  # noqa: E402
 from foprokd_jax.data import synthetic  # noqa: E402
@@ -52,10 +55,6 @@ from foprokd_jax.models import build  # noqa: E402
 from foprokd_jax.models.ekd_student import EKDStudent  # noqa: E402
 from foprokd_jax.models.resnet import BN_MOMENTUM, ResNet, resnet50  # noqa: E402
 from foprokd_jax.porting import artifact  # noqa: E402
-
-from benchmarks.numerics_agreement import (  # noqa: E402
-    band_gradient_agreement, feature_agreement, gradient_agreement, op_dtypes, scalar_relative_error,
-    stablehlo_fft_signatures)
 
 STUDENT_KEYS = ("h", "z1", "z2", "p")
 TEACHER_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logits")

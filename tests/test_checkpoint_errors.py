@@ -2,8 +2,9 @@
 
 A truncated checkpoint makes several of Orbax's concurrent reads fail; one error is raised (and reported by
 checkpointing.Checkpointer.restore as a CheckpointRestoreError), the others are reported by asyncio when their
-futures are collected. Which kind of future reports depends on timing, so the predicate is tested directly on
-records carrying real Orbax exceptions; the end-to-end check is tests/test_cli_bad_inputs.py.
+futures are collected. Which kind of future reports depends on timing, so the predicate is tested on records
+carrying real Orbax exceptions, and the installed filter on futures abandoned on purpose in a subprocess; the
+end-to-end check (a truncated checkpoint given to launch/train.py) is tests/test_cli_bad_inputs.py.
 """
 import logging
 import os
@@ -26,7 +27,7 @@ def _orbax_error(tmp_path):
 
 
 def _wrapped(error):
-    """As gather() reports it: an exception raised outside Orbax *from* the Orbax one."""
+    """An exception raised outside Orbax *from* an Orbax one: the predicate follows the cause chain."""
     try:
         raise RuntimeError("outer") from error
     except RuntimeError as outer:
