@@ -31,8 +31,11 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
     import numpy as np
     from ml_collections import ConfigDict
     from configs import isic
-    from foprokd_jax import fopro_step, losses, parallel, steps as steps_lib
-    from foprokd_jax.models import build
+    from foprokd_jax import losses, parallel
+    from foprokd_jax.methods.bsm import step as bsm_step
+    from foprokd_jax.methods.ekd import step as ekd_step
+    from foprokd_jax.methods.fopro import method as fopro_method
+    from foprokd_jax.methods.fopro import step as fopro_step
     from foprokd_jax.models.ekd_student import EKDStudent
     from foprokd_jax.models.resnet import resnet50
     from foprokd_jax.state import create_train_state, make_optimizer
@@ -55,18 +58,20 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
     cls_loss = losses.make_classification_loss("bsm", np.arange(num_classes, 0, -1))
     if method == "fopro":
         config = isic.get_config(f"method=fopro,fpg={fpg_variant}")
-        prompt, head = build.prompt_from_config(config, teacher_dim, num_classes)
-        fpg_params = build.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(2))
+        prompt, head = fopro_method.prompt_from_config(config, teacher_dim, num_classes)
+        fpg_params = fopro_method.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(2))
         state = create_train_state(variables, optimizer, fpg_params, optimizer)
         step = fopro_step.make_fopro_train_step(
             student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
             optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
             lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh, update_every=fpg_update_every)
+    elif method == "ekd":
+        state = create_train_state(variables, optimizer)
+        step = ekd_step.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss, optimizer=optimizer,
+                                        free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
     else:
         state = create_train_state(variables, optimizer)
-        step = steps_lib.make_train_step(
-            student=student, teacher=teacher if uses_teacher else None, cls_loss=cls_loss, optimizer=optimizer,
-            method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+        step = bsm_step.make_train_step(student=student, cls_loss=cls_loss, optimizer=optimizer, mesh=mesh)
     rng = np.random.default_rng(0)
     batch = parallel.host_batch_to_global(
         {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),

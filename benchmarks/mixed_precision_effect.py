@@ -7,7 +7,7 @@ BatchNorm statistics, optimiser state, the FPG's FFT and every loss stay float32
 float32 variables through a float32 and a bfloat16 compute-dtype module: (1) the frozen ResNet-50 teacher in
 inference mode ('pre_logits', and its stage maps to see where the difference builds up); (2) the EKD student
 (ResNet-18 + heads) h, z1, z2, p in eval mode (running statistics) and train mode (batch statistics); (3) the
-EKD loss terms (`steps.train_loss`) and its gradient w.r.t. the student parameters for a bf16 student, a bf16
+EKD loss terms (`methods/ekd/objective.py`) and its gradient w.r.t. the student parameters for a bf16 student, a bf16
 teacher and both; (4) FoPro-KD with a bf16 teacher: the dtype of every FFT of the FPG objective's forward and
 backward (jaxpr and StableHLO), the teacher's features of prompted images and the FPG's gradient.
 Context rows (marked so) put the numbers on a scale: the float32 pipeline on the same images with +-1 grey level
@@ -48,7 +48,11 @@ from benchmarks.numerics_agreement import (  # noqa: E402
     band_gradient_agreement, feature_agreement, gradient_agreement, op_dtypes, scalar_relative_error,
     stablehlo_fft_signatures)
 from configs import common  # noqa: E402
-from foprokd_jax import fopro_step, losses, steps  # noqa: E402
+from foprokd_jax import losses  # noqa: E402
+from foprokd_jax.methods import student_step  # noqa: E402
+from foprokd_jax.methods.ekd.objective import ekd_objective  # noqa: E402
+from foprokd_jax.methods.fopro import method as fopro_method  # noqa: E402
+from foprokd_jax.methods.fopro import step as fopro_step  # noqa: E402
 from foprokd_jax.data import synthetic  # noqa: E402
 from foprokd_jax.data.isic_splits import NUM_CLASSES  # noqa: E402
 from foprokd_jax.models import build  # noqa: E402
@@ -161,9 +165,12 @@ def forward(module, variables, x, train: bool) -> dict:
 
 
 def make_ekd_grad(student, cls_loss, free_u: float):
-    """jit of (params, batch_stats, x, labels, teacher_feat) -> (loss, terms, grads) of `steps.train_loss`."""
+    """jit of (params, batch_stats, x, labels, teacher_feat) -> (loss, terms, grads) of the EKD objective."""
     def loss_fn(params, batch_stats, x, labels, teacher_feat):
-        return steps.train_loss(params, batch_stats, student, x, labels, cls_loss, "ekd", free_u, teacher_feat)
+        out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                     mutable=["batch_stats"])
+        loss, terms = ekd_objective(out, labels, cls_loss, free_u, teacher_feat)
+        return loss, (terms, mutated["batch_stats"], out["z1"])
 
     @jax.jit
     def run(params, batch_stats, x, labels, teacher_feat):
@@ -178,8 +185,8 @@ def make_ekd_grad(student, cls_loss, free_u: float):
 def fpg_setup(config, teacher_dim: int, size: int, seed: int):
     """(prompt, explore head, FPG params): the FPG of `config` (configs/common.py defaults) with its gain logits
     drawn N(0, 0.5^2) instead of zero, so that the prompt is not the identity."""
-    prompt, head = build.prompt_from_config(config, teacher_dim, NUM_CLASSES)
-    params = build.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(seed))
+    prompt, head = fopro_method.prompt_from_config(config, teacher_dim, NUM_CLASSES)
+    params = fopro_method.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(seed))
     keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 64))
     params["prompt"] = jax.tree.map(lambda p: 0.5 * jax.random.normal(next(keys), p.shape), params["prompt"])
     return prompt, head, params, config.fpg
@@ -227,11 +234,11 @@ def _run(size, batch, calib_batches, seed, tiny, fopro, teacher_artifact, log) -
                               for dtype in (jnp.float32, jnp.bfloat16))
     f32 = jnp.float32
     uint8, labels = benchmark_images(batch, size, seed)
-    x, labels = steps.normalize_images(jnp.asarray(uint8)), jnp.asarray(labels)
-    x_dither = steps.normalize_images(jnp.asarray(grey_level_dither(uint8, seed)))
+    x, labels = student_step.normalize_images(jnp.asarray(uint8)), jnp.asarray(labels)
+    x_dither = student_step.normalize_images(jnp.asarray(grey_level_dither(uint8, seed)))
     other_uint8, other_labels = benchmark_images(batch, size, seed + 1)
-    x_other = steps.normalize_images(jnp.asarray(other_uint8))
-    calib = [steps.normalize_images(jnp.asarray(benchmark_images(batch, size, seed + 100 + k)[0]))
+    x_other = student_step.normalize_images(jnp.asarray(other_uint8))
+    calib = [student_step.normalize_images(jnp.asarray(benchmark_images(batch, size, seed + 100 + k)[0]))
              for k in range(calib_batches)]
     tv = loaded[1] if loaded else calibrate_batch_stats(t32, init_variables(t32, size, seed), calib)
     sv = calibrate_batch_stats(s32, init_variables(s32, size, seed + 1), calib)
@@ -261,7 +268,7 @@ def _run(size, batch, calib_batches, seed, tiny, fopro, teacher_artifact, log) -
     note("features compared")
 
     counts = np.floor(1000 * 0.01 ** (np.arange(NUM_CLASSES) / (NUM_CLASSES - 1))).astype(int)  # ISIC-LT, imb 100
-    config = common.base_config()  # the defaults: BSM on both heads, free_u = 3, the 'spectrum' FPG
+    config = common.method_config("fopro")  # the defaults: BSM on both heads, free_u = 3, the 'spectrum' FPG
     cls_loss = losses.make_classification_loss(config.loss, counts)
     grad_fns = {name: make_ekd_grad(s, cls_loss, config.loss.free_u) for name, s in (("f32", s32), ("bf16", s16))}
 
@@ -327,7 +334,7 @@ def format_report(result: dict, size: int, batch: int) -> str:
         lines.append(f"| {name} | {mode} | {m['cos_mean']:.6f} | {m['cos_min']:.6f} | {m['rel_median']:.2e} | "
                      f"{m['rel_max']:.2e} | {m['spread_rel_median']:.2e} |")
     ref = result["loss_grad"]["f32 reference values"]
-    lines += ["", "EKD loss (steps.train_loss: BSM on z1 and z2 + 3 x (2 - 2cos)) and its gradient w.r.t. the student "
+    lines += ["", "EKD loss (the EKD objective: BSM on z1 and z2 + 3 x (2 - 2cos)) and its gradient w.r.t. the student "
               "parameters; f32 values: " + ", ".join(f"{k} {v:.4f}" for k, v in ref.items()), "",
               "| run | loss rel err | loss_cls | loss_cls_free | loss_distill | grad cos | grad rel L2 | "
               "min tensor cos (tensor) |", "|---|---|---|---|---|---|---|---|"]

@@ -11,7 +11,7 @@ import flax
 import jax
 import numpy as np
 
-from foprokd_jax.models import fourier_prompt
+from foprokd_jax.methods.fopro import prompt as fourier_prompt
 
 PROMPT_BANDS = 4  # radial frequency bands (of the FPG's own `band_index`) for the prompt-gradient breakdown
 

@@ -25,8 +25,7 @@ Expected result: the paper's tables were not retrieved (crckd spec §10), so no 
 Hardware: 2,929 training images = 45 steps of 64 per epoch, 80 epochs of DenseNet-121 at 224 px: about an
 hour on one modern GPU.
 """
-from configs import common
-from foprokd_jax.crckd import presets
+from configs import common, crckd_presets as presets
 from foprokd_jax.data import aptos
 
 METHODS = ("crckd", "fopro", "ekd", "bsm")
@@ -43,8 +42,7 @@ def get_config(arg=None):
     if arg.variant not in presets.VARIANTS:
         raise ValueError(f"variant must be one of {presets.VARIANTS}, got {arg.variant!r}")
 
-    config = common.base_config()
-    config.method = arg.method
+    config = common.method_config(arg.method)
     config.input.dataset = "aptos"
     config.input.image_root = "data/aptos"
     config.input.fold = arg.fold

@@ -20,9 +20,16 @@ numbers depend on the machine's floating point.
 from configs import common
 
 
+DEMO_METHODS = ("bsm", "ekd", "fopro")
+
+
 def get_config(arg=None):
     arg = common.parse_arg(arg, methods="bsm+ekd+fopro", steps=240)
-    config = common.base_config()
+    unknown = sorted(set(arg.methods.split("+")) - set(DEMO_METHODS))
+    if unknown:
+        raise ValueError(f"methods: the demo compares {'+'.join(DEMO_METHODS)} (any subset), not {unknown}")
+    # FoPro-KD's keys hold those of EKD and BSM; each method's run keeps only its own (foprokd_jax/demo.py).
+    config = common.method_config("fopro")
     config.name = "demo"
     config.demo = True
     config.demo_methods = arg.methods   # '+'-separated list of methods to train and compare

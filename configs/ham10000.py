@@ -28,8 +28,7 @@ Expected result: the paper's tables were not retrieved (crckd spec §10), so no 
 Hardware: ~7,000 training images = ~110 steps of 64 per epoch, 80 epochs of DenseNet-121 at 224 px: hours
 on one modern GPU.
 """
-from configs import common
-from foprokd_jax.crckd import presets
+from configs import common, crckd_presets as presets
 from foprokd_jax.data import ham10000
 
 METHODS = ("crckd", "fopro", "ekd", "bsm")
@@ -48,8 +47,7 @@ def get_config(arg=None):
     if arg.variant not in presets.VARIANTS:
         raise ValueError(f"variant must be one of {presets.VARIANTS}, got {arg.variant!r}")
 
-    config = common.base_config()
-    config.method = arg.method
+    config = common.method_config(arg.method)
     config.input.dataset = "ham10000"
     config.input.image_root = "data/ham10000"
     config.input.fold = arg.fold

@@ -36,7 +36,7 @@ def get_config(arg=None):
     if not 0.0 <= arg.val < 0.8:
         raise ValueError(f"val must lie in [0, 0.8) (a fraction of all images), got {arg.val}")
 
-    config = common.base_config()
+    config = common.method_config(arg.method)
     val = f"_val{arg.val:g}" if arg.val else ""
     config.name = f"hyperkvasir_{common.apply_kd_method(config, arg)}_fold{arg.fold}{val}"
     config.input.dataset = "hyperkvasir"

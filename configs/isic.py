@@ -59,7 +59,7 @@ def get_config(arg=None):
     if not 1 <= arg.fold <= 5:
         raise ValueError(f"fold must be in 1..5, got {arg.fold}")
 
-    config = common.base_config()
+    config = common.method_config(arg.method)
     tag = common.apply_kd_method(config, arg)
     config.name = f"isic_{tag}_imb{arg.imb}_fold{arg.fold}"
     config.input.imb = arg.imb

@@ -18,12 +18,9 @@ Crash safety (checked against orbax 0.12.8 by experiment, docs/reliability.md):
   `checkpoints/run_metadata.json`.
 """
 import json
-import logging as pylogging
 import os
 import shutil
-import signal
 import sys
-import threading
 from typing import Any, Optional
 
 import grain
@@ -32,6 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint import checkpoint_managers as policies
 
+from foprokd_jax import orbax_noise
 from foprokd_jax.state import abstract_like
 
 SELECTION_METRIC = "selection_bacc"
@@ -109,12 +107,12 @@ class Checkpointer:
         if data_iter is not None:
             args["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
         real_stderr = sys.stderr
-        sys.stderr = _ClosedLoopReportFilter(real_stderr)
+        sys.stderr = orbax_noise.ClosedLoopReportFilter(real_stderr)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
         except Exception as error:  # noqa: BLE001 - re-raised with the checkpoint named
             # The filters stay: reads of the failed restore still in flight keep reporting.
-            _silence_abandoned_reads()
+            orbax_noise.silence_abandoned_reads()
             raise CheckpointRestoreError(self._describe_restore_failure(step, state_like, error)) from error
         sys.stderr = real_stderr
         logging.info("Restored checkpoint step %d from %s", step, self.directory)
@@ -200,123 +198,3 @@ def tree_difference(stored: Any, expected: Any, limit: int = 4) -> str:
         parts.append(f"{len(shapes)} shape mismatches, e.g. " +
                      ", ".join(f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in shapes[:limit]))
     return "; ".join(parts)
-
-
-class PreemptionWatch:
-    """Turns SIGTERM (the usual preemption notice) into "save a checkpoint at the next step boundary".
-
-    Single process: a Python SIGTERM handler sets a flag (installed on enter, the previous handler restored
-    on exit, so a SIGTERM after training ends terminates at once). Several processes (jax.distributed):
-    JAX's preemption sync manager already catches SIGTERM and agrees on one step at which every process
-    stops (`multihost_utils.reached_preemption_sync_point`, to be called at every step), so collectives
-    never deadlock on a process that left early.
-    """
-
-    def __init__(self):
-        self._flag = threading.Event()
-        self._installed = False
-        self._previous = None
-        self._multi = jax.process_count() > 1
-
-    def __enter__(self):
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-            self._installed = True
-        return self
-
-    def _on_sigterm(self, signum, frame):
-        logging.warning("SIGTERM received: a checkpoint is saved after the current step")
-        self._flag.set()
-
-    def requested(self, step: int) -> bool:
-        if self._multi:
-            from jax.experimental import multihost_utils
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
-                return False
-        return self._flag.is_set()
-
-    def __exit__(self, *exc):
-        if self._installed:
-            # None: the previous handler was not set from Python; the default action is the safe fallback.
-            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
-            self._installed = False
-
-
-def _silence_abandoned_reads() -> None:
-    """After a failed restore, Orbax's other read coroutines are abandoned and each later reports the same
-    storage error at length, as "Exception ignored in: <coroutine ...>" (sys.unraisablehook) or as "Task
-    exception was never retrieved" / "_GatheringFuture exception was never retrieved" (the asyncio logger).
-    Drop those reports when they come from Orbax; the CheckpointRestoreError already says what is wrong."""
-    previous = sys.unraisablehook
-
-    def unraisable_hook(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)
-        if code is not None and "orbax" in code.co_filename:
-            return
-        previous(unraisable)
-
-    sys.unraisablehook = unraisable_hook
-    pylogging.getLogger("asyncio").addFilter(lambda record: not is_abandoned_orbax_read(record))
-
-
-def _raised_in_orbax(error: Optional[BaseException]) -> bool:
-    """Whether `error`, or an exception it was raised from, passed through an Orbax source file."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        frame = error.__traceback__
-        while frame is not None:
-            if "orbax" in frame.tb_frame.f_code.co_filename:
-                return True
-            frame = frame.tb_next
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def is_abandoned_orbax_read(record: pylogging.LogRecord) -> bool:
-    """An asyncio "... exception was never retrieved" report about an Orbax read.
-
-    A Task's message names its coroutine (an Orbax function); a gathering future's names only the exception,
-    so its traceback is checked for Orbax frames. Any other asyncio report passes.
-    """
-    message = record.getMessage()
-    if "exception was never retrieved" not in message:
-        return False
-    if "orbax" in message:
-        return True
-    error = record.exc_info[1] if record.exc_info else None
-    return _raised_in_orbax(error)
-
-
-class _ClosedLoopReportFilter:
-    """A sys.stderr stand-in that drops "RuntimeError: Event loop is closed" tracebacks.
-
-    When a restore fails (a truncated file), tensorstore reads still in flight call back into Orbax's
-    already closed asyncio loop, and each callback prints that traceback to sys.stderr (about a hundred of
-    them), burying the one line that explains the failure. Everything else passes through unchanged.
-    """
-    _NOISE = ("Traceback (most recent call last):", "asyncio/base_events.py", "self._check_closed()",
-              "raise RuntimeError('Event loop is closed')", "RuntimeError: Event loop is closed")
-
-    def __init__(self, stream):
-        self._stream = stream
-        self._pending = ""
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if not any(noise in line for noise in self._NOISE):
-                self._stream.write(line + "\n")
-        return len(text)
-
-    def flush(self) -> None:
-        if self._pending and not any(noise in self._pending for noise in self._NOISE):
-            self._stream.write(self._pending)
-            self._pending = ""
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)

@@ -6,11 +6,13 @@ layout, the tfds array_record copy, a teacher artifact with its sha256 sidecar, 
 import json
 import os
 
+import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 from absl import logging
 
-from foprokd_jax import plots, train
+from foprokd_jax import methods, plots, train
 from foprokd_jax.data import synthetic
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.porting import artifact
@@ -46,16 +48,26 @@ def ensure_demo_teacher(config) -> None:
     logging.info("Wrote the demo teacher (random init) to %s", path)
 
 
+def config_for_method(config, method: str) -> ml_collections.ConfigDict:
+    """The demo config cut down to `method`: without the keys only other methods read, so that each demo
+    run's config.json holds only keys it reads (the demo config carries FoPro-KD's, a superset of EKD's and
+    BSM's)."""
+    foreign = methods.keys_of_other_methods(method)
+    flat = {key: value for key, value in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()
+            if key not in foreign}
+    run_config = ml_collections.ConfigDict(flax.traverse_util.unflatten_dict(flat, sep="."))
+    run_config.method = method
+    run_config.lock()
+    return run_config
+
+
 def run_demo(config, workdir: str, overwrite: bool = False) -> dict:
     ensure_synthetic_data(config)
     ensure_demo_teacher(config)
     methods = [m for m in config.demo_methods.split("+") if m]
     summary = {}
     for method in methods:
-        run_config = config.copy_and_resolve_references()
-        run_config.unlock()
-        run_config.method = method
-        run_config.lock()
+        run_config = config_for_method(config, method)
         logging.info("=== demo: training %s ===", method)
         results = train.train_and_evaluate(run_config, os.path.join(workdir, method), overwrite=overwrite)
         summary[method] = results["report"]

@@ -41,28 +41,13 @@ class StudentSpec:
     logits_key: Optional[str]             # key of the logits in the module's output dict (None: an array)
 
 
-def _kd_student(run) -> StudentSpec:
-    from foprokd_jax.models import build
-
-    # models_from_config is the one place that builds the student of bsm/ekd/fopro (the teacher it also
-    # loads only sizes the distillation heads).
-    student, _, _, _ = build.models_from_config(run.config, run.dataset.num_classes)
-    return StudentSpec(student, lambda s: {"params": s.params, "batch_stats": s.batch_stats}, "z1")
-
-
-# method -> how to get its student, for methods whose MethodParts carry no `export_student`.
-FALLBACK_STUDENTS = {"bsm": _kd_student, "ekd": _kd_student, "fopro": _kd_student}
-
-
 def student_spec(run) -> StudentSpec:
-    """The student of a restored run: `run.parts.export_student` when the method provides one, else a fallback."""
-    provided = getattr(run.parts, "export_student", None)
-    if provided is not None:
-        return provided if isinstance(provided, StudentSpec) else StudentSpec(*provided)
-    if run.config.method not in FALLBACK_STUDENTS:
+    """The evaluated network of a restored run: its method's `MethodParts.export_student`."""
+    provided = run.parts.export_student
+    if provided is None:
         raise ValueError(f"method {run.config.method!r} does not say which network to export: give its "
                          "MethodParts an `export_student` (export.StudentSpec)")
-    return FALLBACK_STUDENTS[run.config.method](run)
+    return provided if isinstance(provided, StudentSpec) else StudentSpec(*provided)
 
 
 def _encode(name: str, value):

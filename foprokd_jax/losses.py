@@ -14,14 +14,34 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 LOSS_NAMES = ("ce", "bsm", "focal", "cb", "rw", "la", "ldam", "lcc")
-# Parameters read from `config.loss` (configs/common.py documents each); missing keys take these values,
-# which are the reference's (spec §5) or, for 'la', Menon et al.'s tau = 1.
-LOSS_DEFAULTS = dict(focal_gamma=2.0, cb_beta=0.9999, la_tau=1.0, ldam_max_m=0.5, ldam_s=30.0, drw_epoch=80,
-                     drw_beta=0.9999, lcc_tau=0.5, weighted_mean="weights")
 WEIGHTED_MEANS = ("weights", "batch")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """`config.loss`: the long-tail loss and its parameters, the reference's values (spec §5) or, for 'la',
+    Menon et al.'s tau = 1. Each parameter is read only by its loss."""
+    c = ml_collections.ConfigDict()
+    c.name = "bsm"           # long-tail loss: 'bsm' (Balanced Softmax, the reference), 'ce', 'focal', 'cb', 'rw',
+    #                          'la', 'ldam' or 'lcc' (docs/long_tail.md)
+    c.focal_gamma = 2.0      # 'focal': -(1 - p_t)^gamma log p_t, p_t detached in the factor (reference)
+    c.cb_beta = 0.9999       # 'cb': class-balanced weights (1 - beta) / (1 - beta^n_c), summing to C
+    c.la_tau = 1.0           # 'la': logit-adjusted CE(z + tau log pi); 0 = CE, 1 = BSM (Menon et al.)
+    c.ldam_max_m = 0.5       # 'ldam': largest margin; m_c ~ n_c^(-1/4)
+    c.ldam_s = 30.0          # 'ldam': logit scale s of CE(s (z - m_y onehot))
+    c.drw_epoch = 80         # 'ldam': DRW from this epoch (reference floor(0.8 x 100 epochs)); < 0 = never
+    c.drw_beta = 0.9999      # 'ldam': class-balanced beta of the DRW weights (before: weight 1)
+    c.lcc_tau = 0.5          # 'lcc': CE(z - tau n_c^(-1/4)) (FedLC-style calibration, reference T)
+    # Batch reduction of weighted losses (cb, rw, ldam+DRW): 'weights' = sum(w_y l) / sum(w_y) over the global
+    # batch (torch CrossEntropyLoss(weight), the reference); 'batch' = sum(w_y l) / B
+    c.weighted_mean = "weights"
+    return c
+
+
+_PARAMETERS = tuple(k for k in default_config().keys() if k != "name")
 
 
 # ----------------------------------------------------------------------------- class statistics (numpy)
@@ -138,16 +158,21 @@ def lcc_loss(logits, labels, calibration) -> jnp.ndarray:
     return softmax_cross_entropy(logits.astype(jnp.float32) - calibration, labels)
 
 
-def normalized_feature_distance(student: jnp.ndarray, teacher: jnp.ndarray) -> jnp.ndarray:
-    """EKD's distillation term: 2 - 2 cos(p, t), i.e. ||p/|p| - t/|t|||^2 (BYOL-style), per example.
+def l2_normalize(v: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+    """torch's `F.normalize`: v / max(||v||_2, 1e-12) along `axis`, in v's dtype.
 
-    Normalisation matches `F.normalize` (eps 1e-12 on the norm), in float32.
+    The one L2 normalisation of the project (EKD's distance, the cosine classifier, CRCKD's embeddings and
+    memory rows). CRCKD's reference `Normalize(2)` layer has no epsilon; the two agree bitwise for every norm
+    >= 1e-12, and below that the reference returns NaN or Inf.
     """
-    def _normalize(v):
-        v = v.astype(jnp.float32)
-        norm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
-        return v / jnp.maximum(norm, 1e-12)
-    return 2.0 - 2.0 * jnp.sum(_normalize(student) * _normalize(teacher), axis=-1)
+    norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
+    return v / jnp.maximum(norm, 1e-12)
+
+
+def normalized_feature_distance(student: jnp.ndarray, teacher: jnp.ndarray) -> jnp.ndarray:
+    """EKD's distillation term: 2 - 2 cos(p, t), i.e. ||p/|p| - t/|t|||^2 (BYOL-style), per example, float32."""
+    return 2.0 - 2.0 * jnp.sum(l2_normalize(student.astype(jnp.float32)) * l2_normalize(teacher.astype(jnp.float32)),
+                               axis=-1)
 
 
 # ----------------------------------------------------------------------------- the configured loss
@@ -207,14 +232,17 @@ def batch_mean(loss_fn: Callable, logits, labels, step=None, axis_name: Optional
 
 
 def _loss_params(loss_config) -> tuple:
-    if isinstance(loss_config, str):  # the pre-config call style `make_classification_loss("bsm", counts)`
-        return loss_config, dict(LOSS_DEFAULTS)
+    """(name, parameters): a name alone, or a mapping with 'name' whose missing parameters are those of
+    `default_config()` (the one table of defaults; tests and notebooks pass just the keys they change)."""
+    if isinstance(loss_config, str):
+        loss_config = {"name": loss_config}
     try:
         name = loss_config["name"]
     except (KeyError, TypeError, AttributeError):
         raise ValueError(f"loss config must be a name or a mapping with a 'name' key (config.loss), "
                          f"got {loss_config!r}") from None
-    return name, {key: loss_config.get(key, default) for key, default in LOSS_DEFAULTS.items()}
+    defaults = default_config()
+    return name, {key: loss_config[key] if key in loss_config else defaults[key] for key in _PARAMETERS}
 
 
 def _drw_weights(counts, params, steps_per_epoch) -> Callable:
@@ -242,8 +270,8 @@ def _drw_weights(counts, params, steps_per_epoch) -> Callable:
 def make_classification_loss(loss_config, train_counts, steps_per_epoch: Optional[int] = None) -> ClassificationLoss:
     """`fn(logits, labels, step) -> per-example float32 loss (B,)` for `config.loss` (spec §5, docs/long_tail.md).
 
-    loss_config: `config.loss` (a ConfigDict/dict with 'name' and the LOSS_DEFAULTS keys; other keys such as
-      free_u are ignored) or just a name. train_counts: the training images per class (C,).
+    loss_config: `config.loss` (a ConfigDict/dict with the keys of `default_config()`; other keys such as
+      free_u are ignored) or just a name (default parameters). train_counts: the training images per class (C,).
     steps_per_epoch: optimizer steps per epoch; needed only by 'ldam' with DRW (loss.drw_epoch >= 0).
     Reduce with `batch_mean(fn, logits, labels, step, axis_name)` to get the reference's batch loss.
     """

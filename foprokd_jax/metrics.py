@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foprokd_jax.logging_utils import read_metrics_jsonl
+from foprokd_jax.metric_writer import read_metrics_jsonl
 
 GROUP_ORDER = ("head", "medium", "tail")
 

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from foprokd_jax.logging_utils import read_metrics_jsonl
+from foprokd_jax.metric_writer import read_metrics_jsonl
 
 # Keys that measure classification quality; "bacc" is drawn boldest since it selects models (spec §9).
 _QUALITY_SUFFIXES = ("bacc", "macro_f1", "mcc", "accuracy", "head_recall", "medium_recall", "tail_recall")

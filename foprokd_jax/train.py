@@ -15,7 +15,6 @@ Everything that can be checked is checked before the workdir is touched.
 """
 import json
 import os
-import signal
 import time
 
 import jax
@@ -23,22 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from foprokd_jax import (checkpointing, evaluation, fopro_step, logging_utils, losses, methods, metrics, parallel,
-                         plots)
-from foprokd_jax.data import device_prefetch, pipeline, registry, samplers
-from foprokd_jax.models import ekd_student
+from foprokd_jax import (checkpointing, evaluation, fault_injection, finite_guard, methods, metric_writer, metrics,
+                         parallel, plots, preemption, progress)
+from foprokd_jax.data import device_prefetch, pipeline, registry
 
 # eval.protocol -> (split monitored during training and used for checkpoint selection, split reported).
 # 'test_last' is CRCKD's protocol (spec §9): no validation set, the test fold is monitored every epoch and
 # the LAST checkpoint is reported (no selection), next to the mean of the last evaluations.
 PROTOCOLS = {"val_test": ("val", "test"), "test_val": ("test", "val"), "test_last": ("test", "test")}
 
-# Test hook (tests/test_resume.py, test_cli_bad_inputs.py): FOPROKD_FAULT=<point>@<step> makes the process
-# kill itself with SIGKILL at that point of that step ('step': the train step is dispatched but not finished;
-# 'checkpoint': the asynchronous checkpoint write is in flight; 'eval': after the first batch of the
-# evaluation), send itself SIGTERM ('sigterm': right after the step is dispatched), or set every float in the
-# state to NaN before the step ('nan'). Unset in normal runs.
-FAULT_ENV = "FOPROKD_FAULT"
 # Files that mark a folder as a training run (a workdir without config.json but with these is refused).
 RUN_FILES = ("checkpoints", "metrics.jsonl", "results.json", "tb")
 
@@ -54,16 +46,6 @@ class TrainingPreempted(Exception):
         super().__init__(f"preempted (SIGTERM): checkpoint of step {step} saved in {workdir}/checkpoints; "
                          "rerun the same command to resume")
         self.step = step
-
-
-def _fault_armed(point: str, step: int) -> bool:
-    return os.environ.get(FAULT_ENV) == f"{point}@{step}"
-
-
-def _maybe_fault(point: str, step: int) -> None:
-    if _fault_armed(point, step):
-        logging.warning("%s=%s@%d: injecting the fault now", FAULT_ENV, point, step)
-        os.kill(os.getpid(), signal.SIGTERM if point == "sigterm" else signal.SIGKILL)
 
 
 def _config_dict(config) -> dict:
@@ -140,21 +122,13 @@ def split_report(predict_step, state, source, dataset, config, mesh) -> dict:
 
 
 def validate_config(config) -> None:
-    """Catches values that would otherwise fail late or, worse, silently change the experiment."""
-    choices = {"method": (config.method, methods.method_names()),
-               "input.augment": (config.input.augment, ("skin", "none")),
-               "eval.protocol": (config.eval.protocol, tuple(PROTOCOLS)),
-               "teacher.dtype": (config.teacher.dtype, ("float32", "bfloat16")),
-               "loss.name": (str(config.loss.name).lower(), losses.LOSS_NAMES),
-               "loss.weighted_mean": (config.loss.weighted_mean, ("weights", "batch")),
-               "input.sampler": (config.input.sampler, samplers.SAMPLERS),
-               "student.dtype": (config.student.get("dtype", "float32"), tuple(ekd_student.COMPUTE_DTYPES)),
-               "student.classifier": (config.student.classifier, ("auto",) + ekd_student.CLASSIFIERS)}
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"config.{key}={value!r} is not one of {allowed}")
-    # Checked again where they are used; here so that a bad value fails before any data is prepared.
-    fopro_step.check_update_every(config.fpg.get("update_every", 1))
+    """Catches values that would otherwise fail late or, worse, silently change the experiment: the loop's own
+    keys here, the method's keys in its package's `validate` (foprokd_jax/methods/)."""
+    method = methods.get_method(config.method)  # ValueError listing the methods
+    if config.eval.protocol not in PROTOCOLS:
+        raise ValueError(f"config.eval.protocol={config.eval.protocol!r} is not one of {tuple(PROTOCOLS)}")
+    method.validate(config)
+    # Checked again where it is used; here so that a bad value fails before any data is prepared.
     device_prefetch.check_size(config.input.prefetch_to_device)
 
 
@@ -243,33 +217,33 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
     dispatched, so it overlaps with device work; before logging, evaluating or saving it runs at once, so a
     non-finite state is never written.
     """
-    guard = logging_utils.FiniteGuard(last_good_step=start)
-    progress = logging_utils.ProgressMeter(total_steps, start_step=start)
+    guard = finite_guard.FiniteGuard(last_good_step=start)
+    meter = progress.ProgressMeter(total_steps, start_step=start)
     pending = None  # (step, device metrics) not checked yet
     # The prefetcher's position is the one checkpointed: that of the last batch it handed to the step.
     batches = device_prefetch.DevicePrefetcher(train_iter, lambda b: parallel.host_batch_to_global(b, mesh),
                                                size=config.input.prefetch_to_device)
-    with logging_utils.MetricWriter(workdir, enabled=is_chief) as writer, \
-            checkpointing.PreemptionWatch() as preemption, batches:
+    with metric_writer.MetricWriter(workdir, enabled=is_chief) as writer, \
+            preemption.PreemptionWatch() as sigterm, batches:
         for step in range(start + 1, total_steps + 1):
             batch = next(batches)
-            if _fault_armed("nan", step):  # NaN parameters, as a diverged update would leave them
+            if fault_injection.armed("nan", step):  # NaN parameters, as a diverged update would leave them
                 state = jax.tree.map(lambda x: x * np.nan if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
             state, step_metrics = parts.train_step(state, parts.frozen, batch)
-            _maybe_fault("step", step)
-            _maybe_fault("sigterm", step)
+            fault_injection.maybe_inject("step", step)
+            fault_injection.maybe_inject("sigterm", step)
             if pending is not None:
                 guard.check(*pending)
             pending = (step, step_metrics)
             is_log = step % config.log_every_steps == 0 or step == total_steps
             is_eval = step % eval_every == 0 or step == total_steps
-            stop = preemption.requested(step)
+            stop = sigterm.requested(step)
             if not (is_log or is_eval or stop):
                 continue
             host_metrics = guard.check(*pending)
             pending = None
             if is_log:
-                _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics)
+                _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metrics)
             if is_eval:
                 predict_step = _finite_predictions(parts.predict_step, selection_split, step)
                 report = split_report(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
@@ -278,7 +252,7 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 if parts.on_eval is not None and is_chief:
                     parts.on_eval(writer, step, state, dataset)
                 ckpt.save(step, state, batches, report["bacc"])
-                _maybe_fault("checkpoint", step)
+                fault_injection.maybe_inject("checkpoint", step)
             if stop:
                 if not is_eval:
                     ckpt.save(step, state, batches, None)  # not a candidate for the best checkpoint
@@ -296,15 +270,15 @@ def _finite_predictions(predict_step, split: str, step: int):
         if not bool(jnp.all(jnp.isfinite(logits))):
             raise FloatingPointError(f"non-finite logits in the {split} evaluation at step {step} (the training "
                                      "metrics of that step were finite)")
-        _maybe_fault("eval", step)
+        fault_injection.maybe_inject("eval", step)
         return logits
 
     return checked
 
 
-def _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_metrics) -> None:
+def _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metrics) -> None:
     scalars = {f"train/{k}": float(np.asarray(v)) for k, v in host_metrics.items()}
-    timing = progress.update(step)
+    timing = meter.update(step)
     for key in ("steps_per_sec", "eta_seconds"):
         if timing.get(key) is not None:
             scalars[f"train/{key}"] = timing[key]
@@ -312,7 +286,7 @@ def _write_train_scalars(writer, progress, config, step, steps_per_epoch, host_m
         scalars["train/images_per_sec"] = timing["steps_per_sec"] * config.input.batch_size
     scalars["train/epoch"] = step / steps_per_epoch
     writer.write_scalars(step, scalars)
-    logging.info("%s | loss %.4f", progress.format(step), scalars["train/loss"])
+    logging.info("%s | loss %.4f", meter.format(step), scalars["train/loss"])
 
 
 def final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,

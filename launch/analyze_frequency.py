@@ -113,7 +113,7 @@ def _load_split(split: str, store, cap: int, seed: int):
 
 def run() -> list:
     import numpy as np
-    from foprokd_jax import frequency_analysis as fa
+    from foprokd_jax.methods.fopro import frequency_analysis as fa
     from foprokd_jax.data import isic_splits, tfds_isic
     from foprokd_jax.models.build import teacher_from_artifact
 
@@ -169,8 +169,8 @@ def run() -> list:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import logging_utils
-    logging_utils.quiet_library_logs()
+    from foprokd_jax import library_logs
+    library_logs.quiet_library_logs()
     try:
         run()
     except (FileNotFoundError, ValueError, KeyError) as e:

@@ -213,8 +213,8 @@ def describe(row: dict) -> str:
 def main(argv):
     del argv
     from benchmarks import report
-    from foprokd_jax import logging_utils
-    logging_utils.quiet_library_logs()
+    from foprokd_jax import library_logs
+    library_logs.quiet_library_logs()
     if FLAGS.run_one:
         spec = json.loads(FLAGS.run_one)
         if spec["kind"] == "jax_step":

@@ -34,9 +34,9 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 0, "Global eval batch size
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import logging_utils, parallel
+    from foprokd_jax import library_logs, parallel
 
-    logging_utils.quiet_library_logs()
+    library_logs.quiet_library_logs()
     parallel.maybe_initialize_distributed()
     from foprokd_jax import evaluation
 

@@ -41,14 +41,15 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from foprokd_jax import fopro_step, losses, parallel  # noqa: E402
+from foprokd_jax import losses, parallel  # noqa: E402
+from foprokd_jax.methods.fopro import step as fopro_step  # noqa: E402
 from foprokd_jax.data.planted_band import make_planted_band_dataset  # noqa: E402
-from foprokd_jax.models import fourier_prompt  # noqa: E402
+from foprokd_jax.methods.fopro import prompt as fourier_prompt  # noqa: E402
 from foprokd_jax.models.ekd_student import EKDStudent  # noqa: E402
 from foprokd_jax.models.resnet import ResNet  # noqa: E402
 from foprokd_jax.models.torch_init import torch_dense  # noqa: E402
 from foprokd_jax.state import create_train_state  # noqa: E402
-from foprokd_jax.steps import normalize_images  # noqa: E402
+from foprokd_jax.methods.student_step import normalize_images  # noqa: E402
 
 DEFAULTS = dict(image_size=32, num_classes=4, band=(0.25, 0.375), signal_amplitude=0.06,
                 distractor_amplitude=0.12, num_train=2048, num_test=1024, teacher_width=8, variant="radial",

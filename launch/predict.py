@@ -140,9 +140,9 @@ def main(argv):
 
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import logging_utils
+    from foprokd_jax import library_logs
 
-    logging_utils.quiet_library_logs()
+    library_logs.quiet_library_logs()
     f = flags.FLAGS
     try:
         out = predict(f.images, f.out, f.workdir, f.artifact, f.checkpoint, f.export, f.recursive)

@@ -31,6 +31,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from foprokd_jax import methods  # noqa: E402
+
 TRAIN_SCRIPT = os.path.join(ROOT, "launch", "train.py")
 GRID_ORDER = ("method", "teacher", "imb", "fold", "seed")  # name order and loop order (seed innermost)
 
@@ -78,7 +80,11 @@ def expand_grid(config: str, sweep_root: str, methods=(), teachers=(), imbs=(), 
                         command = [python, train_script, f"--config={run_config}", f"--workdir={workdir}"]
                         if "seed" in grid:
                             command.append(f"--config.seed={grid['seed']}")
-                        command += [f"--config.{override}" for override in overrides]
+                        # A key only other methods read (teacher.* for 'bsm', fpg.* for 'ekd') is not
+                        # passed to this run; a key no method reads still fails the run, as a typo must.
+                        foreign = methods.keys_of_other_methods(method) if method in methods.METHODS else set()
+                        command += [f"--config.{override}" for override in overrides
+                                    if override.partition("=")[0] not in foreign]
                         runs.append({"name": name, "workdir": workdir, "grid": grid, "config": run_config,
                                      "command": command})
     return runs

@@ -79,8 +79,8 @@ def parse_flags(argv):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import logging_utils, parallel
-    logging_utils.quiet_library_logs()
+    from foprokd_jax import library_logs, parallel
+    library_logs.quiet_library_logs()
     parallel.maybe_initialize_distributed()
     from foprokd_jax import compilation_cache, demo, train
 

@@ -14,7 +14,7 @@ import sys
 import orbax.checkpoint as ocp
 import pytest
 
-from foprokd_jax import checkpointing
+from foprokd_jax import orbax_noise
 
 
 def _orbax_error(tmp_path):
@@ -49,29 +49,29 @@ def _record(message, error=None):
 def test_gathering_future_reports_of_orbax_reads_are_recognised(tmp_path):
     error = _orbax_error(tmp_path)
     gathering = "_GatheringFuture exception was never retrieved\nfuture: <_GatheringFuture finished exception=%r>"
-    assert checkpointing.is_abandoned_orbax_read(_record(gathering % error, error))
-    assert checkpointing.is_abandoned_orbax_read(_record(gathering % error, _wrapped(error)))
+    assert orbax_noise.is_abandoned_orbax_read(_record(gathering % error, error))
+    assert orbax_noise.is_abandoned_orbax_read(_record(gathering % error, _wrapped(error)))
     # The same report about an exception that never passed through Orbax is someone else's bug: kept.
     plain = _plain_error()
-    assert not checkpointing.is_abandoned_orbax_read(_record(gathering % plain, plain))
-    assert not checkpointing.is_abandoned_orbax_read(_record(gathering % plain))
+    assert not orbax_noise.is_abandoned_orbax_read(_record(gathering % plain, plain))
+    assert not orbax_noise.is_abandoned_orbax_read(_record(gathering % plain))
 
 
 def test_task_reports_name_the_orbax_coroutine_and_other_reports_pass(tmp_path):
     task = ("Task exception was never retrieved\nfuture: <Task finished name='Task-7' "
             "coro=<_read_array_index_and_device_put() done, defined at "
             "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py:300>>")
-    assert checkpointing.is_abandoned_orbax_read(_record(task, _plain_error()))
+    assert orbax_noise.is_abandoned_orbax_read(_record(task, _plain_error()))
     # Other asyncio messages are never dropped, even with an Orbax exception attached.
     error = _orbax_error(tmp_path)
-    assert not checkpointing.is_abandoned_orbax_read(_record("Exception in callback Foo()", error))
-    assert not checkpointing.is_abandoned_orbax_read(_record("Executing <Task ...> took 0.2 seconds"))
+    assert not orbax_noise.is_abandoned_orbax_read(_record("Exception in callback Foo()", error))
+    assert not orbax_noise.is_abandoned_orbax_read(_record("Executing <Task ...> took 0.2 seconds"))
 
 
 _ABANDONED_FUTURES = r'''
 import asyncio, gc, sys, tempfile
 import orbax.checkpoint as ocp
-from foprokd_jax import checkpointing
+from foprokd_jax import orbax_noise
 
 async def orbax_read():
     ocp.StandardCheckpointer().restore(tempfile.mkdtemp() + "/missing")  # raises inside Orbax
@@ -84,7 +84,7 @@ async def abandon(coroutine):
     await asyncio.sleep(0.05)  # it fails; nobody retrieves the exception
 
 if sys.argv[1] == "silenced":
-    checkpointing._silence_abandoned_reads()
+    orbax_noise.silence_abandoned_reads()
 asyncio.run(abandon(orbax_read))
 asyncio.run(abandon(other_read))
 gc.collect()

@@ -14,7 +14,15 @@ def test_isic_config_builds_for_every_split(method, imb, fold):
     # The reference EKD settings (spec §10).
     assert config.optim.lr == 3e-4 and config.optim.clip_norm == 5.0 and config.optim.weight_decay == 0.0
     assert config.input.batch_size == 32 and config.input.image_size == 224 and config.total_epochs == 100
-    assert config.loss.name == "bsm" and config.loss.free_u == 3.0
+    assert config.loss.name == "bsm"
+    # Exactly the subtrees the method reads (foprokd_jax/methods/<method>/config.py).
+    expected = {"bsm": {"student", "loss", "optim"}, "ekd": {"student", "loss", "optim", "teacher"},
+                "fopro": {"student", "loss", "optim", "teacher", "fpg"}}[method]
+    subtrees = {key for key in config.keys() if hasattr(config[key], "keys")} - {"input", "eval"}
+    assert subtrees == expected
+    assert ("free_u" in config.loss) == (method != "bsm")
+    if method != "bsm":
+        assert config.loss.free_u == 3.0
     with pytest.raises(AttributeError):
         config.input.bach_size = 8  # locked: typos fail instead of silently adding a key
 
@@ -56,3 +64,15 @@ def test_training_refuses_unknown_choices_before_touching_the_workdir(key, value
     with pytest.raises(ValueError, match=key):
         train.train_and_evaluate(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_every_method_config_holds_only_its_own_keys():
+    from configs import aptos
+    from foprokd_jax import methods
+    crckd = aptos.get_config("method=crckd")
+    assert "crckd" in crckd and not {"student", "teacher", "loss", "optim", "fpg"} & set(crckd.keys())
+    assert "augment" not in crckd.input  # CRCKD's two-view augmentation is crckd.augment*
+    for name in methods.method_names():
+        config = common.method_config(name)
+        assert config.method == name
+        methods.get_method(name).validate(config)

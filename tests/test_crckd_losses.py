@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from foprokd_jax.crckd import losses, memory_bank
+from foprokd_jax.methods.crckd import losses, memory_bank
 
 
 def _reference_contrast_loss(x, P, n_data, eps=1e-7):

@@ -8,8 +8,8 @@ import optax
 import pytest
 import torch
 
-from foprokd_jax.crckd import optimizer as crckd_optimizer
-from foprokd_jax.crckd import schedule
+from foprokd_jax.methods.crckd import optimizer as crckd_optimizer
+from foprokd_jax.methods.crckd import schedule
 
 
 def test_ema_alpha_reaches_the_decay_after_100_steps():

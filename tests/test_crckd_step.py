@@ -6,9 +6,10 @@ import torch
 
 from configs import common
 from foprokd_jax import parallel
-from foprokd_jax.crckd import data as crckd_data
-from foprokd_jax.crckd import method as crckd_method
-from foprokd_jax.crckd import step as crckd_step
+from foprokd_jax.methods.crckd import data as crckd_data
+from foprokd_jax.methods import crckd
+from foprokd_jax.methods.crckd import method as crckd_method
+from foprokd_jax.methods.crckd import step as crckd_step
 from foprokd_jax.data.registry import LoadedDataset
 from foprokd_jax.porting.torch_compat import import_torchvision
 
@@ -28,8 +29,7 @@ def _dataset():
 
 
 def _config(**crckd):
-    config = common.base_config()
-    config.method = "crckd"
+    config = common.method_config("crckd")
     config.input.image_size, config.input.batch_size = SIZE, BATCH
     config.total_steps = 8
     config.crckd.update(dict(growth_rate=8, block_config=(1, 1), num_init_features=16, bn_size=2, feat_dim=16,
@@ -40,7 +40,7 @@ def _config(**crckd):
 def _run(num_devices, num_steps=4, **crckd):
     dataset = _dataset()
     mesh = parallel.make_mesh(num_devices)
-    parts = crckd_method.build_crckd(_config(**crckd), mesh, dataset,
+    parts = crckd_method.build(_config(**crckd), mesh, dataset,
                                      steps_per_epoch=len(dataset.train_labels) // BATCH)
     state, history, batches = parts.state, [], []
     for _ in range(num_steps):
@@ -107,7 +107,7 @@ def test_objective_matches_numpy_with_pre_update_scores_and_post_update_centroid
     dataset = _dataset()
     mesh = parallel.make_mesh(1)
     config = _config(begin_distill_epoch=0)
-    parts = crckd_method.build_crckd(config, mesh, dataset, steps_per_epoch=2)
+    parts = crckd_method.build(config, mesh, dataset, steps_per_epoch=2)
     state = jax.device_get(parts.state)
     batch = next(parts.train_iterator)
     step_cfg = crckd_step.StepConfig(
@@ -234,15 +234,17 @@ def test_two_view_stream_is_deterministic_resumable_and_indexed():
         np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), first[key])
 
 
-def test_build_refuses_bad_settings():
+def test_validate_and_build_refuse_bad_settings():
     dataset = _dataset()
     mesh = parallel.make_mesh(1)
     with pytest.raises(ValueError, match="n_data=20"):
-        crckd_method.build_crckd(_config(n_data=20), mesh, dataset, steps_per_epoch=2)
+        crckd_method.build(_config(n_data=20), mesh, dataset, steps_per_epoch=2)
     with pytest.raises(ValueError, match="nce_p=7"):
-        crckd_method.build_crckd(_config(nce_p=7), mesh, dataset, steps_per_epoch=2)
+        crckd_method.build(_config(nce_p=7), mesh, dataset, steps_per_epoch=2)
     with pytest.raises(ValueError, match="teacher_init"):
-        crckd_method.build_crckd(_config(teacher_init="copy"), mesh, dataset, steps_per_epoch=2)
+        crckd.validate(_config(teacher_init="copy"))
+    with pytest.raises(ValueError, match="positive_mode"):
+        crckd.validate(_config(positive_mode="relaxed"))
 
 
 def test_imagenet_backbone_artifact_initialises_student_and_teacher(tmp_path):
@@ -255,7 +257,7 @@ def test_imagenet_backbone_artifact_initialises_student_and_teacher(tmp_path):
     path = str(tmp_path / "tiny_densenet.npz")
     # A tiny stand-in labelled densenet121: the loader checks the label, the model checks every shape.
     sidecar = artifact.save_artifact(path, variables, {"arch": "densenet121", "family": "densenet"})
-    parts = crckd_method.build_crckd(_config(backbone_init=path), parallel.make_mesh(1), _dataset(), 2)
+    parts = crckd_method.build(_config(backbone_init=path), parallel.make_mesh(1), _dataset(), 2)
     state = jax.device_get(parts.state)
     assert parts.meta["crckd"]["backbone_sha256"] == sidecar["sha256"]
     for tree in (state.params["net"]["densenet"], state.teacher_params["densenet"]):
@@ -268,7 +270,7 @@ def test_imagenet_backbone_artifact_initialises_student_and_teacher(tmp_path):
     conv0["kernel"] = conv0["kernel"][..., :8]            # a backbone of another width
     artifact.save_artifact(path, variables, {"arch": "densenet121", "family": "densenet"})
     with pytest.raises(ValueError, match="conv0"):
-        crckd_method.build_crckd(_config(backbone_init=path), parallel.make_mesh(1), _dataset(), 2)
+        crckd_method.build(_config(backbone_init=path), parallel.make_mesh(1), _dataset(), 2)
 
 
 @pytest.mark.parametrize("config_module", ["ham10000", "aptos"])
@@ -289,7 +291,7 @@ def test_dataset_configs_select_crckd_and_its_baselines(config_module):
         module.get_config("variant=sp")
     # The runlocal config builds on a toy dataset and streams batches of its shapes.
     config = module.get_config("runlocal")
-    parts = crckd_method.build_crckd(config, parallel.make_mesh(1), _dataset(), steps_per_epoch=4)
+    parts = crckd_method.build(config, parallel.make_mesh(1), _dataset(), steps_per_epoch=4)
     batch = next(parts.train_iterator)
     assert batch["image"].shape == (8, 32, 32, 3)
     assert batch["contrast_idx"].shape == (8, config.crckd.nce_p + config.crckd.nce_k)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from foprokd_jax import fpg_plots
-from foprokd_jax.logging_utils import MetricWriter
-from foprokd_jax.models import fourier_prompt
-from foprokd_jax.models.fourier_prompt import (FourierPrompt, apply_amplitude_gain, band_index, normalize,
+from foprokd_jax.methods.fopro import plots as fpg_plots
+from foprokd_jax.metric_writer import MetricWriter
+from foprokd_jax.methods.fopro import prompt as fourier_prompt
+from foprokd_jax.methods.fopro.prompt import (FourierPrompt, apply_amplitude_gain, band_index, normalize,
                                                radial_frequency_grid, radial_gain_profile)
 
 VARIANTS = fourier_prompt.VARIANTS

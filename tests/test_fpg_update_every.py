@@ -14,9 +14,11 @@ import pytest
 from ml_collections import ConfigDict
 
 from configs import common
-from foprokd_jax import fopro_step, losses, parallel, steps
+from foprokd_jax import losses, parallel
+from foprokd_jax.methods.ekd import step as ekd_step
+from foprokd_jax.methods.fopro import step as fopro_step
 from foprokd_jax.models.ekd_student import EKDStudent
-from foprokd_jax.models.fourier_prompt import FourierPrompt
+from foprokd_jax.methods.fopro.prompt import FourierPrompt
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.models.torch_init import torch_dense
 from foprokd_jax.state import create_train_state, make_optimizer
@@ -36,7 +38,7 @@ FPG_OPT = make_optimizer(ConfigDict(dict(name="adam", lr=3e-2, b1=0.9, b2=0.999,
 
 
 class PromptedTeacher:
-    """The frozen teacher behind a fixed prompt, with the `apply` signature `steps.make_train_step` expects.
+    """The frozen teacher behind a fixed prompt, with the `apply` signature `ekd_step.make_train_step` expects.
 
     Variables: {'teacher': teacher variables, 'prompt': prompt params}. The released EKD step with this
     teacher is, by definition, the student's update with teacher features from that prompt.
@@ -123,9 +125,9 @@ def run():
     tv = parallel.replicate(m["teacher_vars"], mesh)
     step_k = _make_step(m, mesh, update_every=K)
     step_1 = _make_step(m, mesh, update_every=1)
-    ekd_step = steps.make_train_step(student=m["student"], teacher=PromptedTeacher(m["prompt"], m["teacher"]),
+    ekd_step = ekd_step.make_train_step(student=m["student"], teacher=PromptedTeacher(m["prompt"], m["teacher"]),
                                      cls_loss=losses.make_classification_loss("bsm", COUNTS),
-                                     optimizer=STUDENT_OPT, method="ekd", free_u=3.0,
+                                     optimizer=STUDENT_OPT, free_u=3.0,
                                      teacher_feature_key="pre_logits", mesh=mesh, donate=False)
     state = parallel.replicate(create_train_state(m["student_vars"], STUDENT_OPT, m["fpg_params"], FPG_OPT), mesh)
     identity_prompt = m["fpg_params"]["prompt"]
@@ -222,4 +224,4 @@ def test_bad_update_every_is_refused(bad):
 
 def test_check_update_every_and_config_default():
     assert fopro_step.check_update_every(np.int64(4)) == 4
-    assert common.base_config().fpg.update_every == 1
+    assert common.method_config("fopro").fpg.update_every == 1

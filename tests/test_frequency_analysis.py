@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from foprokd_jax import frequency_analysis as fa
+from foprokd_jax.methods.fopro import frequency_analysis as fa
 from foprokd_jax.models.build import teacher_from_artifact
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.porting.artifact import save_artifact

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from foprokd_jax import logging_utils, plots
-from foprokd_jax.logging_utils import MetricWriter, ProgressMeter, check_finite, read_metrics_jsonl
+from foprokd_jax import finite_guard, plots, progress
+from foprokd_jax.metric_writer import MetricWriter, read_metrics_jsonl
+from foprokd_jax.progress import ProgressMeter
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -103,18 +104,6 @@ def test_truncated_last_line_is_skipped_and_resume_starts_a_new_line(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["loss"] == 0.8
 
 
-def test_check_finite():
-    assert check_finite(7, {"train/loss": 0.3, "l2_grads": np.float32(2.0)}) == 7
-    # Unwatched keys may be anything; "train/kd_loss" is not "loss".
-    assert check_finite(8, {"train/kd_loss": float("nan"), "val/bacc": float("inf")}) == 8
-    with pytest.raises(FloatingPointError, match=r"train/loss=nan: became nan or inf at step 120 \(last good step 100"):
-        check_finite(120, {"train/loss": float("nan")}, last_good_step=100)
-    with pytest.raises(FloatingPointError, match="l2_grads.*step 5 .no earlier good step"):
-        check_finite(5, {"loss": 1.0, "l2_grads": np.array(np.inf)})
-    with pytest.raises(FloatingPointError, match="my_metric"):
-        check_finite(1, {"my_metric": float("-inf")}, names=("my_metric",))
-
-
 def test_finite_guard_names_the_step_and_every_non_finite_term():
     fetched = []
 
@@ -122,7 +111,7 @@ def test_finite_guard_names_the_step_and_every_non_finite_term():
         fetched.append(metrics)
         return {k: np.asarray(v) for k, v in metrics.items()}
 
-    guard = logging_utils.FiniteGuard(last_good_step=10, fetch=fetch)
+    guard = finite_guard.FiniteGuard(last_good_step=10, fetch=fetch)
     host = guard.check(11, {"loss": np.float32(0.5), "grad_norm": np.float32(2.0), "count": np.int32(3)})
     assert float(host["loss"]) == 0.5 and guard.last_good_step == 11 and len(fetched) == 1
     with pytest.raises(FloatingPointError) as info:
@@ -180,7 +169,7 @@ def test_progress_meter_resume_and_format_updates():
 @pytest.mark.parametrize("seconds, text", [(None, "--"), (float("nan"), "--"), (0, "0s"), (45.4, "45s"),
                                            (730, "12m10s"), (3725, "1h02m05s"), (2 * 86400 + 4 * 3600, "2d04h")])
 def test_format_duration(seconds, text):
-    assert logging_utils.format_duration(seconds) == text
+    assert progress.format_duration(seconds) == text
 
 
 def assert_png(path):

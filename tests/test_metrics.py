@@ -349,7 +349,7 @@ def test_full_report_predictions_override_argmax_of_probs():
 # ---- mean_of_last_evals ----
 
 def test_mean_of_last_evals_keeps_the_last_value_of_a_repeated_step(tmp_path):
-    from foprokd_jax.logging_utils import MetricWriter
+    from foprokd_jax.metric_writer import MetricWriter
 
     with MetricWriter(str(tmp_path)) as writer:
         writer.write_scalars(1, {"train/loss": 3.0})

@@ -9,8 +9,9 @@ import optax
 import pytest
 
 from configs import common
-from foprokd_jax import losses, parallel, steps, train
-from foprokd_jax.models import build
+from foprokd_jax import losses, parallel, train
+from foprokd_jax.methods.bsm import step as bsm_step
+from foprokd_jax.methods import resnet_student
 from foprokd_jax.models.ekd_student import EKDStudent, FreeProjector, student_compute_dtype
 from foprokd_jax.state import create_train_state
 
@@ -116,10 +117,9 @@ def test_bf16_projector_batchnorm_reduces_statistics_in_float32():
 
 
 def test_float32_default_has_no_bfloat16_and_config_switch_builds_bf16_student():
-    config = common.base_config()
-    config.method = "bsm"
+    config = common.method_config("bsm")
     assert config.student.dtype == "float32"
-    default, _, _, _ = build.models_from_config(config, NUM_CLASSES)
+    default = resnet_student.build_student(config, NUM_CLASSES)
     assert default.dtype == jnp.float32
     x = _images(2)
     student = _student(jnp.float32)
@@ -141,7 +141,7 @@ def test_float32_default_has_no_bfloat16_and_config_switch_builds_bf16_student()
 
     config.student.dtype = "bfloat16"
     train.validate_config(config)
-    bf16, _, _, _ = build.models_from_config(config, NUM_CLASSES)
+    bf16 = resnet_student.build_student(config, NUM_CLASSES)
     assert bf16.dtype == jnp.bfloat16
     config.student.dtype = "float16"
     with pytest.raises(ValueError, match="config.student.dtype='float16'"):
@@ -179,9 +179,8 @@ def test_bf16_bsm_step_on_eight_devices_keeps_float32_state_and_tracks_float32()
         # A host copy: the step donates its state, which must not delete the cached variables.
         variables = jax.tree.map(np.array, _variables(None, parallel.DATA_AXIS))
         state = parallel.replicate(create_train_state(variables, optimizer), mesh)
-        step = steps.make_train_step(student=student, teacher=None,
-                                     cls_loss=losses.make_classification_loss("bsm", counts), optimizer=optimizer,
-                                     method="bsm", free_u=0.0, teacher_feature_key="pre_logits", mesh=mesh)
+        step = bsm_step.make_train_step(student=student,
+                                     cls_loss=losses.make_classification_loss("bsm", counts), optimizer=optimizer, mesh=mesh)
         history = []
         for batch in batches:
             state, m = step(state, {}, parallel.host_batch_to_global(batch, mesh))

@@ -11,7 +11,7 @@ import pytest
 
 from benchmarks import mixed_precision_effect as mpe
 from benchmarks import numerics_agreement as agreement
-from foprokd_jax import steps
+from foprokd_jax.methods import student_step as steps
 from foprokd_jax.porting import artifact
 
 SIZE = 32

@@ -31,7 +31,7 @@ import pytest
 
 from foprokd_jax import parallel
 from foprokd_jax.data.planted_band import band_energy_fraction, class_masks, make_planted_band_dataset
-from foprokd_jax.models.fourier_prompt import radial_frequency_grid
+from foprokd_jax.methods.fopro.prompt import radial_frequency_grid
 from launch import planted_band
 
 SEEDS = [int(s) for s in os.environ.get("PLANTED_BAND_SEEDS", "0").split(",")]

@@ -6,7 +6,11 @@ import optax
 import pytest
 from ml_collections import ConfigDict
 
-from foprokd_jax import losses, parallel, steps
+from foprokd_jax import losses, parallel
+from foprokd_jax.methods import student_step
+from foprokd_jax.methods.bsm import step as bsm_step
+from foprokd_jax.methods.ekd import step as ekd_step
+from foprokd_jax.methods.ekd.objective import ekd_objective
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.state import create_train_state, make_optimizer
@@ -37,9 +41,12 @@ def _run(method, num_devices, optimizer, num_steps=3):
     mesh = parallel.make_mesh(num_devices)
     state = parallel.replicate(create_train_state(student_vars, optimizer), mesh)
     teacher_vars = parallel.replicate(teacher_vars, mesh)
-    step = steps.make_train_step(student=student, teacher=teacher if method == "ekd" else None,
-                                 cls_loss=losses.make_classification_loss("bsm", COUNTS), optimizer=optimizer,
-                                 method=method, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    cls_loss = losses.make_classification_loss("bsm", COUNTS)
+    if method == "ekd":
+        step = ekd_step.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss, optimizer=optimizer,
+                                        free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    else:
+        step = bsm_step.make_train_step(student=student, cls_loss=cls_loss, optimizer=optimizer, mesh=mesh)
     history = []
     for batch in batches[:num_steps]:
         state, m = step(state, teacher_vars, parallel.host_batch_to_global(batch, mesh))
@@ -105,17 +112,16 @@ def _reference_bsm(logits, labels, counts):
 def test_ekd_objective_matches_reference_formula():
     student, teacher, student_vars, teacher_vars, batches = _setup("ekd")
     batch = batches[0]
-    x = steps.normalize_images(jnp.asarray(batch["image"]))
+    x = student_step.normalize_images(jnp.asarray(batch["image"]))
     # The student's BN collective needs the mesh axis: evaluate the loss inside a 1-device shard_map.
     mesh = parallel.make_mesh(1)
 
     def per_device(params, batch_stats, tv, images, labels):
-        xx = steps.normalize_images(images)
-        t = steps.teacher_features(teacher, tv, xx, "pre_logits")
-        loss, (terms, _, _) = steps.train_loss(params, batch_stats, student, xx, labels,
-                                               losses.make_classification_loss("bsm", COUNTS), "ekd", 3.0, t)
+        xx = student_step.normalize_images(images)
+        t = student_step.teacher_outputs(teacher, tv, xx, "pre_logits")
         out, _ = student.apply({"params": params, "batch_stats": batch_stats}, xx, train=True,
                                mutable=["batch_stats"])
+        loss, _ = ekd_objective(out, labels, losses.make_classification_loss("bsm", COUNTS), 3.0, t)
         return loss, out, t
 
     fn = parallel.data_parallel(per_device, mesh, num_replicated=3, num_sharded=2)
@@ -141,15 +147,14 @@ def test_ldam_drw_in_the_compiled_step_matches_numpy():
     student, _, student_vars, _, batches = _setup("bsm", classifier="cosine")
     # Same parameters without the mesh axis: BatchNorm over the whole batch, as the 8 synchronised devices do.
     reference = student.clone(bn_axis_name=None)
-    apply_train = jax.jit(lambda v, images: reference.apply(v, steps.normalize_images(images), train=True,
+    apply_train = jax.jit(lambda v, images: reference.apply(v, student_step.normalize_images(images), train=True,
                                                             mutable=["batch_stats"])[0])
     loss_config = ConfigDict(dict(name="ldam", drw_epoch=1, drw_beta=0.9999, free_u=3.0))
     cls_loss = losses.make_classification_loss(loss_config, COUNTS, steps_per_epoch=1)
     mesh = parallel.make_mesh(8)
     sgd = optax.sgd(0.05)
     state = parallel.replicate(create_train_state(student_vars, sgd), mesh)
-    step = steps.make_train_step(student=student, teacher=None, cls_loss=cls_loss, optimizer=sgd, method="bsm",
-                                 free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh, donate=False)
+    step = bsm_step.make_train_step(student=student, cls_loss=cls_loss, optimizer=sgd, mesh=mesh, donate=False)
     margins = losses.ldam_margins(COUNTS, 0.5)
     cb_weights = losses.class_balanced_weights(COUNTS, 0.9999)
     for k, batch in enumerate(batches[:2]):
@@ -180,9 +185,8 @@ def test_training_reduces_loss_on_a_fixed_batch():
     optimizer = make_optimizer(ConfigDict(dict(_optim_config(), lr=3e-3)))
     state = parallel.replicate(create_train_state(student_vars, optimizer), mesh)
     tv = parallel.replicate(teacher_vars, mesh)
-    step = steps.make_train_step(student=student, teacher=teacher,
-                                 cls_loss=losses.make_classification_loss("ce", COUNTS), optimizer=optimizer,
-                                 method="ekd", free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    step = ekd_step.make_train_step(student=student, teacher=teacher,
+                                 cls_loss=losses.make_classification_loss("ce", COUNTS), optimizer=optimizer, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
     batch = parallel.host_batch_to_global(batches[0], mesh)
     first = None
     for _ in range(15):
@@ -192,13 +196,15 @@ def test_training_reduces_loss_on_a_fixed_batch():
     assert int(state.step) == 15
 
 
-def test_eval_step_counts_each_real_example_once():
+def test_predict_step_on_eight_devices_gives_every_example_its_own_logits():
+    """The evaluated logits: raw fc logits in eval mode, gathered over the mesh in the global batch's order."""
     student, _, student_vars, _, batches = _setup("bsm")
     mesh = parallel.make_mesh(8)
     optimizer = make_optimizer(_optim_config())
     state = parallel.replicate(create_train_state(student_vars, optimizer), mesh)
-    eval_step = steps.make_eval_step(student=student, num_classes=NUM_CLASSES, mesh=mesh)
-    batch = dict(batches[0], mask=np.array([1] * 11 + [0] * 5, np.int32))
-    confusion = np.asarray(eval_step(state, parallel.host_batch_to_global(batch, mesh)))
-    assert confusion.sum() == 11
-    np.testing.assert_array_equal(confusion.sum(1), np.bincount(batch["label"][:11], minlength=NUM_CLASSES))
+    predict = student_step.make_predict_step(student, mesh)
+    logits = np.asarray(predict(state, parallel.host_batch_to_global(batches[0], mesh)))
+    x = student_step.normalize_images(jnp.asarray(batches[0]["image"]))
+    expected = np.asarray(student.apply(student_vars, x, train=False)["z1"])
+    assert logits.shape == (16, NUM_CLASSES)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from configs import isic
+from foprokd_jax.methods import resnet_student
 from foprokd_jax.models import build
 from foprokd_jax.porting.torch_compat import import_torchvision
 from launch import convert_teacher
@@ -22,7 +23,7 @@ def test_student_trunk_loads_converted_torchvision_resnet18(tmp_path):
     config.unlock()
     config.student.init = out
     config.input.image_size = 32
-    student, _, _, _ = build.models_from_config(config, 8)
+    student = resnet_student.build_student(config, 8)
     variables = jax.device_get(build.init_student(student, config, jax.random.PRNGKey(0)))
     conv1 = model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(variables["params"]["trunk"]["conv1"]["kernel"], conv1)

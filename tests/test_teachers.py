@@ -9,6 +9,7 @@ import pytest
 
 from configs import isic
 from foprokd_jax import train
+from foprokd_jax.methods import resnet_student
 from foprokd_jax.data import synthetic
 from foprokd_jax.models import build, teachers, vit
 from foprokd_jax.models.resnet import ResNet
@@ -112,7 +113,7 @@ def test_registered_teacher_must_have_the_registry_width(tmp_path):
     config = isic.get_config("teacher=dinov2_s14,method=ekd,runlocal")
     config.teacher.artifact = path
     with pytest.raises(ValueError, match="384-d"):
-        build.models_from_config(config, 8)
+        resnet_student.build_feature_teacher(config)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +134,8 @@ def test_dinov2_s14_config_trains_on_synthetic_data(dataset, tmp_path, method, d
     config.teacher.dtype = dtype
     config.total_steps = 2
     config.num_devices = 1  # the 8-device data-parallel path is test_train's; one device halves the time
-    student, _, _, record = build.models_from_config(config, 8)
+    _, _, record = resnet_student.build_feature_teacher(config)
+    student = resnet_student.build_student(config, 8, record["feature_dim"])
     assert student.teacher_dim == 384 and record["dtype"] == dtype
     results = train.train_and_evaluate(config, str(tmp_path / "work"))
     assert results["method_info"]["teacher"]["feature_dim"] == 384

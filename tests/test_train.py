@@ -31,12 +31,14 @@ def _config(dataset, method="ekd", total_steps=6):
     config.input.image_root = dataset
     config.input.split_dir = os.path.join(dataset, "splits")
     config.input.prepared_dir = os.path.join(dataset, "tfds")
-    config.teacher.artifact = os.path.join(dataset, "teacher.npz")
-    config.teacher.arch = "demo_random_resnet"
+    teacher = os.path.join(dataset, "teacher.npz")
+    if "teacher" in config:  # bsm has no teacher keys
+        config.teacher.artifact = teacher
+        config.teacher.arch = "demo_random_resnet"
+        demo.ensure_demo_teacher(config)
     config.total_steps = total_steps
     config.eval_every_steps = 2
     config.lock()
-    demo.ensure_demo_teacher(config)
     return config
 
 

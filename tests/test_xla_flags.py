@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from foprokd_jax import losses, parallel, steps, xla_flags
+from foprokd_jax import losses, parallel, xla_flags
+from foprokd_jax.methods.ekd import step as ekd_step
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.state import create_train_state, make_optimizer
@@ -186,9 +187,9 @@ def test_ekd_train_step_compiles_once():
     state = parallel.replicate(create_train_state(student.init(jax.random.PRNGKey(0), dummy, train=False),
                                                   optimizer), mesh)
     teacher_vars = parallel.replicate(teacher.init(jax.random.PRNGKey(1), dummy, train=False), mesh)
-    step = steps.make_train_step(student=student, teacher=teacher,
+    step = ekd_step.make_train_step(student=student, teacher=teacher,
                                  cls_loss=losses.make_classification_loss("bsm", [40, 20, 10, 5]),
-                                 optimizer=optimizer, method="ekd", free_u=3.0, teacher_feature_key="pre_logits",
+                                 optimizer=optimizer, free_u=3.0, teacher_feature_key="pre_logits",
                                  mesh=mesh)
     rng = np.random.default_rng(0)
     batches = [parallel.host_batch_to_global({"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),

@@ -34,6 +34,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from foprokd_jax import frequency
+
 
 def full_radius_and_angle(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     """Normalised radius and orientation (mod pi) of every bin of the full h x w FFT grid (fft order).
@@ -41,9 +43,8 @@ def full_radius_and_angle(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
     The radius is the one of `radial_frequency_grid` extended to the full (not half) spectrum; the
     orientation is the angle of the frequency vector (v along H, u along W) folded into [0, pi).
     """
-    freq_h = np.fft.fftfreq(h) / 0.5
-    freq_w = np.fft.fftfreq(w) / 0.5
-    radius = np.sqrt(freq_h[:, None] ** 2 + freq_w[None, :] ** 2) / math.sqrt(2.0)
+    freq_h, freq_w = frequency.axis_frequencies(h, w, half_spectrum=False)
+    radius = frequency.radial_frequency(h, w, half_spectrum=False) / frequency.CORNER_RADIUS
     angle = np.mod(np.arctan2(freq_h[:, None], freq_w[None, :]), math.pi)
     # float32 like radial_frequency_grid, so that bins exactly on a band edge (e.g. r = 0.375 at 32 px)
     # fall on the same side of it here and in the prompt.

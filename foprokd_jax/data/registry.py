@@ -55,21 +55,9 @@ class LoadedDataset:
 
 DATASETS = ("isic2019_lt", "ham10000", "aptos", "hyperkvasir")
 SPLIT_ORDER = ("train", "val", "test")
-# input.* keys read here, with the values configs/common.py gives them (used when a key is absent).
-INPUT_DEFAULTS = {"dataset": "isic2019_lt", "split_seed": 2020, "split_mode": "lesion", "val_fraction": -1.0,
-                  "bad_image_policy": "fail", "label_csv": ""}
-
-
-def _get(input_config, key: str):
-    getter = getattr(input_config, "get", None)
-    if getter is not None:
-        return getter(key, INPUT_DEFAULTS.get(key))
-    return getattr(input_config, key, INPUT_DEFAULTS.get(key))
-
-
 def _val_fraction(input_config, default: float) -> float:
     """input.val_fraction, where a negative value means the dataset's documented default."""
-    value = float(_get(input_config, "val_fraction"))
+    value = float(input_config.val_fraction)
     return default if value < 0 else value
 
 
@@ -90,7 +78,7 @@ def _load_isic(inp) -> LoadedDataset:
     """ISIC-2019-LT: the official split CSVs `{split}_skin{fold}_{imb}.csv` (FoPro-KD spec §8.1)."""
     tables = {split: isic_splits.read_split(inp.split_dir, split, inp.fold, inp.imb) for split in SPLIT_ORDER}
     cv_splits.check_disjoint({s: t.image_ids for s, t in tables.items()}, {s: t.path for s, t in tables.items()})
-    policy = _get(inp, "bad_image_policy")
+    policy = inp.bad_image_policy
     store = tfds_isic.prepare_isic(inp.image_root, inp.prepared_dir, inp.image_size, policy)
     sources = {}
     for split, table in tables.items():
@@ -111,7 +99,7 @@ def _load_isic(inp) -> LoadedDataset:
 def _from_table(name: str, class_names, table: label_csv.LabelTable, rows: Dict[str, np.ndarray], builder_cls,
                 items, inp, describe: dict) -> LoadedDataset:
     """Prepares the table's images once and joins each split's rows to them (file order kept)."""
-    policy = _get(inp, "bad_image_policy")
+    policy = inp.bad_image_policy
     split_ids = {s: [table.image_ids[i] for i in rows[s]] for s in SPLIT_ORDER if s in rows}
     origin = {s: f"{table.origin} ({s} split of fold {inp.fold})" for s in split_ids}
     cv_splits.check_disjoint(split_ids, origin)
@@ -122,7 +110,7 @@ def _from_table(name: str, class_names, table: label_csv.LabelTable, rows: Dict[
                                                              origin[split])
         sources[split] = image_folder_tfds.StoreSource(kept_ids, labels, store, origin[split])
     describe = {"dataset": name, "source": table.origin, "image_root": inp.image_root, "fold": int(inp.fold),
-                "num_folds": 5, "split_seed": int(_get(inp, "split_seed")), **describe,
+                "num_folds": 5, "split_seed": int(inp.split_seed), **describe,
                 "prepared": store.dataset_dir, "image_size": store.image_size,
                 **_split_summary(sources, len(class_names)),
                 **_skipped_summary(store, policy, inp.prepared_dir, builder_cls.name)}
@@ -132,14 +120,14 @@ def _from_table(name: str, class_names, table: label_csv.LabelTable, rows: Dict[
 
 
 def _label_csv(inp, default_name: str) -> str:
-    return _get(inp, "label_csv") or os.path.join(inp.image_root, default_name)
+    return inp.label_csv or os.path.join(inp.image_root, default_name)
 
 
 def _load_ham10000(inp) -> LoadedDataset:
     table = ham10000.read_metadata(_label_csv(inp, ham10000.METADATA_CSV))
-    mode = _get(inp, "split_mode")
+    mode = inp.split_mode
     val_fraction = _val_fraction(inp, ham10000.DEFAULT_VAL_FRACTION)
-    rows = ham10000.make_splits(table, int(inp.fold), int(_get(inp, "split_seed")), mode, val_fraction)
+    rows = ham10000.make_splits(table, int(inp.fold), int(inp.split_seed), mode, val_fraction)
     rule = ("lesion-grouped stratified 5-fold (every lesion_id in one split)" if mode == "lesion" else
             "image-level StratifiedKFold(5, shuffle=True, random_state=split_seed) over the metadata rows; LEAKY: "
             "images of one lesion can be in train and test")
@@ -153,7 +141,7 @@ def _load_ham10000(inp) -> LoadedDataset:
 def _load_aptos(inp) -> LoadedDataset:
     table = aptos.read_labels(_label_csv(inp, aptos.LABEL_CSV))
     val_fraction = _val_fraction(inp, aptos.DEFAULT_VAL_FRACTION)
-    rows = aptos.make_splits(table, int(inp.fold), int(_get(inp, "split_seed")), val_fraction)
+    rows = aptos.make_splits(table, int(inp.fold), int(inp.split_seed), val_fraction)
     describe = {"val_fraction": val_fraction,
                 "split_rule": "StratifiedKFold(5, shuffle=True, random_state=split_seed) over train.csv rows, "
                               "test = fold k (CRCKD cv_splits.py; reference seed 2020)"}
@@ -164,7 +152,7 @@ def _load_aptos(inp) -> LoadedDataset:
 def _load_hyperkvasir(inp) -> LoadedDataset:
     table = hyperkvasir.scan_tree(inp.image_root)
     val_fraction = _val_fraction(inp, hyperkvasir.DEFAULT_VAL_FRACTION)
-    rows = hyperkvasir.make_splits(table, int(inp.fold), int(_get(inp, "split_seed")), val_fraction)
+    rows = hyperkvasir.make_splits(table, int(inp.fold), int(inp.split_seed), val_fraction)
     fold_counts = np.bincount(np.delete(table.labels, rows["test"]), minlength=len(hyperkvasir.CLASS_NAMES))
     describe = {"val_fraction": val_fraction,
                 "split_rule": "StratifiedKFold(5, shuffle=True, random_state=split_seed) over the images in sorted "
@@ -187,10 +175,10 @@ def load_dataset(input_config) -> LoadedDataset:
     Raises ValueError (or a FileNotFoundError subclass for missing files) with the file, row or value at
     fault; a failed preparation leaves no dataset behind (image_folder_tfds).
     """
-    name = _get(input_config, "dataset")
+    name = input_config.dataset
     if name not in LOADERS:
         raise ValueError(f"input.dataset={name!r} is not one of {DATASETS}")
-    policy = _get(input_config, "bad_image_policy")
+    policy = input_config.bad_image_policy
     if policy not in image_folder_tfds.BAD_IMAGE_POLICIES:
         raise ValueError(f"input.bad_image_policy={policy!r} is not one of {image_folder_tfds.BAD_IMAGE_POLICIES}")
     if int(input_config.image_size) <= 0:

@@ -1,4 +1,4 @@
-"""Builds the student and the frozen teacher from a config, and initialises the student.
+"""Loads a frozen teacher from its artifact, and initialises a student (optionally from a torchvision artifact).
 
 The teacher's architecture comes from its artifact's sidecar (`arch`, `family`, optional `stage_sizes`/`block`/
 `width` for non-torchvision shapes such as the demo's tiny teacher; see `teachers.build_teacher_module`), so a
@@ -13,10 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from foprokd_jax.models.ekd_student import EKDStudent, classifier_head, resolve_classifier, student_compute_dtype
-from foprokd_jax.models.fourier_prompt import FourierPrompt
 from foprokd_jax.models import teachers
-from foprokd_jax.parallel import DATA_AXIS
+from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.porting import artifact
 
 
@@ -47,40 +45,13 @@ def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional
     return module, variables, record
 
 
-def models_from_config(config, num_classes: int):
-    """Returns (student, teacher or None, teacher variables or {}, teacher record or None).
-
-    The student's projector and `fc_free` are sized by the loaded teacher's feature width (D_t, spec §3.3).
-    """
-    teacher, teacher_vars, record = None, {}, None
-    if config.method in ("ekd", "fopro"):
-        dtype = teachers.teacher_compute_dtype(config.teacher.get("dtype", "float32"))
-        teacher, teacher_vars, record = teacher_from_artifact(
-            config.teacher.artifact, config.teacher.arch, image_size=config.input.image_size, dtype=dtype)
-        _check_registered_teacher(config, record)
-        record["dtype"] = config.teacher.get("dtype", "float32")
-    student = EKDStudent(num_classes=num_classes,
-                         teacher_dim=record["feature_dim"] if record else None,
-                         trunk=config.student.name, stage_sizes=tuple(config.student.stage_sizes),
-                         width=config.student.width, bn_axis_name=DATA_AXIS,
-                         classifier=student_classifier(config),
-                         # Mixed precision: bfloat16 compute, float32 params/BN statistics/outputs.
-                         dtype=student_compute_dtype(config.student.get("dtype", "float32")))
-    return student, teacher, teacher_vars, record
-
-
-def student_classifier(config) -> str:
-    """'linear' or 'cosine' class heads: config.student.classifier, where 'auto' means cosine exactly for LDAM."""
-    return resolve_classifier(config.student.get("classifier", "auto"), config.loss.name)
-
-
-def _check_registered_teacher(config, record: dict) -> None:
+def check_registered_teacher(teacher_name: str, record: dict) -> None:
     """A registered teacher's artifact must give the registry's width and input normalisation.
 
     Skipped when the config points a registry name at another architecture (tests and the demo pair a
     registry name with a tiny random ResNet); `config.teacher.arch` vs the artifact is checked on load.
     """
-    name = teachers.canonical_name(config.teacher.name)
+    name = teachers.canonical_name(teacher_name)
     spec = teachers.TEACHERS.get(name)
     if spec is None or spec.arch != record["arch"]:
         return
@@ -90,24 +61,6 @@ def _check_registered_teacher(config, record: dict) -> None:
     if spec.normalisation not in teachers.SUPPORTED_NORMALISATIONS:
         raise ValueError(f"teacher {name!r} expects {spec.normalisation!r} inputs; the pipeline only feeds "
                          f"{teachers.SUPPORTED_NORMALISATIONS}")
-
-
-def prompt_from_config(config, teacher_dim: int, num_classes: int):
-    """The Fourier prompt generator and the explore head (Linear D_t -> C on teacher features)."""
-    fpg = config.fpg
-    prompt = FourierPrompt(variant=fpg.variant, alpha=fpg.alpha, num_bands=fpg.num_bands,
-                           share_channels=fpg.share_channels, hidden=fpg.hidden, depth=fpg.depth)
-    # Same head kind as the student's: LDAM's scale-30 margins assume cosine logits (docs/long_tail.md).
-    explore_head = classifier_head(student_classifier(config), num_classes, teacher_dim, name="explore_head")
-    return prompt, explore_head
-
-
-def init_prompt(prompt, explore_head, teacher_dim: int, image_size: int, rng: jax.Array) -> dict:
-    """Identity prompt (zero log-gain) and a torch-initialised explore head."""
-    prompt_rng, head_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-    return {"prompt": jax.jit(prompt.init)(prompt_rng, dummy)["params"],
-            "explore_head": explore_head.init(head_rng, jnp.zeros((1, teacher_dim)))["params"]}
 
 
 def init_student(student: EKDStudent, config, rng: jax.Array) -> dict:

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from foprokd_jax.losses import l2_normalize
 from foprokd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ResNet, get_resnet
 from foprokd_jax.models.torch_init import torch_dense
 
@@ -77,15 +78,9 @@ def resolve_classifier(classifier: str, loss_name: str) -> str:
     return classifier
 
 
-def _l2_normalize(v: jnp.ndarray, axis: int) -> jnp.ndarray:
-    """`F.normalize`: v / max(||v||_2, 1e-12)."""
-    norm = jnp.sqrt(jnp.sum(v * v, axis=axis, keepdims=True))
-    return v / jnp.maximum(norm, 1e-12)
-
-
 def _unit_column_uniform(key, shape, dtype=jnp.float32):
     """`ClassifierLDAM`'s init: U(-1, 1), then every class column rescaled to unit L2 norm (renorm + mul)."""
-    return _l2_normalize(jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0), axis=0).astype(dtype)
+    return l2_normalize(jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0), axis=0).astype(dtype)
 
 
 class CosineClassifier(nn.Module):
@@ -100,7 +95,7 @@ class CosineClassifier(nn.Module):
     @nn.compact
     def __call__(self, x):
         kernel = self.param("kernel", _unit_column_uniform, (x.shape[-1], self.num_classes), jnp.float32)
-        return _l2_normalize(x.astype(jnp.float32), -1) @ _l2_normalize(kernel, 0)
+        return l2_normalize(x.astype(jnp.float32), -1) @ l2_normalize(kernel, 0)
 
 
 def classifier_head(kind: str, num_classes: int, fan_in: int, name: Optional[str] = None, dtype: Any = jnp.float32):

@@ -17,7 +17,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from foprokd_jax.crckd.losses import l2_normalize
+from foprokd_jax.losses import l2_normalize
 
 
 def init_bank(rng: jax.Array, num_rows: int, dim: int) -> jnp.ndarray:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from foprokd_jax.crckd import memory_bank
+from foprokd_jax.methods.crckd import memory_bank
 
 
 @flax.struct.dataclass

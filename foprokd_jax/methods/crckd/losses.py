@@ -6,16 +6,9 @@ reference file are cited on each function. All of them work in float32.
 import jax
 import jax.numpy as jnp
 
+from foprokd_jax.losses import l2_normalize
+
 NCE_EPS = 1e-7  # `eps` of utils/CCD_CRP_loss.py
-
-
-def l2_normalize(x: jnp.ndarray) -> jnp.ndarray:
-    """x / ||x||_2 along the last axis, WITHOUT an epsilon, as the reference `Normalize(2)` layer.
-
-    A zero row would give NaN there too; embeddings and memory rows never are (spec §2, §4.5).
-    """
-    x = x.astype(jnp.float32)
-    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
 
 
 def contrast_exp_scores(anchors: jnp.ndarray, rows: jnp.ndarray, temperature: float) -> jnp.ndarray:

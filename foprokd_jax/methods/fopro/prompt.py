@@ -38,24 +38,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from foprokd_jax import frequency
 from foprokd_jax.image_norm import normalize, unnormalize  # noqa: F401  (part of this module's API)
 
 VARIANTS = ("spectrum", "radial", "conditional")
 
 
 def radial_frequency_grid(h: int, w: int) -> np.ndarray:
-    """Normalised radial frequency of every rfft2 bin of an h x w image, shape (h, w // 2 + 1).
+    """Radius of every rfft2 bin scaled to [0, 1] (Nyquist corner = 1), float32, shape (h, w // 2 + 1).
 
-    Each axis is first measured in units of its own Nyquist frequency (fftfreq / 0.5, so non-square
-    images are handled), then the radius is divided by sqrt(2) so that the Nyquist corner is 1:
-    r = 0 at DC, 1/sqrt(2) at the Nyquist frequency of either axis, 1 at the corner. With that choice the
-    radius lies in [0, 1] and `band_index` needs no special case for the corners. Row order is the rfft2
-    order along H (0, 1, ..., -1), i.e. not fftshifted. Numpy, so it is a trace-time constant under jit.
+    `frequency.radial_frequency` (axis Nyquist = 1) divided by sqrt(2): with the corner at 1, `band_index`
+    needs no special case for the corners.
     """
-    freq_h = np.fft.fftfreq(h) / 0.5
-    freq_w = np.fft.rfftfreq(w) / 0.5
-    radius = np.sqrt(freq_h[:, None] ** 2 + freq_w[None, :] ** 2) / math.sqrt(2.0)
-    return radius.astype(np.float32)
+    return (frequency.radial_frequency(h, w) / frequency.CORNER_RADIUS).astype(np.float32)
 
 
 def band_index(h: int, w: int, num_bands: int) -> np.ndarray:

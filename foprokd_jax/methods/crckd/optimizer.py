@@ -10,7 +10,7 @@ torch's weight_decay adds wd * param to the gradient BEFORE the moments (L2, not
 """
 import optax
 
-from foprokd_jax.crckd.schedule import OneCycle
+from foprokd_jax.methods.crckd.schedule import OneCycle
 
 
 def make_optimizer(one_cycle: OneCycle, *, weight_decay: float = 5e-4, b2: float = 0.999,

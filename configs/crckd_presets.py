@@ -7,6 +7,8 @@ baselines keep the CRCKD machinery (banks still update, spec §6) with zero weig
     'wce'    "Baseline 1: DenseNet121": L_WCE only
     'mt'     "Baseline 2: +MT": L_WCE + w(e) L_KL from epoch 20
 """
+from configs import common
+
 VARIANTS = ("crckd", "wce", "mt")
 # launch/convert_teacher.py --src=densenet121-a639ec97.pth --arch=densenet121 --out=teachers/imagenet_densenet121.npz
 IMAGENET_DENSENET121 = "teachers/imagenet_densenet121.npz"
@@ -45,8 +47,6 @@ def apply_runlocal(config) -> None:
 def apply_method(config, arg) -> str:
     """A HAM10000/APTOS config's method: CRCKD's reference run (`arg.variant`, `arg.ccd_post`) or the FoPro-KD
     family (`configs.common.apply_kd_method`). Returns the run-name tag."""
-    from configs import common
-
     if arg.method == "crckd":
         apply_reference(config, arg.variant, arg.ccd_post)
         return arg.variant if arg.ccd_post == 0.01 else f"{arg.variant}_ccdpost{arg.ccd_post:g}"
@@ -54,8 +54,6 @@ def apply_method(config, arg) -> str:
 
 
 def apply_method_runlocal(config, arg) -> None:
-    from configs import common
-
     if arg.method == "crckd":
         apply_runlocal(config)
     else:

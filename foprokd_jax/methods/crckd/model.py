@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from foprokd_jax.crckd.losses import l2_normalize
+from foprokd_jax.losses import l2_normalize
 from foprokd_jax.models.densenet import DenseNet
 from foprokd_jax.models.torch_init import torch_dense, torch_linear_kernel_init
 

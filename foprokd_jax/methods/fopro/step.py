@@ -28,7 +28,8 @@ import optax
 
 from foprokd_jax import losses, parallel
 from foprokd_jax.state import TrainState
-from foprokd_jax.steps import float32_outputs, normalize_images, student_objective
+from foprokd_jax.methods.ekd.objective import ekd_objective
+from foprokd_jax.methods.student_step import float32_outputs, normalize_images
 
 
 def fpg_objective(fpg_params, teacher_vars, x, labels, student_p, *, teacher: nn.Module, prompt: nn.Module,
@@ -74,7 +75,7 @@ def fopro_losses(params, fpg_params, batch_stats, teacher_vars, x, labels, *, st
         explore_head=explore_head, cls_loss=cls_loss, lambda_cls=lambda_cls, lambda_adv=lambda_adv,
         lambda_reg=lambda_reg, teacher_feature_key=teacher_feature_key, step=step)
     # The student's objective is exactly EKD's, with the prompted teacher's features as constants.
-    student_loss, terms = student_objective(out, labels, cls_loss, free_u, sg(t), step)
+    student_loss, terms = ekd_objective(out, labels, cls_loss, free_u, sg(t), step)
     terms.update(fpg_terms)
     terms["loss"] = student_loss
     return student_loss + fpg_loss, (terms, mutated["batch_stats"], out["z1"])
@@ -95,7 +96,7 @@ def make_fopro_train_step(*, student: nn.Module, teacher: nn.Module, prompt: nn.
                           donate: bool = True, update_every: int = 1) -> Callable:
     """Builds `train_step(state, teacher_vars, batch) -> (state, metrics)` for method 'fopro'.
 
-    Same contract as `steps.make_train_step`; `state.fpg_params` holds {'prompt', 'explore_head'}. Metrics:
+    Same contract as `student_step.make_student_train_step`; `state.fpg_params` holds {'prompt', 'explore_head'}. Metrics:
     the student's and the FPG's loss terms, norms, and `fpg/updated` (1.0 when the FPG stepped).
 
     `update_every = k > 1` (config `fpg.update_every`, a speed switch, docs/fpg.md) trains the FPG only on
@@ -186,7 +187,7 @@ def make_sparse_fpg_step(student: nn.Module, optimizer: optax.GradientTransforma
             state.step % update_every == 0, train_fpg, forward_fpg, state.fpg_params, state.fpg_opt_state)
 
         def student_loss(student_out):
-            return student_objective(student_out, labels, cls_loss, free_u, jax.lax.stop_gradient(t), state.step)
+            return ekd_objective(student_out, labels, cls_loss, free_u, jax.lax.stop_gradient(t), state.step)
 
         (loss, terms), out_grads = jax.value_and_grad(student_loss, has_aux=True)(out)
         (grads,) = student_vjp(out_grads)

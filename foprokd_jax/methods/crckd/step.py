@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from foprokd_jax import image_norm, parallel
-from foprokd_jax.crckd import losses, memory_bank, schedule
-from foprokd_jax.crckd.state import CrckdState
+from foprokd_jax.methods.crckd import losses, memory_bank, schedule
+from foprokd_jax.methods.crckd.state import CrckdState
 
 AXIS = parallel.DATA_AXIS
 

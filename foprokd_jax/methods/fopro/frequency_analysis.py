@@ -13,8 +13,8 @@ filter, run the frozen teacher on them and ask two questions per cut-off radius:
 A teacher whose probe survives heavy low-passing relies on low frequencies (shape, colour); one whose
 features collapse but whose high-pass probe stays up relies on texture.
 
-Frequency convention (used by every function here). For an H x W image with FFT bin frequencies
-f_y = fftfreq(H), f_x = fftfreq(W) in cycles per pixel, the normalised radius of a bin is
+Frequency convention: the project's one (`foprokd_jax/frequency.py`): for an H x W image with FFT bin
+frequencies f_y = fftfreq(H), f_x = fftfreq(W) in cycles per pixel, the normalised radius of a bin is
 
     r = sqrt((2 f_y)^2 + (2 f_x)^2)
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from foprokd_jax import image_norm
+from foprokd_jax import frequency, image_norm
 
 KINDS = ("lowpass", "highpass")
 BASELINE_KIND = "none"
@@ -48,9 +48,7 @@ CSV_COLUMNS = ("kind", "radius", "feature_cosine", "probe_bacc", "n_train", "n_t
 
 def normalised_radius(height: int, width: int) -> np.ndarray:
     """r of every rfft2 bin, shape (height, width // 2 + 1); see the module docstring."""
-    fy = 2.0 * np.fft.fftfreq(height)
-    fx = 2.0 * np.fft.rfftfreq(width)
-    return np.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2).astype(np.float32)
+    return frequency.radial_frequency(height, width).astype(np.float32)
 
 
 def _check_kind(kind: str) -> None:

@@ -1,9 +1,9 @@
-"""Metric logging without TensorFlow: JSON lines + TensorBoard event files, NaN checks, progress/ETA.
+"""Metric logging without TensorFlow: JSON lines + TensorBoard event files.
 
 `MetricWriter` appends one JSON object per call to `workdir/metrics.jsonl` (big_vision style) and writes
 the same scalars as TensorBoard events under `workdir/tb/`, using TensorBoard's own TF-free
 `EventFileWriter` and protos, so `tensorboard --logdir workdir/tb` works with no TF installed
-(clu's writers import TF, see `shared/specs/jax_conventions.md` §4.6, §6.9).
+(clu's writers import TensorFlow; docs/performance.md lists what the training process imports).
 
 Non-finite values in `metrics.jsonl`: JSON has no NaN/Infinity, so they are written as the strings
 "nan", "inf" and "-inf" (the file stays valid JSON for any parser, and a crash log still tells NaN
@@ -11,12 +11,10 @@ from overflow). `read_metrics_jsonl` turns those strings back into floats. Tenso
 float itself.
 """
 import json
-import logging as pylogging
 import math
 import os
 import time
 import warnings
-from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -25,7 +23,6 @@ TEXT_FILENAME = "text.jsonl"
 TENSORBOARD_SUBDIR = "tb"
 _NONFINITE_TO_STRING = {math.inf: "inf", -math.inf: "-inf"}
 _STRING_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-DEFAULT_FINITE_CHECK_NAMES = ("loss", "training_loss", "l2_grads", "l2_updates", "l2_params")
 
 
 def _to_python_number(name: str, value):
@@ -216,158 +213,3 @@ def read_metrics_jsonl(path: str) -> list:
     return records
 
 
-def check_finite(step: int, scalars: dict, names: Iterable[str] = DEFAULT_FINITE_CHECK_NAMES,
-                 last_good_step: Optional[int] = None) -> int:
-    """Raises FloatingPointError if a watched scalar is NaN or Inf; otherwise returns `step`.
-
-    A key is watched if it equals one of `names` or ends with "/" + name (so "train/loss" matches
-    "loss", while "train/kd_loss" does not). Keep the return value and pass it back as `last_good_step`
-    so the error says between which logged steps things went wrong:
-        last_good = check_finite(step, metrics, last_good_step=last_good)
-    """
-    names = tuple(names)
-    bad = []
-    for key, value in scalars.items():
-        if not any(key == name or key.endswith("/" + name) for name in names):
-            continue
-        array = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(array)):
-            bad.append(f"{key}={array.tolist()}")
-    if bad:
-        since = (f"last good step {last_good_step}, so somewhere within steps ({last_good_step}, {step}]"
-                 if last_good_step is not None else "no earlier good step recorded")
-        raise FloatingPointError(f"{', '.join(bad)}: became nan or inf at step {step} ({since})")
-    return step
-
-
-class FiniteGuard:
-    """Every-step NaN/Inf guard on the metrics dict a train step returns (all of its float scalars).
-
-    `check(step, metrics)` fetches the (few, scalar) metrics to the host in one `jax.device_get`, raises
-    FloatingPointError naming the step and every non-finite term (e.g. "loss=nan, grad_norm=inf"), and
-    otherwise returns the host values (reused for logging, so a log step costs no second transfer). The
-    training loop calls it one step late, after dispatching the next step, so the transfer overlaps with
-    device work; see `train._train_loop`.
-    """
-
-    def __init__(self, last_good_step: Optional[int] = None, fetch: Optional[Callable] = None):
-        self.last_good_step = last_good_step
-        self._fetch = fetch
-
-    def check(self, step: int, metrics: dict) -> dict:
-        if self._fetch is None:
-            import jax  # lazily: the rest of this module needs no JAX
-            self._fetch = jax.device_get
-        host = self._fetch(metrics)
-        bad = []
-        for key, value in host.items():
-            array = np.asarray(value)
-            if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
-                bad.append(f"{key}={array.tolist()}")
-        if bad:
-            since = (f"last finite step {self.last_good_step}" if self.last_good_step is not None
-                     else "no earlier finite step")
-            raise FloatingPointError(f"non-finite training metrics at step {step}: {', '.join(bad)} ({since})")
-        self.last_good_step = step
-        return host
-
-
-def format_duration(seconds: Optional[float]) -> str:
-    """Compact h/m/s: 45s, 12m10s, 3h02m05s, 2d04h; '--' when unknown."""
-    if seconds is None or not math.isfinite(seconds):
-        return "--"
-    seconds = int(round(max(seconds, 0.0)))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m{secs:02d}s"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
-
-
-class ProgressMeter:
-    """Steps/sec and ETA from wall time between `update` calls.
-
-    The first `update` only sets the reference point, so the step that includes XLA compilation (and
-    anything before it) does not count. `steps_per_sec` is the rate over the last interval; the ETA uses
-    the average rate since the reference point, which includes eval pauses and is steadier. If the step
-    goes backwards (restart from a checkpoint) the reference point is reset.
-
-    `clock` is injectable for tests (defaults to `time.monotonic`).
-    """
-
-    def __init__(self, total_steps: int, start_step: int = 0, clock: Callable[[], float] = time.monotonic):
-        self.total_steps = int(total_steps)
-        self.start_step = int(start_step)
-        self._clock = clock
-        self._first = None   # (step, time) of the reference call
-        self._last = None    # (step, time) of the latest call
-        self._stats = None
-
-    def update(self, step: int) -> dict:
-        """Records `step` reached now. Returns step, total_steps, percent, steps_this_run (since
-        `start_step`), steps_per_sec, avg_steps_per_sec, elapsed_seconds (since the first call) and
-        eta_seconds; the rates and ETA are None until a second call with a larger step."""
-        step, now = int(step), self._clock()
-        if self._last is None or step < self._last[0]:
-            self._first = self._last = (step, now)
-            steps_per_sec = avg_steps_per_sec = eta = None
-        else:
-            last_step, last_time = self._last
-            first_step, first_time = self._first
-            steps_per_sec = _rate(step - last_step, now - last_time)
-            avg_steps_per_sec = _rate(step - first_step, now - first_time)
-            remaining = max(self.total_steps - step, 0)
-            eta = remaining / avg_steps_per_sec if avg_steps_per_sec else None
-            self._last = (step, now)
-        self._stats = {
-            "step": step,
-            "total_steps": self.total_steps,
-            "percent": 100.0 * step / self.total_steps if self.total_steps else 100.0,
-            "steps_this_run": step - self.start_step,
-            "steps_per_sec": steps_per_sec,
-            "avg_steps_per_sec": avg_steps_per_sec,
-            "elapsed_seconds": now - self._first[1],
-            "eta_seconds": eta,
-        }
-        return dict(self._stats)
-
-    def format(self, step: int) -> str:
-        """'step 120/3200 (3.8%) | 4.21 steps/s | ETA 12m10s'; updates the meter first if `step` is new."""
-        if self._stats is None or self._stats["step"] != int(step):
-            self.update(step)
-        stats = self._stats
-        rate = stats["steps_per_sec"]
-        rate_text = f"{rate:.2f} steps/s" if rate is not None else "-- steps/s"
-        return (f"step {stats['step']}/{stats['total_steps']} ({stats['percent']:.1f}%) | {rate_text} | "
-                f"ETA {format_duration(stats['eta_seconds'])}")
-
-
-def _rate(steps: int, seconds: float) -> Optional[float]:
-    if steps <= 0 or seconds <= 0:
-        return None
-    return steps / seconds
-
-
-class _LibraryInfoFilter(pylogging.Filter):
-    """Drops INFO/DEBUG records emitted from inside chatty libraries (Orbax logs ~20 lines per save)."""
-
-    def __init__(self, fragments):
-        super().__init__()
-        self._fragments = tuple(fragments)
-
-    def filter(self, record):
-        return record.levelno >= pylogging.WARNING or not any(f in record.pathname for f in self._fragments)
-
-
-def quiet_library_logs(fragments=("/orbax/", "/tensorflow_datasets/", "/jax/_src/", "/grain/")) -> None:
-    """Keeps the training log readable: library warnings and errors still show, their INFO lines don't."""
-    flt = _LibraryInfoFilter(fragments)
-    for logger in (pylogging.getLogger(), pylogging.getLogger("absl")):
-        logger.addFilter(flt)
-        for handler in logger.handlers:
-            handler.addFilter(flt)

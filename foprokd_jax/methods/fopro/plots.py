@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from foprokd_jax import image_norm
-from foprokd_jax.models import fourier_prompt
+from foprokd_jax.methods.fopro import prompt as fourier_prompt
 
 _CHANNEL_NAMES = ("R", "G", "B")
 _CHANNEL_COLORS = ("#c44e52", "#55a868", "#4c72b0")
