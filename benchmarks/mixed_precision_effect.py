@@ -32,12 +32,8 @@ import functools
 import json
 import os
 import re
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import flax  # noqa: E402
 import jax  # noqa: E402

@@ -16,13 +16,9 @@ import collections
 import glob
 import json
 import os
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def thunk_times(trace_dir: str) -> dict:

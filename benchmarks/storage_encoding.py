@@ -40,12 +40,8 @@ import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402

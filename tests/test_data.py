@@ -197,10 +197,9 @@ def test_concurrent_prepare_and_stale_incomplete_dir(synth, tmp_path):
     stale = data_dir / 'isic_resized' / f'size{SIZE}' / 'incomplete.DEADBEEF_1.0.0'
     stale.mkdir(parents=True)
     (stale / 'dataset_info.json').write_text('{}')
-    code = ('import sys; sys.path.insert(0, sys.argv[1]); from foprokd_jax.data import tfds_isic; '
-            'print(len(tfds_isic.prepare_isic(sys.argv[2], sys.argv[3], int(sys.argv[4]))))')
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [sys.executable, '-c', code, repo, str(root / 'raw'), str(data_dir), str(SIZE)]
+    code = ('import sys; from foprokd_jax.data import tfds_isic; '
+            'print(len(tfds_isic.prepare_isic(sys.argv[1], sys.argv[2], int(sys.argv[3]))))')
+    args = [sys.executable, '-c', code, str(root / 'raw'), str(data_dir), str(SIZE)]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=120) for p in procs]

@@ -273,7 +273,7 @@ def test_ctrl_c_during_preparation_leaves_nothing(tmp_path, monkeypatch):
 def test_killed_preparation_never_looks_complete(tmp_path):
     write("aptos", tmp_path)
     code = (
-        "import sys, time; sys.path.insert(0, sys.argv[1])\n"
+        "import sys, time\n"
         "from configs import common\n"
         "from foprokd_jax.data import image_folder_tfds as ift, registry\n"
         "real = ift._try_load\n"
@@ -281,10 +281,10 @@ def test_killed_preparation_never_looks_complete(tmp_path):
         "    print('decoding', flush=True); time.sleep(0.05); return real(path, size)\n"
         "ift.PREPARE_WORKERS = 1; ift._try_load = slow\n"
         "inp = common.base_config().input\n"
-        "inp.update(dict(dataset='aptos', image_root=sys.argv[2], prepared_dir=sys.argv[2] + '/tfds',\n"
+        "inp.update(dict(dataset='aptos', image_root=sys.argv[1], prepared_dir=sys.argv[1] + '/tfds',\n"
         "                image_size=16))\n"
         "registry.load_dataset(inp)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, REPO, str(tmp_path)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
         decoded = 0

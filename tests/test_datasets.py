@@ -1,6 +1,8 @@
 """Benchmark registry: split rules (sklearn parity, lesion grouping, Hyper-Kvasir groups), loaders, writers."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -235,16 +237,17 @@ def test_writers_are_deterministic_and_use_the_real_layouts(datasets, tmp_path):
     assert os.path.isdir(tree / "upper-gi-tract" / "pathological-findings" / "barretts-short-segment")
 
 
-def test_make_synthetic_dataset_cli(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "make_synthetic_dataset", os.path.join(os.path.dirname(__file__), "..", "launch", "make_synthetic_dataset.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
-    summary = cli.main(["--dataset=aptos", f"--out={tmp_path}", "--scale=0.003", "--image_size=20x16"])
+def test_make_synthetic_dataset_cli(tmp_path):
+    launcher = os.path.join(os.path.dirname(__file__), "..", "launch", "make_synthetic_dataset.py")
+    r = subprocess.run([sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}", "--scale=0.003",
+                        "--image_size=20x16"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
     assert summary["class_counts"] == [10, 10, 10, 10, 10] and summary["config"]["input.dataset"] == "aptos"
-    assert len(os.listdir(tmp_path / "train_images")) == 50
-    assert json.loads(capsys.readouterr().out)["num_images"] == 50
+    assert len(os.listdir(tmp_path / "train_images")) == 50 and summary["num_images"] == 50
+    bad = subprocess.run([sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}/b", "--image_size=20"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --image_size='20'")
 
 
 def test_hyperkvasir_config():

@@ -20,9 +20,9 @@ from foprokd_jax import parallel
 from foprokd_jax.models import teachers
 from foprokd_jax.models.densenet import DenseNet, densenet121
 from foprokd_jax.porting import densenet_weights
-from foprokd_jax.porting.artifact import load_artifact, save_artifact, sha256_file
+from foprokd_jax.porting.artifact import save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
-from launch import convert_teacher
+from foprokd_jax.cli import convert_teacher
 from tests.parity_report import parity_report
 
 torchvision = import_torchvision()

@@ -23,7 +23,7 @@ from foprokd_jax.models.vit import dinov2_vit
 from foprokd_jax.porting import dinov2_weights
 from foprokd_jax.porting.artifact import load_artifact, sha256_file
 from tests.parity_report import parity_report
-from launch import convert_teacher
+from foprokd_jax.cli import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL_KWARGS = dict(patch_size=14, img_size=518, init_values=1.0, block_chunks=0)

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from configs import isic
 from foprokd_jax import checkpointing, demo, evaluation, export, metrics, parallel
 from foprokd_jax.data import synthetic
-from launch import predict, report, sweep
+from foprokd_jax.cli import predict, report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -32,7 +32,7 @@ import pytest
 from foprokd_jax import parallel
 from foprokd_jax.data.planted_band import band_energy_fraction, class_masks, make_planted_band_dataset
 from foprokd_jax.methods.fopro.prompt import radial_frequency_grid
-from launch import planted_band
+from foprokd_jax.cli import planted_band
 
 SEEDS = [int(s) for s in os.environ.get("PLANTED_BAND_SEEDS", "0").split(",")]
 CONFIG = dict(variant="radial", steps=100, batch_size=64, image_size=32, num_classes=4, band=(0.25, 0.375),

@@ -19,7 +19,7 @@ from foprokd_jax.porting import resnet_weights
 from foprokd_jax.porting.artifact import load_artifact, save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
 from tests.parity_report import parity_report
-from launch import convert_teacher
+from foprokd_jax.cli import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torchvision = import_torchvision()

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from launch import report, sweep
+from foprokd_jax.cli import report, sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISIC_CONFIG = os.path.join(ROOT, "configs", "isic.py")
@@ -47,15 +47,19 @@ def _fabricate_results(run, rng, old_format=False):
 def test_expand_grid_names_and_commands(tmp_path):
     runs = sweep.expand_grid(f"{ISIC_CONFIG}:runlocal", str(tmp_path), methods=["bsm", "ekd"],
                              teachers=["moco_r50", "dinov2_s14"], imbs=["0.01"], folds=[1, 2], seeds=[3],
-                             overrides=["total_steps=2"], python="py")
+                             overrides=["total_steps=2", "teacher.dtype=bfloat16"], python="py")
     names = [run["name"] for run in runs]
     # bsm ignores the teacher axis: 2 folds; ekd: 2 teachers x 2 folds.
     assert names == ["bsm_imb0.01_fold1_seed3", "bsm_imb0.01_fold2_seed3",
                      "ekd_moco_r50_imb0.01_fold1_seed3", "ekd_moco_r50_imb0.01_fold2_seed3",
                      "ekd_dinov2_s14_imb0.01_fold1_seed3", "ekd_dinov2_s14_imb0.01_fold2_seed3"]
     assert runs[2]["command"] == [
-        "py", sweep.TRAIN_SCRIPT, f"--config={ISIC_CONFIG}:runlocal,method=ekd,teacher=moco_r50,imb=0.01,fold=1",
-        f"--workdir={tmp_path}/ekd_moco_r50_imb0.01_fold1_seed3", "--config.seed=3", "--config.total_steps=2"]
+        "py", "-m", "foprokd_jax.cli.train",
+        f"--config={ISIC_CONFIG}:runlocal,method=ekd,teacher=moco_r50,imb=0.01,fold=1",
+        f"--workdir={tmp_path}/ekd_moco_r50_imb0.01_fold1_seed3", "--config.seed=3", "--config.total_steps=2",
+        "--config.teacher.dtype=bfloat16"]
+    # A key only other methods read is not passed to a run ('bsm' has no teacher); others still are.
+    assert runs[0]["command"][-2:] == ["--config.seed=3", "--config.total_steps=2"]
     with pytest.raises(FileNotFoundError, match="nope.py"):
         sweep.expand_grid("configs/nope.py", str(tmp_path), methods=["bsm"])
     with pytest.raises(ValueError, match="key=value"):
@@ -71,7 +75,7 @@ def test_print_mode_then_report_over_fabricated_results(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 12 and all("--config.total_steps=2" in line for line in lines)
-    assert shlex.split(lines[0])[:2] == ["python", "launch/train.py"]
+    assert shlex.split(lines[0])[:3] == ["python", "-m", "foprokd_jax.cli.train"]
     with open(os.path.join(root, "sweep.json")) as f:
         runs = json.load(f)["runs"]
     assert [shlex.join(run["command"]) for run in runs] == lines

@@ -8,7 +8,7 @@ from configs import isic
 from foprokd_jax.methods import resnet_student
 from foprokd_jax.models import build
 from foprokd_jax.porting.torch_compat import import_torchvision
-from launch import convert_teacher
+from foprokd_jax.cli import convert_teacher
 
 
 def test_student_trunk_loads_converted_torchvision_resnet18(tmp_path):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import flax
 import numpy as np
+from clu import parameter_overview
 
 FORMAT_VERSION = 1
 _KEY_SEPARATOR = "/"
@@ -121,3 +122,8 @@ def load_artifact(path: str, expected_arch: Optional[str] = None
     with np.load(path, allow_pickle=False) as archive:
         flat = {tuple(key.split(_KEY_SEPARATOR)): archive[key] for key in archive.files}
     return flax.traverse_util.unflatten_dict(flat), meta
+
+
+def count_parameters(variables) -> int:
+    """Number of trainable parameters (the 'params' collection only, as torch counts them)."""
+    return int(parameter_overview.count_parameters(variables["params"]))

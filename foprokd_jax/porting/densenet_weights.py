@@ -172,11 +172,6 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
     return flax.traverse_util.unflatten_dict(converted)
 
 
-def count_parameters(variables: Mapping[str, Any]) -> int:
-    """Number of trainable parameters (the 'params' collection only, as torch counts them)."""
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(variables["params"])))
-
-
 def load_densenet_variables(path: str, arch: str = "densenet121",
                             keep_classifier: bool = True) -> Dict[str, Any]:
     """``{'params', 'batch_stats'}`` of a converted DenseNet artifact, after checking sha256 and arch.

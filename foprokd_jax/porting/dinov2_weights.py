@@ -341,7 +341,3 @@ def hf_dinov2_to_flax(state_dict: Mapping[str, Any], arch: str, image_size: int 
                       for key, value in state_dict.items()}
     return _convert(state_dict, arch, image_size, _hf_entries, ("embeddings.mask_token",),
                     "Hugging Face DINOv2")
-
-
-def count_parameters(variables: Mapping[str, Any]) -> int:
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(variables["params"])))

@@ -244,8 +244,3 @@ def strip_data_parallel_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, An
     if state_dict and all(key.startswith("module.") for key in state_dict):
         return {key[len("module."):]: value for key, value in state_dict.items()}
     return state_dict
-
-
-def count_parameters(variables: Mapping[str, Any]) -> int:
-    """Number of trainable parameters (the 'params' collection only, as torch counts them)."""
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(variables["params"])))

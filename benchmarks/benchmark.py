@@ -1,10 +1,10 @@
 """Throughput benchmark: our `bsm`/`ekd`/`fopro` train steps, a PyTorch EKD step, and the input pipeline.
 
-    python launch/benchmark.py                                   # 224 and 112, batch 32, + torch, table
-    python launch/benchmark.py --image_sizes=112 --steps=5 --out=bench.json
-    python launch/benchmark.py --image_sizes=224 --methods=ekd,fopro --xla_flag_sets=cpu_defaults,none
-    python launch/benchmark.py --torch=false --pipeline=false --isolate=false   # the old in-process mode
-    taskset -c 1 python launch/benchmark.py --image_sizes=112   # one pinned core: steadier on a shared machine
+    python -m benchmarks.benchmark                                   # 224 and 112, batch 32, + torch, table
+    python -m benchmarks.benchmark --image_sizes=112 --steps=5 --out=bench.json
+    python -m benchmarks.benchmark --image_sizes=224 --methods=ekd,fopro --xla_flag_sets=cpu_defaults,none
+    python -m benchmarks.benchmark --torch=false --pipeline=false --isolate=false   # the old in-process mode
+    taskset -c 1 python -m benchmarks.benchmark --image_sizes=112   # one pinned core: steadier on a shared machine
 
 Every configuration runs in a fresh process (`--isolate`, default): XLA reads XLA_FLAGS once per process,
 and peak memory (RSS) is then per configuration. Each reports compile + first step, then the median over
@@ -25,8 +25,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository (benchmarks/ is not installed)
 
 from absl import app, flags  # noqa: E402
 
@@ -172,7 +171,7 @@ def run_isolated(spec: dict) -> dict:
     env = dict(os.environ)
     if spec.get("xla") == "none":
         env["FOPROKD_XLA_CPU_DEFAULTS"] = "0"
-    cmd = [sys.executable, os.path.abspath(__file__), f"--run_one={json.dumps(spec)}"]
+    cmd = [sys.executable, "-m", "benchmarks.benchmark", f"--run_one={json.dumps(spec)}"]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
@@ -260,5 +259,10 @@ def main(argv):
                        "targets": checks, "contention": note}, f, indent=2)
 
 
-if __name__ == "__main__":
+def run():
+    """Console entry point (pyproject.toml [project.scripts]) and `python -m benchmarks.benchmark`."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,356 @@
+"""Paper-style tables from finished runs: mean ± std over folds/seeds as Markdown and CSV, plus a plot.
+
+    python launch/report.py --sweep_dir=workdirs/sweep_isic                 # every run of a sweep
+    python launch/report.py --runs='workdirs/isic_*' --runs='old/*/results.json' --out_dir=reports/isic
+    python launch/report.py --sweep_dir=workdirs/crckd --source=last_evals_mean --metrics=auc,accuracy,\
+macro_precision,bacc,macro_f1,kappa_quadratic                               # CRCKD's columns (spec §9)
+
+Each run is a folder holding `results.json` (written by launch/train.py). Runs are grouped per dataset into
+one table: rows = method (+ teacher, or any `--rows` fields), columns = imbalance factor (one group per
+factor; datasets without one get a single group), each group showing `n` (runs in the cell) and the
+metrics, balanced accuracy first. A cell is `mean ± std` over its runs (folds/seeds; sample std, ddof=1 by
+default), `[k/n]` when only k of the n runs define that metric (e.g. no tail class at imb 0.01), and `—`
+when nothing is there. Scores are shown ×100. Outputs in --out_dir (default <sweep_dir>/report or
+./report): report.md, report.csv (the same layout, unscaled numbers), runs.csv (one line per run) and
+<plot_metric>_vs_imbalance_<dataset>.png (mean ± std per method against the imbalance ratio). Docs:
+docs/evaluation.md.
+"""
+import csv
+import glob
+import json
+import math
+import os
+import sys
+
+
+import numpy as np  # noqa: E402
+
+from foprokd_jax import plots  # noqa: E402
+
+DEFAULT_DATASET = "isic2019_lt"  # results.json files written before the dataset registry lack 'dataset'
+DEFAULT_METRICS = ("bacc", "macro_f1", "tail_recall", "medium_recall", "head_recall", "mcc")
+SOURCES = ("report", "selection", "last_evals_mean")
+METRIC_LABELS = {"bacc": "BAcc", "macro_f1": "F1", "tail_recall": "Tail", "medium_recall": "Med.",
+                 "head_recall": "Head", "mcc": "MCC", "accuracy": "Acc", "auc": "AUC", "macro_precision": "Prec",
+                 "macro_recall": "Rec", "macro_specificity": "Spec", "kappa": "κ", "kappa_quadratic": "κ (quad.)"}
+# Rows are listed baseline first, then in the order the methods build on each other.
+METHOD_ORDER = ("bsm", "ekd", "fopro", "crckd")
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _imb_key(imb):
+    """The imbalance factor as the split files spell it ('0.01'), or None."""
+    if imb is None or imb == "":
+        return None
+    return imb if isinstance(imb, str) else f"{float(imb):g}"
+
+
+def load_run(path: str) -> dict:
+    """One run, from its folder or its results.json, with older results.json shapes filled in.
+
+    Returns {run_dir, results_path, dataset, method, teacher, fold, imb, seed, best_step, results, config}.
+    Older files lack `dataset` (-> 'isic2019_lt'), `seed` (-> config.json's) and store the teacher's
+    artifact record instead of its name (-> config.json's teacher.name, else the record's arch).
+    """
+    results_path = path if path.endswith(".json") else os.path.join(path, "results.json")
+    run_dir = os.path.dirname(os.path.abspath(results_path))
+    results = _read_json(results_path)
+    if "method" not in results:
+        raise ValueError(f"{results_path} has no 'method' field")
+    config_path = os.path.join(run_dir, "config.json")
+    config = _read_json(config_path) if os.path.exists(config_path) else {}
+    teacher = results.get("teacher")
+    if isinstance(teacher, dict):
+        teacher = (config.get("teacher") or {}).get("name") or teacher.get("arch")
+    return {"run_dir": run_dir, "results_path": results_path, "results": results, "config": config,
+            "dataset": results.get("dataset") or DEFAULT_DATASET, "method": results["method"], "teacher": teacher,
+            "fold": results.get("fold"), "imb": _imb_key(results.get("imb")),
+            "seed": results.get("seed", config.get("seed")), "best_step": results.get("best_step")}
+
+
+def collect_runs(patterns=(), sweep_dir=None):
+    """(runs, missing): runs with a results.json, and folders that have none yet (unfinished/failed).
+
+    `patterns` are globs matching run folders or results.json files; `sweep_dir` adds the runs listed in
+    its sweep.json (or, without one, its sub-folders).
+    """
+    candidates, missing = [], []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern))
+        if not matches:
+            raise FileNotFoundError(f"--runs pattern {pattern!r} matches nothing")
+        candidates += matches
+    if sweep_dir:
+        sweep_json = os.path.join(sweep_dir, "sweep.json")
+        if os.path.exists(sweep_json):
+            candidates += [run["workdir"] for run in _read_json(sweep_json).get("runs", [])]
+        elif os.path.isdir(sweep_dir):
+            candidates += sorted(p for p in glob.glob(os.path.join(sweep_dir, "*")) if os.path.isdir(p))
+        else:
+            raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
+    runs, seen = [], set()
+    for path in candidates:
+        results_path = path if path.endswith(".json") else os.path.join(path, "results.json")
+        key = os.path.realpath(results_path)
+        if key in seen:
+            continue
+        seen.add(key)
+        if os.path.exists(results_path):
+            runs.append(load_run(results_path))
+        elif os.path.isdir(path):
+            missing.append(os.path.abspath(path))
+    return runs, missing
+
+
+def _field(run: dict, name: str):
+    """A run's value for a row field: a top-level fact ('method', 'teacher', ...) or 'config.a.b'."""
+    if name.startswith("config."):
+        value = run["config"]
+        for part in name.split(".")[1:]:
+            value = value.get(part) if isinstance(value, dict) else None
+        return value
+    return run.get(name, run["results"].get(name))
+
+
+def row_label(run: dict, fields) -> str:
+    """'ekd (moco_r50)': the first field, then the others that are set, in parentheses."""
+    values = [_field(run, name) for name in fields]
+    extra = [str(v) for v in values[1:] if v not in (None, "")]
+    return str(values[0]) + (f" ({', '.join(extra)})" if extra else "")
+
+
+def metric_value(run: dict, source: str, metric: str):
+    """A finite float or None; 'recall/<class>' reads a per-class recall."""
+    report = run["results"].get(source) or {}
+    value = report.get(metric)
+    if value is None and metric.startswith("recall/"):
+        value = (report.get("per_class_recall") or {}).get(metric.split("/", 1)[1])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _summary(values, ddof: int) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "count": 0, "values": []}
+    std = float(np.std(values, ddof=ddof)) if len(values) > ddof else None
+    return {"mean": float(np.mean(values)), "std": std, "count": len(values), "values": list(values)}
+
+
+def aggregate(runs, metrics=DEFAULT_METRICS, source="report", rows=("method", "teacher"), ddof: int = 1) -> dict:
+    """{dataset: {"rows": [...], "columns": [imb or None], "cells": {(row, column): cell}}}.
+
+    cell = {"n": runs in the cell, "runs": [run folders], "metrics": {metric: {mean, std, count, values}}}.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r} is not one of {SOURCES}")
+    tables = {}
+    for run in runs:
+        table = tables.setdefault(run["dataset"], {"cells": {}})
+        key = (row_label(run, rows), run["imb"])
+        table["cells"].setdefault(key, []).append(run)
+    for table in tables.values():
+        groups = table["cells"]
+        table["rows"] = sorted({r for r, _ in groups}, key=lambda label: (
+            METHOD_ORDER.index(label.split(" ")[0]) if label.split(" ")[0] in METHOD_ORDER else len(METHOD_ORDER),
+            label))
+        table["columns"] = sorted({c for _, c in groups}, key=lambda c: (c is not None, -float(c or 0)))
+        table["cells"] = {key: {"n": len(members), "runs": [m["run_dir"] for m in members],
+                                "metrics": {metric: _summary([v for v in (metric_value(m, source, metric)
+                                                                          for m in members) if v is not None], ddof)
+                                            for metric in metrics}}
+                          for key, members in groups.items()}
+    return tables
+
+
+def _format_cell(summary: dict, n: int, scale: float, decimals: int) -> str:
+    if summary["count"] == 0:
+        return "—"
+    text = f"{summary['mean'] * scale:.{decimals}f}"
+    if summary["std"] is not None:
+        text += f" ± {summary['std'] * scale:.{decimals}f}"
+    if summary["count"] < n:
+        text += f" [{summary['count']}/{n}]"
+    return text
+
+
+def _column_title(column) -> str:
+    return "" if column is None else f"imb {column} · "
+
+
+def markdown(tables: dict, metrics, source: str, scale: float = 100.0, decimals: int = 2, missing=()) -> str:
+    lines = [f"Scores ×{scale:g} on the `{source}` split/summary: mean ± std over runs (folds/seeds); "
+             "`[k/n]`: only k of the n runs define the metric; `—`: no run, or the metric is undefined in all "
+             "of them. imb 0.01 = imbalance ratio 100."]
+    for dataset, table in sorted(tables.items()):
+        header = ["Method"]
+        for column in table["columns"]:
+            header += [f"{_column_title(column)}n"] + [f"{_column_title(column)}{METRIC_LABELS.get(m, m)}"
+                                                       for m in metrics]
+        lines += ["", f"### {dataset}", "", "| " + " | ".join(header) + " |",
+                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        for row in table["rows"]:
+            cells = [row]
+            for column in table["columns"]:
+                cell = table["cells"].get((row, column))
+                if cell is None:
+                    cells += ["0"] + ["—"] * len(metrics)
+                    continue
+                cells += [str(cell["n"])] + [_format_cell(cell["metrics"][m], cell["n"], scale, decimals)
+                                             for m in metrics]
+            lines.append("| " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", f"Runs without results.json (unfinished or failed, left out): {len(missing)}", ""]
+        lines += [f"- `{path}`" for path in missing]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(tables: dict, metrics, path: str) -> None:
+    """The table layout with unscaled numbers: one line per (dataset, row); per column group `n`, mean, std.
+
+    Column names: `imb=<factor>/n`, `imb=<factor>/<metric>/mean|std` (`n`, `<metric>/mean|std` for a dataset
+    without factors); one header for all datasets, empty where a dataset lacks a group.
+    """
+    columns = []
+    for table in tables.values():
+        columns += [c for c in table["columns"] if c not in columns]
+    columns.sort(key=lambda c: (c is not None, -float(c or 0)))
+    header = ["dataset", "method"]
+    for column in columns:
+        prefix = "" if column is None else f"imb={column}/"
+        header += [f"{prefix}n"] + [f"{prefix}{m}/{stat}" for m in metrics for stat in ("mean", "std")]
+    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for dataset, table in sorted(tables.items()):
+            for row in table["rows"]:
+                line = [dataset, row]
+                for column in columns:
+                    if column not in table["columns"]:
+                        line += [""] * (1 + 2 * len(metrics))
+                        continue
+                    cell = table["cells"].get((row, column))
+                    line.append(cell["n"] if cell else 0)
+                    for m in metrics:
+                        summary = cell["metrics"][m] if cell else {"mean": None, "std": None}
+                        line += ["" if summary[s] is None else repr(summary[s]) for s in ("mean", "std")]
+                writer.writerow(line)
+    os.replace(path + ".tmp", path)
+
+
+def write_runs_csv(runs, metrics, source: str, path: str) -> None:
+    fields = ["dataset", "method", "teacher", "imb", "fold", "seed", "best_step", "run_dir"]
+    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields + list(metrics))
+        for run in sorted(runs, key=lambda r: (r["dataset"], r["method"], str(r["teacher"]), str(r["imb"]),
+                                               str(r["fold"]), str(r["seed"]))):
+            values = [metric_value(run, source, m) for m in metrics]
+            writer.writerow([run[k] for k in fields] + ["" if v is None else repr(v) for v in values])
+    os.replace(path + ".tmp", path)
+
+
+def plot_tables(tables: dict, metric: str, out_dir: str) -> list:
+    """One PNG per dataset with imbalance factors: `metric` per row against the imbalance ratio."""
+    paths = []
+    for dataset, table in sorted(tables.items()):
+        columns = [c for c in table["columns"] if c is not None]
+        if not columns:
+            continue
+        series = {}
+        for row in table["rows"]:
+            points = []
+            for column in columns:
+                cell = table["cells"].get((row, column))
+                summary = cell["metrics"].get(metric) if cell else None
+                if summary is None:
+                    continue  # the metric was not aggregated, or this row has no run at this factor
+                points.append((column, summary["mean"], summary["std"], summary["count"]))
+            series[row] = points
+        path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_imbalance_{dataset}.png")
+        label = metric.replace("_", " ")  # 'tail recall': the table's short headers are too terse for an axis
+        paths.append(plots.plot_metric_vs_imbalance(series, path, metric_label=label,
+                                                    title=f"{dataset}: {label} vs imbalance (mean ± std)"))
+    return paths
+
+
+def make_report(patterns=(), sweep_dir=None, out_dir=None, metrics=DEFAULT_METRICS, source="report",
+                rows=("method", "teacher"), ddof: int = 1, scale: float = 100.0, decimals: int = 2,
+                plot_metric: str = "tail_recall") -> dict:
+    """Collects, aggregates and writes everything; returns {"markdown", "paths", "tables", "missing"}."""
+    runs, missing = collect_runs(patterns, sweep_dir)
+    if not runs:
+        raise ValueError("no finished run (results.json) found" + (f"; unfinished: {missing}" if missing else ""))
+    metrics = tuple(metrics)
+    aggregate_metrics = metrics + ((plot_metric,) if plot_metric and plot_metric not in metrics else ())
+    tables = aggregate(runs, aggregate_metrics, source, rows, ddof)
+    out_dir = out_dir or (os.path.join(sweep_dir, "report") if sweep_dir else "report")
+    os.makedirs(out_dir, exist_ok=True)
+    text = markdown(tables, metrics, source, scale, decimals, missing)
+    paths = {"markdown": os.path.join(out_dir, "report.md"), "csv": os.path.join(out_dir, "report.csv"),
+             "runs_csv": os.path.join(out_dir, "runs.csv")}
+    with open(paths["markdown"] + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+    write_csv(tables, metrics, paths["csv"])
+    write_runs_csv(runs, aggregate_metrics, source, paths["runs_csv"])
+    paths["plots"] = plot_tables(tables, plot_metric, out_dir) if plot_metric else []
+    return {"markdown": text, "paths": paths, "tables": tables, "missing": missing, "runs": runs}
+
+
+def main(argv):
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    if not f.runs and not f.sweep_dir:
+        raise app.UsageError("give --sweep_dir and/or --runs")
+    try:
+        out = make_report(f.runs, f.sweep_dir, f.out_dir, f.metrics, f.source, f.rows, f.ddof, f.scale,
+                          f.decimals, f.plot_metric)
+    except (FileNotFoundError, ValueError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(1)
+    print(out["markdown"])
+    for name, path in out["paths"].items():
+        print(f"{name}: {path}")
+
+
+def _define_flags():
+    # Defined only when run as a script, so tests can import this module next to other launchers.
+    from absl import flags
+
+    flags.DEFINE_multi_string("runs", [], "Glob of run folders or results.json files (repeatable).")
+    flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py root: reports every run in its sweep.json.")
+    flags.DEFINE_string("out_dir", None, "Output folder (default <sweep_dir>/report, else ./report).")
+    flags.DEFINE_enum("source", "report", SOURCES, "Which results.json block: the report split of the best "
+                      "checkpoint, the selection split, or CRCKD's mean over the last evaluations.")
+    flags.DEFINE_list("metrics", list(DEFAULT_METRICS), "Columns, in order (full_report keys, or recall/<class>).")
+    flags.DEFINE_list("rows", ["method", "teacher"], "Fields naming a row: results.json facts or config.<key>.")
+    flags.DEFINE_integer("ddof", 1, "Delta degrees of freedom of the std (1: sample std, 0: population).")
+    flags.DEFINE_float("scale", 100.0, "Multiplier of the shown scores (100: percentages).")
+    flags.DEFINE_integer("decimals", 2, "Decimals shown.")
+    flags.DEFINE_string("plot_metric", "tail_recall", "Metric plotted against the imbalance ratio ('' = none).")
+
+
+def run():
+    """Console entry point (pyproject.toml [project.scripts]) and `python launch/report.py`."""
+    from absl import app
+
+    _define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
