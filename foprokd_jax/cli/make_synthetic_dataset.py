@@ -14,6 +14,7 @@ import sys
 
 from absl import app, flags
 
+from foprokd_jax.cli.flag_values import parse_size
 from foprokd_jax.data import synthetic_benchmarks
 
 DATASETS = ("ham10000", "aptos", "hyperkvasir", "isic2019_lt")
@@ -25,15 +26,6 @@ flags.DEFINE_integer("min_per_class", None, "Smallest class size (>= 5 for 5 fol
 flags.DEFINE_string("image_size", None, "WIDTHxHEIGHT of the written images, e.g. 600x450.")
 flags.DEFINE_integer("seed", 0, "Seed of the images and labels.")
 FLAGS = flags.FLAGS
-
-
-def parse_size(text: str) -> tuple:
-    """'600x450' -> (600, 450); a ValueError naming the flag otherwise."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image_size={text!r} is not WIDTHxHEIGHT (e.g. 600x450)") from None
-    return width, height
 
 
 def write(dataset: str, out: str, scale=None, min_per_class=None, image_size=None, seed: int = 0) -> dict:

@@ -10,7 +10,7 @@ import sys
 
 from absl import app, flags
 
-from foprokd_jax.cli.make_synthetic_dataset import parse_size
+from foprokd_jax.cli.flag_values import parse_size
 from foprokd_jax.data.synthetic import write_synthetic_isic
 
 flags.DEFINE_string("out", None, "Output folder.")
@@ -30,7 +30,7 @@ def main(argv):
     try:
         summary = write_synthetic_isic(
             FLAGS.out, n_max=FLAGS.n_max, val_per_class=FLAGS.val_per_class, test_per_class=FLAGS.test_per_class,
-            image_sizes=[parse_size(s) for s in FLAGS.image_sizes], folds=[int(f) for f in FLAGS.folds],
+            image_sizes=[parse_size(s, "image_sizes") for s in FLAGS.image_sizes], folds=[int(f) for f in FLAGS.folds],
             imbs=FLAGS.imbs, seed=FLAGS.seed)
     except (ValueError, OSError) as e:
         sys.stderr.write(f"error: {e}\n")
