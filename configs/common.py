@@ -142,6 +142,8 @@ def apply_kd_method(config, arg) -> str:
     if "teacher" in config:
         config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
                                    feature_key=spec.feature_key))
+    if arg.method == "hinton_kd":  # its teacher is an exported model (config.hinton_kd), not a registry name
+        return arg.method
     variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""
     return f"{arg.method}{variant}_{spec.name}"
 

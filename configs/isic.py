@@ -10,11 +10,13 @@ Commands (one fold, imbalance factor 0.002 = nominal ratio 500, MoCo-v2 ResNet-5
 Ablations (same command, other arguments):
     method=ekd                      the released EKD (teacher sees the un-prompted image)
     method=bsm                      the long-tail baseline, no teacher
+    method=hinton_kd                logit KD from a model trained on these classes, exported by launch/predict.py
+                                    --export: --config.hinton_kd.teacher_artifact=<student.npz> (docs/adding_a_method.md)
     method=fopro,akd=False          +FPG without adversarial KD (fpg.lambda_adv = 0)
     method=fopro,fpg=radial         FPG variant: 16 radial frequency bands x 3 channels
     method=fopro,fpg=conditional    FPG variant: input-conditional CNN on the log-amplitude
     teacher=dinov2_s14              another frozen teacher (below); the student's projector adapts to its width
-Arguments: method=fopro|ekd|bsm, fpg=spectrum|radial|conditional, akd=True|False, teacher=<registry name>,
+Arguments: method=fopro|ekd|bsm|hinton_kd, fpg=spectrum|radial|conditional, akd=True|False, teacher=<registry name>,
 imb=0.01|0.005|0.002, fold=1..5, runlocal (tiny shapes and a few steps).
 FPG and AKD are a RECONSTRUCTION (the authors never released them): docs/fpg.md.
 
@@ -44,13 +46,14 @@ from foprokd_jax.models import teachers
 
 # Kept for callers of the old per-config dict; the registry is the source of truth.
 TEACHERS = teachers.TEACHERS
+METHODS = ("fopro", "ekd", "bsm", "hinton_kd")
 
 
 def get_config(arg=None):
     arg = common.parse_arg(arg, method="fopro", teacher="moco_r50", imb="0.01", fold=1, fpg="spectrum", akd=True,
                            runlocal=False)
-    if arg.method not in ("fopro", "ekd", "bsm"):
-        raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
+    if arg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {arg.method!r}")
     if arg.fpg not in ("spectrum", "radial", "conditional"):
         raise ValueError(f"fpg must be 'spectrum', 'radial' or 'conditional', got {arg.fpg!r}")
     teachers.get_teacher_spec(arg.teacher)  # ValueError listing the registered names, before any work

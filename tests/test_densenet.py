@@ -19,7 +19,7 @@ import torch
 from foprokd_jax import parallel
 from foprokd_jax.models import teachers
 from foprokd_jax.models.densenet import DenseNet, densenet121
-from foprokd_jax.porting import densenet_weights
+from foprokd_jax.porting import artifact, densenet_weights
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
 from foprokd_jax.cli import convert_teacher
@@ -197,7 +197,7 @@ def test_converter_reads_legacy_keys_end_to_end(tmp_path, densenet121_state_dict
     np.testing.assert_array_equal(loaded["params"]["classifier"]["kernel"], legacy["classifier.weight"].T)
 
     headless = densenet_weights.load_densenet_variables(out, keep_classifier=False)
-    assert "classifier" not in headless["params"] and densenet_weights.count_parameters(headless) == 6_953_856
+    assert "classifier" not in headless["params"] and artifact.count_parameters(headless) == 6_953_856
     module = teachers.build_teacher_module(meta)
     assert isinstance(module, DenseNet) and module.num_classes is None and module.feature_dim == 1024
 

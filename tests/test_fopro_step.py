@@ -7,7 +7,7 @@ import pytest
 from ml_collections import ConfigDict
 
 from foprokd_jax import losses, parallel
-from foprokd_jax.methods.ekd import step as ekd_step
+from foprokd_jax.methods.ekd import step as ekd_step_lib
 from foprokd_jax.methods.fopro import step as fopro_step
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.methods.fopro.prompt import FourierPrompt
@@ -99,7 +99,7 @@ def test_identity_prompt_gives_the_released_ekd_student_update():
     step, state, tv = _step_and_state(s, mesh, adam, _adam())
     batch = parallel.host_batch_to_global(s["batches"][0], mesh)
     new_state, m = step(state, tv, batch)
-    ekd_step = ekd_step.make_train_step(student=s["student"], teacher=s["teacher"],
+    ekd_step = ekd_step_lib.make_train_step(student=s["student"], teacher=s["teacher"],
                                      cls_loss=losses.make_classification_loss("bsm", COUNTS), optimizer=adam, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh,
                                      donate=False)
     ekd_state = parallel.replicate(create_train_state(s["student_vars"], adam), mesh)

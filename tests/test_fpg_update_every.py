@@ -15,7 +15,7 @@ from ml_collections import ConfigDict
 
 from configs import common
 from foprokd_jax import losses, parallel
-from foprokd_jax.methods.ekd import step as ekd_step
+from foprokd_jax.methods.ekd import step as ekd_step_lib
 from foprokd_jax.methods.fopro import step as fopro_step
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.methods.fopro.prompt import FourierPrompt
@@ -125,7 +125,7 @@ def run():
     tv = parallel.replicate(m["teacher_vars"], mesh)
     step_k = _make_step(m, mesh, update_every=K)
     step_1 = _make_step(m, mesh, update_every=1)
-    ekd_step = ekd_step.make_train_step(student=m["student"], teacher=PromptedTeacher(m["prompt"], m["teacher"]),
+    ekd_step = ekd_step_lib.make_train_step(student=m["student"], teacher=PromptedTeacher(m["prompt"], m["teacher"]),
                                      cls_loss=losses.make_classification_loss("bsm", COUNTS),
                                      optimizer=STUDENT_OPT, free_u=3.0,
                                      teacher_feature_key="pre_logits", mesh=mesh, donate=False)

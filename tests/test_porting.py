@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from foprokd_jax.models.resnet import get_resnet
-from foprokd_jax.porting import resnet_weights
+from foprokd_jax.porting import artifact, resnet_weights
 from foprokd_jax.porting.artifact import load_artifact, save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
 from tests.parity_report import parity_report
@@ -232,7 +232,7 @@ def test_conversion_layouts_and_fc_handling(resnet18_numpy_state_dict):
     np.testing.assert_array_equal(stats["layer4_1"]["bn2"]["mean"], sd["layer4.1.bn2.running_mean"])
     trunk_only = resnet_weights.torchvision_resnet_to_flax(sd, "resnet18", include_fc=False)
     assert "fc" not in trunk_only["params"]
-    assert resnet_weights.count_parameters(trunk_only) == 11_176_512
+    assert artifact.count_parameters(trunk_only) == 11_176_512
 
 
 def test_detect_format_and_moco_extraction(resnet18_numpy_state_dict):

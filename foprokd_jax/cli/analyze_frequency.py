@@ -110,7 +110,7 @@ def _load_split(split: str, store, cap: int, seed: int):
     return images, source.labels[indices]
 
 
-def run() -> list:
+def sweep_teacher() -> list:
     import numpy as np
     from foprokd_jax.methods.fopro import frequency_analysis as fa
     from foprokd_jax.data import isic_splits, tfds_isic
@@ -171,7 +171,7 @@ def main(argv):
     from foprokd_jax import library_logs
     library_logs.quiet_library_logs()
     try:
-        run()
+        sweep_teacher()
     except (FileNotFoundError, ValueError, KeyError) as e:
         # Bad input (missing file, wrong arch, bad split/radius): one clear line and exit 1; anything
         # else is a bug and keeps its traceback.

@@ -1,4 +1,4 @@
-"""'crckd': CRCKD (Xing, Yu, Ye, et al., "Categorical Relation-Preserving Contrastive Knowledge Distillation for
+"""'crckd': CRCKD (Xing, Hou, Li, Yuan, Li, Meng, "Categorical Relation-Preserving Contrastive Knowledge Distillation for
 Medical Image Classification", MICCAI 2021; code github.com/hathawayxxh/CRCKD): mean-teacher distillation with
 class-guided contrastive (CCD) and categorical relation-preserving (CRP) losses, ported from the authors' code.
 
