@@ -115,8 +115,14 @@ def restore_run(workdir: str, checkpoint: str = "best") -> RestoredRun:
                        mesh=mesh)
 
 
-def split_report(run: RestoredRun, split: str, eval_batch_size: Optional[int] = None):
-    """(full_report, logits, labels) of the restored model on one split of its dataset."""
+def split_metrics(predict_step, state, source, dataset, config, mesh) -> dict:
+    """`metrics.full_report` (balanced accuracy, AUC, kappa, ...) of a model on one split (the training loop's)."""
+    logits, labels = predict_split(predict_step, state, source, config.input.eval_batch_size, mesh)
+    return report_from_logits(logits, labels, dataset, config)
+
+
+def restored_split_report(run: RestoredRun, split: str, eval_batch_size: Optional[int] = None):
+    """(full_report, logits, labels) of a restored run's model on one split of its dataset."""
     if split not in run.dataset.sources:
         raise ValueError(f"split {split!r} is not in {run.dataset.name} (has {sorted(run.dataset.sources)})")
     batch_size = eval_batch_size or run.config.input.eval_batch_size
@@ -164,7 +170,7 @@ def write_evaluation(run: RestoredRun, split: str = "test", out_dir: Optional[st
     (full_report plus workdir, split, checkpoint_step, files).
     """
     workdir = run.workdir
-    report, logits, labels = split_report(run, split, eval_batch_size)
+    report, logits, labels = restored_split_report(run, split, eval_batch_size)
     out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{run.step}")
     names = list(run.dataset.class_names)
     files = {name: os.path.join(out_dir, name) for name in

@@ -115,12 +115,6 @@ def _flatten(d, prefix=""):
     return out
 
 
-def split_report(predict_step, state, source, dataset, config, mesh) -> dict:
-    """Metrics of the evaluated model on one split (`metrics.full_report`: balanced accuracy, AUC, kappa...)."""
-    logits, labels = evaluation.predict_split(predict_step, state, source, config.input.eval_batch_size, mesh)
-    return evaluation.report_from_logits(logits, labels, dataset, config)
-
-
 def validate_config(config) -> None:
     """Catches values that would otherwise fail late or, worse, silently change the experiment: the loop's own
     keys here, the method's keys in its package's `validate` (foprokd_jax/methods/)."""
@@ -246,7 +240,7 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metrics)
             if is_eval:
                 predict_step = _finite_predictions(parts.predict_step, selection_split, step)
-                report = split_report(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
+                report = evaluation.split_metrics(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
                 if parts.on_eval is not None and is_chief:
@@ -292,7 +286,7 @@ def _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metr
 def final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
                  is_chief) -> dict:
     """Evaluates the chosen checkpoint on both splits and writes results.json plus figures."""
-    reports = {split: split_report(parts.predict_step, state, dataset.sources[split], dataset, config, mesh)
+    reports = {split: evaluation.split_metrics(parts.predict_step, state, dataset.sources[split], dataset, config, mesh)
                for split in dict.fromkeys((selection_split, report_split))}
     teacher = parts.meta.get("teacher")
     results = {

@@ -187,7 +187,7 @@ def test_evaluate_cli_selection_split_and_errors(mini_sweep, restored, tmp_path)
         with pytest.raises(ValueError, match="not 'best', 'latest'"):
             evaluation.resolve_checkpoint(ckpt, "last")
     with pytest.raises(ValueError, match="split 'nope'"):
-        evaluation.split_report(restored, "nope")
+        evaluation.restored_split_report(restored, "nope")
     with pytest.raises(FileNotFoundError, match="config.json"):
         evaluation.evaluate_run(str(tmp_path))
 
