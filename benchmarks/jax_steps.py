@@ -2,7 +2,7 @@
 
 Full-size models (ResNet-18 student with the EKD heads, ResNet-50 teacher, the FPG and explore head for
 fopro) with random weights: speed does not depend on the values. One fixed random uint8 batch, as the
-pipeline ships it. Used by launch/benchmark.py and benchmarks/profile_step.py.
+pipeline ships it. Used by benchmarks/benchmark.py and benchmarks/profile_step.py.
 """
 import dataclasses
 from typing import Any, Callable

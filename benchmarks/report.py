@@ -1,6 +1,6 @@
 """Side-by-side tables and the issue-8 target checks from benchmark result rows (pure functions, no timing).
 
-A step row (launch/benchmark.py) is a dict with: framework ('jax' | 'torch'), method, image_size,
+A step row (benchmarks/benchmark.py) is a dict with: framework ('jax' | 'torch'), method, image_size,
 batch_size, config (a short label: XLA flag set, torch threads), img_per_s, step_ms, cpu_ms, compile_s,
 peak_rss_mib, foreign_share, contended. A pipeline row has: image_size, batch_size, img_per_s, cores,
 img_per_s_per_core, foreign_share, contended.

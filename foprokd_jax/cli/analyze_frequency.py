@@ -5,7 +5,7 @@
         --fold=1 --imb=0.01 --out_dir=workdirs/frequency_moco
     python launch/analyze_frequency.py --demo      # synthetic data + random demo teacher, 32 px, < 1 min on CPU
 
-For every cut-off radius (1 = Nyquist along an axis, see foprokd_jax/frequency_analysis.py) and filter
+For every cut-off radius (1 = Nyquist along an axis, see foprokd_jax/frequency.py) and filter
 kind, the train and the evaluation images are filtered identically and embedded by the teacher; the
 tool reports the mean cosine between filtered and unfiltered evaluation features and the balanced
 accuracy of a class-balanced linear probe trained on the filtered train features. Writes
