@@ -1,4 +1,4 @@
-r"""Convert a teacher checkpoint (MoCo-v2 / torchvision ResNet or DenseNet, DINOv2 ViT) into a Flax artifact.
+r"""Convert a teacher checkpoint (ResNet, DenseNet, ConvNeXt, DINOv2 / DINOv3 / timm-layout ViT) into a Flax artifact.
 
 Offline, one-time step; the only place outside tests that imports torch (jax_conventions.md §6.10):
 
@@ -52,10 +52,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags
 import numpy as np
 
+from foprokd_jax import image_norm
 from foprokd_jax.models.convnext import CONVNEXT_CONFIGS
 from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE, VIT_ARCHS, VIT_OPTION_KEYS, vit_options
 from foprokd_jax.porting import convnext_weights, densenet_weights, dinov2_weights, resnet_weights, timm_vit_weights
-from foprokd_jax import image_norm
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 
 RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}

@@ -17,7 +17,7 @@ from foprokd_jax.porting.torch_compat import import_torchvision
 from tests import cli_runs
 
 torchvision = import_torchvision()
-import timm  # noqa: E402  (after the torchvision shim: timm imports torchvision)
+import timm  # after the torchvision shim: timm imports torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # 2x2 patches of 16 px; config.input.image_size is set to it (runlocal's 28 is for 14-px DINOv2)
@@ -64,7 +64,7 @@ def test_converted_teacher_trains_through_the_cli(dataset, tmp_path, tmp_path_fa
                f"--config.input.image_size={SIZE}", "--config.total_steps=2", "--config.eval_every_steps=2",
                f"--workdir={workdir}"]
     env = cli_runs.cli_env(tmp_path_factory, 1, PYTHONPATH=ROOT)
-    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-4000:]
     with open(os.path.join(workdir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)

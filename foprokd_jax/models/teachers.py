@@ -100,11 +100,15 @@ def _dinov2_reg(name, arch, feature_dim, timm_name):
                 "Vision Transformers Need Registers, ICLR 2024, arXiv:2309.16588")
 
 
+_TIMM_SIZE_NAMES = {"s": "small", "b": "base", "l": "large"}
+
+
 def _dinov3(name, arch, feature_dim, size_letter):
+    timm_name = f"vit_{_TIMM_SIZE_NAMES[size_letter]}_patch16_dinov3"
     return _vit(name, arch, feature_dim, "CLS token after the final LayerNorm (RoPE, 4 register tokens)", 16,
                 f"dinov3_vit{size_letter}16_pretrain_lvd1689m.pth", "dinov3",
                 f"DINOv3 ViT-{size_letter.upper()}/16 LVD-1689M (official facebookresearch/dinov3 .pth, or HF "
-                f"timm/vit_{ {'s': 'small', 'b': 'base', 'l': 'large'}[size_letter]}_patch16_dinov3.lvd1689m with "
+                f"timm/{timm_name}.lvd1689m with "
                 "--format=timm); Simeoni et al., DINOv3, arXiv:2508.10104")
 
 

@@ -99,7 +99,7 @@ def _torchvision_entry(key: str, value):
 def _timm_entry(key: str, value):
     if key.startswith("head.fc."):
         return "drop"
-    if key.startswith("head.norm.") or key.startswith("stem."):
+    if key.startswith(("head.norm.", "stem.")):
         module = {"head.norm": "head_norm", "stem.0": "stem_conv", "stem.1": "stem_norm"}.get(key.rsplit(".", 1)[0])
         leaf, array = _leaf(module, key.rsplit(".", 1)[1], value) if module else (None, None)
         return ((module, leaf), array) if leaf else None
