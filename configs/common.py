@@ -152,8 +152,10 @@ def apply_kd_runlocal(config, teacher: str) -> None:
     """`runlocal`: tiny shapes and a few steps for a ResNet-student run (smoke tests, laptops)."""
     from foprokd_jax.models import teachers
 
-    # A ViT needs a multiple of its 14-px patch: 28 px = 2x2 patches (the artifact is converted at 28).
-    config.input.image_size = 28 if teachers.get_teacher_spec(teacher).family == "vit" else 32
+    # A ViT needs a multiple of its patch: 2x2 patches (28 px for DINOv2's 14, 32 px for 16; the artifact is
+    # converted at that size); CNN teachers have no patch (None).
+    patch = teachers.get_teacher_spec(teacher).patch_size
+    config.input.image_size = 2 * patch if patch else 32
     config.input.batch_size = 8
     config.input.eval_batch_size = 16
     config.student.width = 8

@@ -18,7 +18,13 @@ from foprokd_jax.porting import artifact
 EXPECTED = {"moco_r50": ("resnet50", 2048), "dinov2_s14": ("dinov2_vits14", 384),
             "dinov2_b14": ("dinov2_vitb14", 768), "dinov2_l14": ("dinov2_vitl14", 1024),
             "imagenet_r50_v1": ("resnet50", 2048), "imagenet_r50_v2": ("resnet50", 2048),
-            "imagenet_r18": ("resnet18", 512)}
+            "imagenet_r18": ("resnet18", 512),
+            "dinov2_s14_reg": ("dinov2_vits14_reg", 384), "dinov2_b14_reg": ("dinov2_vitb14_reg", 768),
+            "dinov2_l14_reg": ("dinov2_vitl14_reg", 1024), "dinov3_s16": ("dinov3_vits16", 384),
+            "dinov3_b16": ("dinov3_vitb16", 768), "dinov3_l16": ("dinov3_vitl16", 1024),
+            "retfound_l16": ("retfound_vitl16", 1024), "biomedclip_b16": ("biomedclip_vitb16", 768),
+            "imagenet_convnext_t": ("convnext_tiny", 768), "imagenet_convnext_s": ("convnext_small", 768)}
+FAMILY_PREFIXES = {"dinov": "vit", "retfound": "vit", "biomedclip": "vit", "convnext": "convnext", "resnet": "resnet"}
 # DINOv2 ViT-S/14 widths (embed 384, 6 heads) with fewer blocks than the real 12: the registry's 384-d
 # feature and the ViT code path, at a fraction of the CPU compile time.
 VIT_S_SHALLOW = dict(embed_dim=384, depth=1, num_heads=6, mlp_ratio=4.0, patch_size=14, num_register_tokens=0)
@@ -59,7 +65,8 @@ def test_registry_describes_every_teacher():
     assert set(teachers.TEACHERS) == set(EXPECTED)
     for name, spec in teachers.TEACHERS.items():
         assert (spec.arch, spec.feature_dim) == EXPECTED[name], name
-        assert spec.family == ("vit" if spec.arch.startswith("dinov2") else "resnet")
+        assert spec.family == next(f for prefix, f in FAMILY_PREFIXES.items() if spec.arch.startswith(prefix))
+        assert (spec.patch_size is not None) == (spec.family == "vit") and spec.feature
         assert spec.default_artifact.startswith("teachers/") and spec.default_artifact.endswith(".npz")
         assert f"--arch={spec.arch}" in spec.convert and f"--out={spec.default_artifact}" in spec.convert
         assert spec.input_size == 224 and spec.normalisation == "imagenet" and spec.feature_key == "pre_logits"
@@ -84,8 +91,8 @@ def test_isic_config_takes_every_registered_teacher(name):
     assert (config.teacher.name, config.teacher.arch) == (spec.name, spec.arch)
     assert (config.teacher.artifact, config.teacher.feature_key) == (spec.default_artifact, "pre_logits")
     assert spec.name in config.name and config.teacher.dtype == "float32"
-    # runlocal picks a size the ViT's 14-px patches tile.
-    assert config.input.image_size % 14 == 0 if spec.family == "vit" else config.input.image_size == 32
+    # runlocal picks 2x2 of a ViT's patches (28 px for 14-px DINOv2, 32 px for 16-px patches), 32 px for CNNs.
+    assert config.input.image_size == (2 * spec.patch_size if spec.patch_size else 32)
 
 
 def test_resnet_artifact_loads_with_its_width(tmp_path):

@@ -1,4 +1,4 @@
-r"""Convert a teacher checkpoint (MoCo-v2 / torchvision ResNet or DenseNet, DINOv2 ViT) into a Flax artifact.
+r"""Convert a teacher checkpoint (ResNet, DenseNet, ConvNeXt, DINOv2 / DINOv3 / timm-layout ViT) into a Flax artifact.
 
 Offline, one-time step; the only place outside tests that imports torch (jax_conventions.md §6.10):
 
@@ -26,6 +26,19 @@ Offline, one-time step; the only place outside tests that imports torch (jax_con
     python launch/convert_teacher.py --src dinov2_vits14_pretrain.pth --arch dinov2_vits14 \
         --format dinov2 --image_size 224 --out teachers/dinov2_vits14_224.npz
 
+* timm-layout ViTs (``--format timm``, or ``auto``; ``porting/timm_vit_weights.py``): ``dinov2_vit{s,b,l}14_reg``
+  from timm's ``vit_*_patch14_reg4_dinov2`` (needs ``--format=timm``), ``retfound_vitl16`` (RETFound's
+  ``{'model': ...}`` .pth), ``biomedclip_vitb16`` (open_clip's ``open_clip_pytorch_model.bin``, ``visual.trunk.*``;
+  its OpenAI-CLIP input normalisation is folded into the patch embedding), ``dinov3_vit{s,b,l}16`` (timm's
+  ``vit_*_patch16_dinov3`` state dict, or ``--format dinov3`` for the official facebookresearch/dinov3 .pth).
+  ``.safetensors`` files are read without torch. ``--image_size`` must be a multiple of the patch size (16):
+
+    python launch/convert_teacher.py --src RETFound_cfp_weights.pth --arch retfound_vitl16 \
+        --image_size 224 --out teachers/retfound_vitl16_224.npz
+
+* ConvNeXt (``--arch=convnext_{tiny,small}``): a torchvision or timm state dict (detected by its keys); the
+  classifier is dropped, the feature is the pooled, LayerNorm-ed 768-d trunk output.
+
 * The output is ``--out`` (npz) plus ``--out``.json with the sha256; both appear atomically or not
   at all.
 """
@@ -38,16 +51,24 @@ import sys
 from absl import app, flags
 import numpy as np
 
-from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE
-from foprokd_jax.porting import densenet_weights, dinov2_weights, resnet_weights
-from foprokd_jax.porting import artifact
+from foprokd_jax import image_norm
+from foprokd_jax.models.convnext import CONVNEXT_CONFIGS
+from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE, VIT_ARCHS, VIT_OPTION_KEYS, vit_options
+from foprokd_jax.porting import (artifact, convnext_weights, densenet_weights, dinov2_weights, resnet_weights,
+                                 timm_vit_weights)
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 
 RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
 DENSENET_FEATURE_DIMS = {"densenet121": 1024}
-FEATURE_DIMS = {**RESNET_FEATURE_DIMS, **DENSENET_FEATURE_DIMS,
-                **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()}}
-ALL_FORMATS = ("auto", *resnet_weights.FORMATS, *dinov2_weights.FORMATS)
+CONVNEXT_FEATURE_DIMS = {arch: dims[-1] for arch, (_, dims) in CONVNEXT_CONFIGS.items()}
+FEATURE_DIMS = {**RESNET_FEATURE_DIMS, **DENSENET_FEATURE_DIMS, **CONVNEXT_FEATURE_DIMS,
+                **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()},
+                **{arch: options["embed_dim"] for arch, options in VIT_ARCHS.items()}}
+ALL_FORMATS = ("auto", *resnet_weights.FORMATS, *dinov2_weights.FORMATS, *timm_vit_weights.FORMATS)
+# Input statistics a ViT teacher was trained with, when they are not ImageNet's: folded into its patch embedding
+# at conversion. BiomedCLIP: open_clip_config.json 'preprocess_cfg' = OpenAI CLIP's mean / std.
+OPENAI_CLIP_MEAN, OPENAI_CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+SOURCE_NORMALISATION = {"biomedclip_vitb16": ("openai_clip", OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
 HF_WEIGHTS_NAME = "model.safetensors"
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth / .pth.tar) to convert.")
@@ -58,10 +79,11 @@ _ARCH = flags.DEFINE_enum("arch", "resnet50", sorted(FEATURE_DIMS),
 _FORMAT = flags.DEFINE_enum(
     "format", "auto", list(ALL_FORMATS),
     "Checkpoint layout. 'auto': for ResNets MoCo-v2 is detected by its module.encoder_q.* keys; for "
-    "DINOv2 a .safetensors file or a folder means hf_dinov2, anything else the official .pth.")
+    "DINOv2 a .safetensors file or a folder means hf_dinov2, anything else the official .pth; for the other "
+    "ViTs 'timm' or, with storage_tokens, 'dinov3'; 'timm' also reads timm's DINOv2-reg and ConvNeXt layouts.")
 _IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", 224, "DINOv2 only: input size the positional embedding is baked for (multiple of "
-    f"{PATCH_SIZE}); the Flax teacher then accepts exactly this size.")
+    "image_size", 224, "ViTs only: input size the positional encoding is baked for (a multiple of the patch "
+    f"size: {PATCH_SIZE} for DINOv2, 16 for the others); the Flax teacher then accepts exactly this size.")
 
 
 class CheckpointError(RuntimeError):
@@ -102,7 +124,7 @@ def _tensors_to_numpy(state_dict):
 
 
 def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
-            include_fc=None, image_size: int = 224) -> dict:
+            include_fc=None, image_size: int = 224, shape=None) -> dict:
     """Convert ``src`` into the artifact ``out``; return the sidecar metadata.
 
     Args:
@@ -115,7 +137,9 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
       include_fc: ResNets and DenseNets: keep the torchvision classifier (``fc`` / ``classifier``).
         None means: keep it for torchvision checkpoints that have one, never for MoCo-v2 (whose fc
         is the contrastive MLP).
-      image_size: DINOv2 only: the input size the positional embedding is resized for.
+      image_size: ViTs only: the input size the positional encoding is baked for.
+      shape: timm-layout ViTs only, Python API only: overrides of the arch's VisionTransformer options (e.g.
+        ``{'depth': 2}``) for reduced test models; the sidecar records the shape actually converted.
 
     Raises:
       FileNotFoundError if ``src`` does not exist; CheckpointError if it cannot be read safely;
@@ -125,8 +149,14 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
         raise ValueError(f"unsupported arch {arch!r}; expected one of {sorted(FEATURE_DIMS)}")
     if fmt not in ALL_FORMATS:
         raise ValueError(f"unsupported format {fmt!r}; expected one of {list(ALL_FORMATS)}")
+    if arch in VIT_ARCHS and (arch not in DINOV2_CONFIGS or fmt == "timm"):
+        return _convert_timm_vit(src, out, arch, fmt, include_fc, image_size, shape)
     if arch in DINOV2_CONFIGS:
         return _convert_dinov2(src, out, arch, fmt, include_fc, image_size)
+    if arch in CONVNEXT_CONFIGS:
+        return _convert_convnext(src, out, arch, fmt, include_fc)
+    if fmt in timm_vit_weights.FORMATS:
+        raise ValueError(f"format {fmt!r} is for ViT and ConvNeXt archs, not {arch!r}")
     if arch in DENSENET_FEATURE_DIMS:
         return _convert_densenet(src, out, arch, fmt, include_fc)
     if fmt in dinov2_weights.FORMATS:
@@ -224,8 +254,9 @@ def _strip_prefix(state_dict, prefix):
 
 
 def _convert_dinov2(src, out, arch, fmt, include_fc, image_size):
-    if fmt in resnet_weights.FORMATS:
-        raise ValueError(f"format {fmt!r} is for ResNets; DINOv2 archs take {dinov2_weights.FORMATS}")
+    if fmt not in ("auto", *dinov2_weights.FORMATS):
+        raise ValueError(f"format {fmt!r} is not for DINOv2; DINOv2 archs take 'auto', "
+                         f"{', '.join(dinov2_weights.FORMATS)} or 'timm' (the register models)")
     if include_fc:
         raise ValueError("DINOv2 backbones have no classifier to keep")
     if image_size <= 0 or image_size % PATCH_SIZE:
@@ -266,6 +297,91 @@ def _convert_dinov2(src, out, arch, fmt, include_fc, image_size):
         "depth": depth,
         "num_heads": num_heads,
         "pos_embed_interpolation": dinov2_weights.interpolation_settings(arch),
+        "source": os.path.abspath(weights_path),
+        "source_format": fmt,
+        "source_sha256": sha256_file(weights_path),
+        "num_params": artifact.count_parameters(variables),
+    }
+    return save_artifact(out, variables, meta)
+
+
+def _read_weights(src: str):
+    """(numpy state dict, weights file) of a .safetensors file / HF folder (no torch) or a torch checkpoint."""
+    if not os.path.exists(src):
+        raise FileNotFoundError(f"checkpoint not found: {src}")
+    if os.path.isdir(src) or src.endswith(".safetensors"):
+        return _load_safetensors(src)
+    return _load_checkpoint(src), src
+
+
+def _convert_timm_vit(src, out, arch, fmt, include_fc, image_size, shape):
+    if fmt not in ("auto", *timm_vit_weights.FORMATS):
+        raise ValueError(f"format {fmt!r} is not for {arch}; it takes 'auto', 'timm' or 'dinov3'")
+    if include_fc:
+        raise ValueError(f"{arch} teachers have no classifier to keep")
+    options = {**vit_options(arch), **(shape or {})}
+    patch = int(options["patch_size"])
+    if image_size <= 0 or image_size % patch:
+        raise ValueError(f"--image_size={image_size} is not a positive multiple of the {arch} patch size {patch} "
+                         f"(e.g. 224 = 14 x 16)")
+    checkpoint, weights_path = _read_weights(src)
+    try:
+        state_dict, container = timm_vit_weights.unwrap(checkpoint)
+    except ValueError as error:
+        raise ValueError(f"{weights_path}: {error}") from error
+    state_dict = _tensors_to_numpy(state_dict)
+    layout = timm_vit_weights.detect_layout(state_dict) if fmt == "auto" else fmt
+    fold, normalisation = None, None
+    if arch in SOURCE_NORMALISATION:
+        normalisation, mean, std = SOURCE_NORMALISATION[arch]
+        fold = (mean, std, image_norm.IMAGENET_MEAN, image_norm.IMAGENET_STD)
+    try:
+        variables, notes = timm_vit_weights.timm_vit_to_flax(state_dict, options, image_size, arch, layout, fold)
+    except ValueError as error:
+        raise ValueError(f"cannot convert {weights_path} as a {layout} {arch} checkpoint:\n{error}") from error
+    meta = {
+        "arch": arch,
+        "family": "vit",
+        "feature_dim": int(options["embed_dim"]),
+        "feature_key": "pre_logits",
+        "num_classes": None,
+        "image_size": image_size,
+        **{key: options[key] for key in VIT_OPTION_KEYS},
+        **notes,
+        # The artifact takes the pipeline's ImageNet-normalised images; a teacher trained on other statistics
+        # has the change folded into its patch embedding.
+        "input_normalisation": "imagenet",
+        "input_normalisation_folded_from": normalisation,
+        "source_container": container,
+        "source": os.path.abspath(weights_path),
+        "source_format": layout,
+        "source_sha256": sha256_file(weights_path),
+        "num_params": artifact.count_parameters(variables),
+    }
+    return save_artifact(out, variables, meta)
+
+
+def _convert_convnext(src, out, arch, fmt, include_fc):
+    if fmt not in ("auto", *convnext_weights.FORMATS):
+        raise ValueError(f"format {fmt!r} is not for ConvNeXt; {arch} takes 'auto', 'torchvision' or 'timm'")
+    if include_fc:
+        raise ValueError("a ConvNeXt teacher artifact never keeps the classifier (its feature is the pooled trunk)")
+    checkpoint, weights_path = _read_weights(src)
+    try:
+        state_dict = resnet_weights.strip_data_parallel_prefix(
+            _tensors_to_numpy(resnet_weights.unwrap_state_dict(checkpoint)))
+        variables, fmt = convnext_weights.convnext_to_flax(state_dict, arch, fmt)
+    except ValueError as error:
+        raise ValueError(f"cannot convert {weights_path} as a {arch} checkpoint:\n{error}") from error
+    depths, dims = CONVNEXT_CONFIGS[arch]
+    meta = {
+        "arch": arch,
+        "family": convnext_weights.FAMILY,
+        "feature_dim": CONVNEXT_FEATURE_DIMS[arch],
+        "feature_key": "pre_logits",
+        "num_classes": None,
+        "depths": list(depths),
+        "dims": list(dims),
         "source": os.path.abspath(weights_path),
         "source_format": fmt,
         "source_sha256": sha256_file(weights_path),
