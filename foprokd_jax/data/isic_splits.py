@@ -89,14 +89,19 @@ def read_split(split_dir: str, split: str, fold: int, imb: Union[float, str],
     if not os.path.isfile(path):
         raise SplitFileError(f'Split file not found: {path}. {SPLITS_SOURCE_HINT}')
     with open(path, newline='') as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
+        reader = csv.reader(f)
+        columns = next(reader, [])
         for needed in ('image', 'finding'):
             if needed not in columns:
                 raise SplitFileError(
                     f'{path}: no {needed!r} column (columns: {columns}); expected the official '
                     f'header image,finding_name,finding. {SPLITS_SOURCE_HINT}')
-        rows = [(row['image'].strip(), row['finding'].strip()) for row in reader]
+        # Plain rows with column indices: several times faster than DictReader on the 23k-row train files.
+        image_col, finding_col = columns.index('image'), columns.index('finding')
+        try:
+            rows = [(row[image_col].strip(), row[finding_col].strip()) for row in reader if row]
+        except IndexError:
+            raise SplitFileError(f'{path}: a row has fewer fields than the header {columns}.') from None
     if not rows:
         raise SplitFileError(f'{path}: the file has a header but no rows.')
 
