@@ -9,7 +9,7 @@ from PIL import Image
 
 from foprokd_jax.data import augment, image_folder_tfds, isic_splits, pipeline, synthetic, tfds_isic
 
-# Spec §8.1: identical for folds 1-5.
+# docs/reference_semantics.md §8.1: identical for folds 1-5.
 TRAIN_COUNTS = {
     '0.01': [12725, 4372, 3173, 1788, 717, 478, 103, 89],
     '0.005': [12725, 4372, 2833, 1329, 623, 292, 103, 64],

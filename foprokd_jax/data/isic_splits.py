@@ -1,7 +1,7 @@
 """The official ISIC-2019 long-tailed split CSVs (FoPro-KD `data/ham2019/`).
 
 Each file `{split}_skin{fold}_{imb}.csv` has the columns `image,finding_name,finding`.
-The label is `finding`, the class index ranked by ISIC-2019 frequency (spec §8.1, gotcha §13.3);
+The label is `finding`, the class index ranked by ISIC-2019 frequency (docs/reference_semantics.md §8.1, §13.3);
 `finding_name` is the original ISIC ground-truth column index and is not used for training.
 Image ids are kept verbatim, including any `_downsampled` suffix, because the JPEG on disk is
 named `<image>.jpg` exactly.
