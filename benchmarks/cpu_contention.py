@@ -10,8 +10,9 @@ Busy ticks are user + nice + system + irq + softirq + steal from the aggregate `
 (steal counts: on a VM it is time the host gave to other guests); guest time is already inside user.
 This process's ticks are utime + stime + cutime + cstime of /proc/self/stat (all threads, and children
 once reaped). This process's own CPU time is also read from getrusage, whose microsecond resolution suits
-short regions (CPU time per step is less sensitive to contention than wall time). A region is "contended" when its share exceeds a threshold (8% by default, as in
-shared/specs/cpu_speed_notes.md).
+short regions (CPU time per step is less sensitive to contention than wall time). A region is "contended"
+when its share exceeds a threshold (8% by default, the rule of the Intel-host measurement in
+docs/performance.md §3).
 """
 import dataclasses
 import os

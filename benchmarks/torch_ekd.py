@@ -1,6 +1,6 @@
 """Our own PyTorch version of the EKD train step, the speed reference of docs/performance.md (not training code).
 
-The same computation as `foprokd_jax.methods.ekd.step.make_train_step` (fopro_kd_spec.md §3.4):
+The same computation as `foprokd_jax.methods.ekd.step.make_train_step` (docs/reference_semantics.md §3.4):
 
 * teacher: torchvision ResNet-50, frozen, in eval mode (BN running statistics), without gradient; its
   2048-d pooled feature (the MoCo-v2 embedding of `teacher_feature_key='pre_logits'`);

@@ -4,7 +4,7 @@ Data: download the Kaggle "APTOS 2019 Blindness Detection" training set so that 
 data/aptos/train_images/<id_code>.png exist (or set --config.input.image_root), keeping Kaggle's row order of
 train.csv (the folds depend on it). The first run resizes the 3,662 images once (docs/datasets.md).
 
-Commands (fold 1 of CRCKD's split: StratifiedKFold(5, shuffle=True, random_state=2020), crckd spec §8):
+Commands (fold 1 of CRCKD's split: StratifiedKFold(5, shuffle=True, random_state=2020), docs/crckd.md §R8):
 
     python launch/convert_teacher.py --src=densenet121-a639ec97.pth --arch=densenet121 \
         --out=teachers/imagenet_densenet121.npz                       # ImageNet DenseNet-121, once
@@ -19,9 +19,9 @@ CRCKD only: variant=crckd|wce|mt (the readme's baselines "DenseNet121" and "+MT"
 epoch 20; 0.01 = the code, 0.1 = the readme> (docs/crckd.md). FoPro-KD family only: teacher=<registry name>,
 fpg=spectrum|radial|conditional, akd=True|False (configs/isic.py).
 
-Reported (reference protocol, crckd spec §9): the student after the last epoch, and the mean of the last
+Reported (reference protocol, docs/crckd.md §R9): the student after the last epoch, and the mean of the last
 crckd.eval_last_n_epochs = 11 per-epoch evaluations; presumably averaged over the 5 folds [NOT VERIFIED].
-Expected result: the paper's tables were not retrieved (crckd spec §10), so no number is promised.
+Expected result: the paper's tables were not retrieved (docs/crckd.md §R10), so no number is promised.
 Hardware: 2,929 training images = 45 steps of 64 per epoch, 80 epochs of DenseNet-121 at 224 px: about an
 hour on one modern GPU.
 """

@@ -35,7 +35,7 @@ def parse_arg(arg, **defaults):
 
 def base_config() -> ml_collections.ConfigDict:
     """The keys every method reads (data, loop, evaluation), documented inline; `method_config` adds the
-    method's own subtrees. Reference values: the released EKD run (spec §10)."""
+    method's own subtrees. Reference values: the released EKD run (docs/reference_semantics.md §10)."""
     c = ml_collections.ConfigDict()
     c.name = "run"                   # default workdir name: workdirs/<name>
     c.demo = False                   # True only in configs/demo.py (synthetic data + method comparison)
@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.image_root = "data/isic2019"       # folder holding ISIC_2019_Training_Input/*.jpg (official zip)
     c.input.split_dir = "data/isic2019/splits"  # folder of {train,val,test}_skin{fold}_{imb}.csv (FoPro-KD repo)
     c.input.prepared_dir = "data/tfds"          # tfds data_dir for the resized array_record copy (made once)
-    c.input.fold = 1                 # 1..5: independent random draws, not a partition (spec §8.1)
+    c.input.fold = 1                 # 1..5: independent draws, not a partition (docs/reference_semantics.md §8.1)
     c.input.imb = "0.01"             # imbalance factor as in the CSV names: 0.01 / 0.005 / 0.002
     # HAM10000 / APTOS / Hyper-Kvasir only (ISIC uses the official files): fold k = test fold k of a seeded,
     # stratified 5-fold partition (docs/datasets.md).
@@ -86,7 +86,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     # 'val_test': select on val (50/class), report on test (100/class), the conventional reading.
-    # 'test_val': the released code's literal protocol (select on test_*.csv, report val_*.csv), spec §9.
+    # 'test_val': the released code's literal protocol (select on test_*.csv, report val_*.csv),
+    # docs/reference_semantics.md §9.
     # 'test_last': CRCKD's protocol (no validation set): monitor the test split, report the LAST checkpoint.
     c.eval.protocol = "val_test"
     c.eval.head_min = 700            # head classes: > head_min training images (Hyper-Kvasir protocol note)

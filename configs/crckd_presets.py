@@ -1,8 +1,8 @@
 """Config presets shared by configs/ham10000.py and configs/aptos.py: CRCKD's reference run and its baselines.
 
-`apply_reference(config, variant)` sets what train_CRCKD.py runs (spec §6-§7): 80 epochs, global batch 64
+`apply_reference(config, variant)` sets what train_CRCKD.py runs (docs/crckd.md §R6-§R7): 80 epochs, global batch 64
 (32 per GPU x the default 2 GPUs, G15), 224 px, ImageNet DenseNet-121 in both networks. The readme's two
-baselines keep the CRCKD machinery (banks still update, spec §6) with zero weights:
+baselines keep the CRCKD machinery (banks still update, docs/crckd.md §R6) with zero weights:
     'crckd'  L_WCE + 0.1 L_CCD, then + w(e) L_KL + ccd_post L_CCD + L_CRP from epoch 20
     'wce'    "Baseline 1: DenseNet121": L_WCE only
     'mt'     "Baseline 2: +MT": L_WCE + w(e) L_KL from epoch 20

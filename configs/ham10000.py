@@ -20,11 +20,11 @@ CRCKD only: variant=crckd|wce|mt (the readme's baselines "DenseNet121" and "+MT"
 epoch 20; 0.01 = the code, 0.1 = the readme> (docs/crckd.md). FoPro-KD family only: teacher=<registry name>,
 fpg=spectrum|radial|conditional, akd=True|False (configs/isic.py).
 
-CRCKD's HAM10000 split is not in its repository (crckd spec §8: probably image-level 70/10/20, 7012 training
+CRCKD's HAM10000 split is not in its repository (docs/crckd.md §R8: probably image-level 70/10/20, 7012 training
 images); the default here is lesion-grouped. Reported: the student; with a val split the checkpoint with
 the best val balanced accuracy, evaluated on test; crckd.eval_last_n_epochs asks for the mean of the last 11
 per-epoch evaluations as the reference reports.
-Expected result: the paper's tables were not retrieved (crckd spec §10), so no number is promised.
+Expected result: the paper's tables were not retrieved (docs/crckd.md §R10), so no number is promised.
 Hardware: ~7,000 training images = ~110 steps of 64 per epoch, 80 epochs of DenseNet-121 at 224 px: hours
 on one modern GPU.
 """

@@ -13,7 +13,7 @@ Arguments: method=fopro|ekd|bsm, fpg=spectrum|radial|conditional, akd=True|False
 fold=1..5, val=<fraction of all images carved from the training folds into 'val'>, runlocal (tiny shapes,
 a few steps).
 
-Protocol (FoPro-KD spec §8.3, third-party notes only, unverified against the paper): stratified 5-fold CV
+Protocol (docs/reference_semantics.md §8.3, third-party notes only, unverified against the paper): stratified 5-fold CV
 (Balanced-MixUp); no code or split files were released. With the default val=0 the splits are the training
 folds and the test fold; the test fold is monitored and the LAST checkpoint is reported
 (eval.protocol='test_last', no model selection on the test fold). val>0 (e.g. 0.1) carves a seeded
@@ -21,7 +21,7 @@ stratified validation split and selects on it (eval.protocol='val_test'); the tr
 so classes near the 700 / 70 thresholds can change group. Head / medium / tail recall: > 700 / < 70
 training images (eval.head_min / eval.tail_max); results.json's dataset_info.class_groups lists them.
 
-Expected result: the paper's table could not be recovered (spec §11), so no number is promised.
+Expected result: the paper's table could not be recovered (docs/reference_semantics.md §11), so no number is promised.
 Hardware: ~8,530 training images = 266 steps per epoch at batch 32, 224 px; hours on one modern GPU.
 """
 from configs import common

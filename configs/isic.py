@@ -30,13 +30,14 @@ Teachers (foprokd_jax/models/teachers.py; convert each once, torch needed only f
     teacher=imagenet_r50_v1 / imagenet_r50_v2   torchvision ResNet-50 IMAGENET1K_V1 / V2 .pth, 2048-d
         --src=resnet50-0676ba61.pth (V1) or resnet50-11ad3fa6.pth (V2) --arch=resnet50 \
         --out=teachers/imagenet_r50_v1.npz (or _v2)
-        (the reference's 'IMAGENET1K_V1' option actually loads the V2 weights, spec §13.14)
+        (the reference's 'IMAGENET1K_V1' option actually loads the V2 weights, docs/reference_semantics.md §13.14)
     teacher=imagenet_r18            torchvision ResNet-18 IMAGENET1K_V1 .pth, 512-d (the reference's '18_img')
         --src=resnet18-f37072fd.pth --arch=resnet18 --out=teachers/imagenet_r18.npz
 Each registry entry's `convert` field holds its full command; its default artifact is teachers/<...>.npz.
 bfloat16 teacher compute (GPU/TPU): --config.teacher.dtype=bfloat16.
 
-Expected result: the paper's tables could not be recovered here (spec §11), so no number is promised.
+Expected result: the paper's tables could not be recovered here (docs/reference_semantics.md §11), so no
+number is promised.
 Reference settings: Adam 3e-4, clip 5, batch 32, 100 epochs at 224x224, ResNet-18 from scratch.
 Hardware: ~100 epochs x 649 steps at 224px; on one modern GPU this is hours, on a 2-core CPU weeks.
 Results land in <workdir>/results.json (balanced accuracy on the report split of the best checkpoint).

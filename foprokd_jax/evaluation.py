@@ -4,7 +4,7 @@
 multi-process aware. `restore_run` rebuilds a run from its workdir alone: config.json -> the dataset
 (data.registry) and the method (methods.build_method), then the chosen checkpoint through
 checkpointing.Checkpointer. `evaluate_run` is what launch/evaluate.py does. Metrics: metrics.full_report
-(FoPro-KD spec §9, CRCKD spec §9). Docs: docs/evaluation.md.
+(docs/reference_semantics.md §9, docs/crckd.md §R9). Docs: docs/evaluation.md.
 """
 import csv
 import dataclasses

@@ -1,7 +1,7 @@
 """ImageNet pixel normalisation, the one definition shared by the steps, the Fourier prompt and analyses.
 
-torchvision, MoCo-v2 and DINOv2 all expect ImageNet mean/std normalisation (spec §6). The input pipeline
-ships uint8 images; normalisation happens on device, so the Fourier prompt can undo and redo it.
+torchvision, MoCo-v2 and DINOv2 all expect ImageNet mean/std normalisation (docs/reference_semantics.md §6).
+The input pipeline ships uint8 images; normalisation happens on device, so the Fourier prompt can undo and redo it.
 """
 import jax.numpy as jnp
 

@@ -1,7 +1,7 @@
 """Losses, each returning per-example values so the caller decides how to reduce (masking, pmean).
 
 Long-tail classification losses follow the released Fed-MAS/FoPro-KD code (`methods/utils.py`,
-`get_criterion`, see `shared/specs/fopro_kd_spec.md` §5); the distillation term is EKD's normalised-feature
+`get_criterion`, see docs/reference_semantics.md §5); the distillation term is EKD's normalised-feature
 loss (§3.4). `make_classification_loss(config.loss, train_counts, steps_per_epoch)` builds any of them as
 `fn(logits, labels, step) -> (B,)` and `batch_mean` reduces it the way the reference does (docs/long_tail.md).
 
@@ -22,8 +22,8 @@ WEIGHTED_MEANS = ("weights", "batch")
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """`config.loss`: the long-tail loss and its parameters, the reference's values (spec §5) or, for 'la',
-    Menon et al.'s tau = 1. Each parameter is read only by its loss."""
+    """`config.loss`: the long-tail loss and its parameters, the reference's values (docs/reference_semantics.md
+    §5) or, for 'la', Menon et al.'s tau = 1. Each parameter is read only by its loss."""
     c = ml_collections.ConfigDict()
     c.name = "bsm"           # long-tail loss: 'bsm' (Balanced Softmax, the reference), 'ce', 'focal', 'cb', 'rw',
     #                          'la', 'ldam' or 'lcc' (docs/long_tail.md)
@@ -108,7 +108,8 @@ def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarr
 def balanced_softmax(logits: jnp.ndarray, labels: jnp.ndarray, log_prior: jnp.ndarray) -> jnp.ndarray:
     """Balanced Softmax (Ren et al., NeurIPS 2020): CE on logits shifted by the log class prior.
 
-    Only the training loss sees the shift; evaluation takes argmax of the raw logits (spec §13.7).
+    Only the training loss sees the shift; evaluation takes argmax of the raw logits
+    (docs/reference_semantics.md §13.7).
     """
     return softmax_cross_entropy(logits + log_prior, labels)
 
@@ -144,7 +145,7 @@ def ldam_loss(logits, labels, margins, scale: float) -> jnp.ndarray:
 
 
 def lcc_calibration(class_counts, tau: float) -> np.ndarray:
-    """LCC's per-class logit offset tau * max(n_c, 1e-8)^(-1/4) (reference `LCC`, spec §5)."""
+    """LCC's per-class logit offset tau * max(n_c, 1e-8)^(-1/4) (reference `LCC`, docs/reference_semantics.md §5)."""
     counts = _check_counts(class_counts)
     return (tau * np.maximum(counts, 1e-8) ** -0.25).astype(np.float32)
 
@@ -268,7 +269,8 @@ def _drw_weights(counts, params, steps_per_epoch) -> Callable:
 
 
 def make_classification_loss(loss_config, train_counts, steps_per_epoch: Optional[int] = None) -> ClassificationLoss:
-    """`fn(logits, labels, step) -> per-example float32 loss (B,)` for `config.loss` (spec §5, docs/long_tail.md).
+    """`fn(logits, labels, step) -> per-example float32 loss (B,)` for `config.loss`
+    (docs/reference_semantics.md §5, docs/long_tail.md).
 
     loss_config: `config.loss` (a ConfigDict/dict with the keys of `default_config()`; other keys such as
       free_u are ignored) or just a name (default parameters). train_counts: the training images per class (C,).

@@ -3,7 +3,7 @@
 The device side only accumulates a `C x C` confusion matrix (`confusion_update`, pure jnp, masked so that
 eval padding counts for nothing); every summary number is derived from it on the host
 (`classification_report`, numpy). A confusion matrix is a sufficient statistic for all of them, it sums
-exactly across devices and batches, and it is tiny to `device_get` (spec §9, conventions §6.9).
+exactly across devices and batches, and it is tiny to `device_get` (docs/reference_semantics.md §9).
 
 The host-side formulas follow scikit-learn's semantics, which the released FoPro-KD code used:
   * `bacc`      = `balanced_accuracy_score`: mean recall over classes that occur in the labels; classes
@@ -13,7 +13,7 @@ The host-side formulas follow scikit-learn's semantics, which the released FoPro
   * `mcc`       = `matthews_corrcoef` (Gorodkin's multiclass R_K), 0.0 when a marginal is constant.
 scikit-learn itself is not a dependency of the package (tests compare against it).
 
-`full_report` (host side, from probabilities) adds what CRCKD reports (crckd_spec.md §9): macro
+`full_report` (host side, from probabilities) adds what CRCKD reports (docs/crckd.md §R9): macro
 precision/recall/specificity, Cohen's kappa (unweighted and quadratic) and the macro one-vs-rest AUC;
 `mean_of_last_evals` gives CRCKD's "mean over the final N evaluations" from a run's metrics.jsonl.
 """
@@ -238,7 +238,7 @@ def binary_auc(scores, is_positive) -> Optional[float]:
 
 
 def one_vs_rest_auc(probs, labels, class_names: Sequence[str]):
-    """Macro one-vs-rest AUC as CRCKD reports it, and the per-class AUCs (crckd_spec.md §9).
+    """Macro one-vs-rest AUC as CRCKD reports it, and the per-class AUCs (docs/crckd.md §R9).
 
     CRCKD calls `roc_auc_score(onehot(labels), probs, average='macro', multi_class='ovo')`; with one-hot
     targets sklearn ignores `multi_class` and returns the mean over classes of the binary AUC of column c
@@ -309,7 +309,8 @@ def _check_probs_and_labels(probs, labels, class_names) -> tuple:
 
 def full_report(probs, labels, class_names: Sequence[str], train_counts=None, head_min: int = 700,
                 tail_max: int = 70, predictions=None) -> dict:
-    """Every evaluation number of FoPro-KD (spec §9) and CRCKD (crckd_spec.md §9), JSON-serialisable.
+    """Every evaluation number of FoPro-KD (docs/reference_semantics.md §9) and CRCKD (docs/crckd.md §R9),
+    JSON-serialisable.
 
     Args:
       probs: (N, C) class probabilities (rows sum to 1); scored by the AUC.
@@ -361,7 +362,7 @@ def full_report(probs, labels, class_names: Sequence[str], train_counts=None, he
 
 
 def mean_of_last_evals(metrics_jsonl_path: str, split_prefix: str, n: int) -> dict:
-    """CRCKD's reported number: each metric averaged over the final `n` evaluations (crckd_spec.md §9).
+    """CRCKD's reported number: each metric averaged over the final `n` evaluations (docs/crckd.md §R9).
 
     Reads the evaluation records that `report_scalars(report, prefix=split_prefix)` wrote to metrics.jsonl
     (`split_prefix` e.g. 'test/' or 'test'). A step logged twice (a resumed run) keeps its last values.

@@ -4,7 +4,7 @@ The per-device step sees its shard of the global batch and replicated state; gra
 BatchNorm statistics are averaged across devices with explicit collectives over `DATA_AXIS`. Because
 every device holds an equal slice and every average is an equal-weight mean over devices, results do
 not depend on the device count (tested: 1 vs 8 devices). `jax.pmap` itself is legacy since JAX 0.8 and
-is implemented this way (see `shared/specs/jax_conventions.md` §4.3, §6.4).
+is implemented this way (JAX 0.8.0 changelog; https://docs.jax.dev/en/latest/_autosummary/jax.pmap.html).
 """
 import os
 from typing import Any, Callable, Optional

@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from foprokd_jax.metric_writer import read_metrics_jsonl
 
-# Keys that measure classification quality; "bacc" is drawn boldest since it selects models (spec §9).
+# Keys that measure classification quality; "bacc" is drawn boldest since it selects models
+# (docs/reference_semantics.md §9).
 _QUALITY_SUFFIXES = ("bacc", "macro_f1", "mcc", "accuracy", "head_recall", "medium_recall", "tail_recall")
 _GROUP_COLORS = {"head": "#4c72b0", "medium": "#dd8452", "tail": "#c44e52"}
 

@@ -6,7 +6,8 @@ The loop knows neither the method nor the benchmark: `data.registry.load_dataset
 Resumption: rerunning the same command with the same workdir restores the latest checkpoint (state,
 optimizer, step and data-iterator position) and continues; a finished run goes straight to the final
 report. Model selection: after training, the best checkpoint by balanced accuracy on the selection split
-is restored and evaluated on the report split (`config.eval.protocol`; FoPro-KD spec §9, CRCKD spec §9).
+is restored and evaluated on the report split (`config.eval.protocol`; docs/reference_semantics.md §9,
+docs/crckd.md §R9).
 
 Faults (docs/reliability.md): a SIGKILL anywhere loses at most the steps since the last checkpoint (rerun
 to resume, bitwise identical on CPU); SIGTERM saves a checkpoint at the next step boundary and raises
@@ -27,7 +28,7 @@ from foprokd_jax import (checkpointing, evaluation, fault_injection, finite_guar
 from foprokd_jax.data import device_prefetch, pipeline, registry
 
 # eval.protocol -> (split monitored during training and used for checkpoint selection, split reported).
-# 'test_last' is CRCKD's protocol (spec §9): no validation set, the test fold is monitored every epoch and
+# 'test_last' is CRCKD's protocol (docs/crckd.md §R9): no validation set, the test fold is monitored every epoch and
 # the LAST checkpoint is reported (no selection), next to the mean of the last evaluations.
 PROTOCOLS = {"val_test": ("val", "test"), "test_val": ("test", "val"), "test_last": ("test", "test")}
 
@@ -300,7 +301,7 @@ def final_report(parts, state, dataset, config, mesh, final_step, selection_spli
     }
     last_n = last_evals_to_average(parts, config)
     if last_n and is_chief:
-        # CRCKD's reported number (spec §9): each metric averaged over the final evaluations of the monitored
+        # CRCKD's reported number (docs/crckd.md §R9): each metric averaged over the final evaluations of the monitored
         # split, beside the single chosen checkpoint.
         results["last_evals_mean"] = metrics.mean_of_last_evals(os.path.join(workdir, "metrics.jsonl"),
                                                                 selection_split, last_n)

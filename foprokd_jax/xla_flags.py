@@ -1,6 +1,6 @@
 """Faster XLA:CPU convolution defaults, set in XLA_FLAGS before JAX starts its backend.
 
-On the project's CPU machines (shared/specs/cpu_speed_notes.md, docs/performance.md) the ResNet steps run
+On the project's CPU machines (docs/performance.md) the ResNet steps run
 faster when XLA:CPU does not hand forward convolutions to YNNPACK (jaxlib 0.10's default) and may instead
 use its oneDNN custom-call rewriter:
 

@@ -21,7 +21,7 @@ def test_config_builds_for_every_method(module, method):
     assert config.method == method and config.input.fold == 2
     assert config.input.dataset == module.__name__.rsplit(".", 1)[-1]
     if method == "crckd":
-        # The reference CRCKD run (crckd spec §7): batch 64, 80 epochs, 224 px, weight decay 5e-4 (coupled).
+        # The reference CRCKD run (docs/crckd.md §R7): batch 64, 80 epochs, 224 px, weight decay 5e-4 (coupled).
         assert config.input.batch_size == 64 and config.total_epochs == 80 and config.input.image_size == 224
     with pytest.raises(AttributeError):
         config.crckd.nce_tt = 1.0  # locked: a typo fails
@@ -58,7 +58,7 @@ def test_crckd_trains_through_the_cli(dataset, module, tmp_path):
     assert len(results["class_names"]) == (7 if dataset == "ham10000" else 5)
     report = results["report"]
     assert 0.0 <= report["bacc"] <= 1.0 and 0.0 <= report["auc"] <= 1.0 and "kappa_quadratic" in report
-    # CRCKD's headline number: the mean over the last evaluations of the monitored split (spec §9).
+    # CRCKD's headline number: the mean over the last evaluations of the monitored split (docs/crckd.md §R9).
     assert results["last_evals_mean"]["num_evals"] >= 1
     assert results["method_info"]["crckd"]["eval_last_n_epochs"] == 11
     assert os.path.exists(os.path.join(workdir, "confusion_matrix.png"))

@@ -11,7 +11,7 @@ from configs import common, demo, isic
 def test_isic_config_builds_for_every_split(method, imb, fold):
     config = isic.get_config(f"method={method},imb={imb},fold={fold}")
     assert (config.method, config.input.imb, config.input.fold) == (method, imb, fold)
-    # The reference EKD settings (spec §10).
+    # The reference EKD settings (docs/reference_semantics.md §10).
     assert config.optim.lr == 3e-4 and config.optim.clip_norm == 5.0 and config.optim.weight_decay == 0.0
     assert config.input.batch_size == 32 and config.input.image_size == 224 and config.total_epochs == 100
     assert config.loss.name == "bsm"

@@ -1,4 +1,4 @@
-"""CRCKD loss terms and memory bank against NumPy transcriptions of the reference code (crckd_spec.md §3-§6)."""
+"""CRCKD loss terms and memory bank against NumPy transcriptions of the reference code (docs/crckd.md §R3-§R6)."""
 import math
 
 import jax

@@ -22,7 +22,7 @@ def test_ema_alpha_reaches_the_decay_after_100_steps():
 
 
 def test_staged_loss_weights_per_epoch():
-    weights = schedule.LossWeights()           # the code's effective values (spec §6)
+    weights = schedule.LossWeights()           # the code's effective values (docs/crckd.md §R6)
     w19, w20, w25, w30, w79 = (jax.device_get(weights(e)) for e in (19, 20, 25, 30, 79))
     # Epochs 0-19: CE + 0.1 CCD only.
     assert (w19["ce"], w19["ccd"], w19["kl"], w19["crp"]) == (1.0, pytest.approx(0.1), 0.0, 0.0)

@@ -263,7 +263,7 @@ def test_imagenet_backbone_artifact_initialises_student_and_teacher(tmp_path):
     for tree in (state.params["net"]["densenet"], state.teacher_params["densenet"]):
         _assert_trees_close(tree, variables["params"], 0.0, "backbone")
     _assert_trees_close(state.batch_stats["densenet"], variables["batch_stats"], 0.0, "batch_stats")
-    # The heads are the reference's independent random inits (gotcha G20), biases zero.
+    # The heads are the reference's independent random inits (docs/crckd.md G20), biases zero.
     assert not np.allclose(state.params["net"]["fc_layer"]["kernel"], state.teacher_params["fc_layer"]["kernel"])
     assert not np.any(state.params["net"]["classifier"]["bias"])
     conv0 = variables["params"]["features"]["conv0"]

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED_SPLITS
 from foprokd_jax.data import augment, image_folder_tfds, isic_splits, pipeline, synthetic, tfds_isic
 
-# Spec §8.1: identical for folds 1-5.
+# docs/reference_semantics.md §8.1: identical for folds 1-5.
 TRAIN_COUNTS = {
     '0.01': [12725, 4372, 3173, 1788, 717, 478, 103, 89],
     '0.005': [12725, 4372, 2833, 1329, 623, 292, 103, 64],
@@ -22,11 +21,9 @@ TRAIN_TOTALS = {'0.01': 23445, '0.005': 22341, '0.002': 20782}
 # ----------------------------------------------------------------------------- official CSVs
 
 @pytest.mark.parametrize('imb', ['0.01', '0.005', '0.002'])
-def test_official_split_counts_match_spec(imb):
-    # A missing shared folder must fail loudly (read_split raises), never skip.
-    assert os.path.isdir(SHARED_SPLITS), f'official split CSVs not found at {SHARED_SPLITS}'
+def test_official_split_counts_match_the_documented_table(imb, official_split_dir):
     for fold in range(1, 6):
-        tables = {s: isic_splits.read_split(SHARED_SPLITS, s, fold, float(imb))
+        tables = {s: isic_splits.read_split(official_split_dir, s, fold, float(imb))
                   for s in isic_splits.SPLITS}
         train = isic_splits.class_counts(tables['train'].labels)
         assert train.tolist() == TRAIN_COUNTS[imb], (fold, imb)
@@ -39,8 +36,8 @@ def test_official_split_counts_match_spec(imb):
         assert tables['train'].labels.dtype == np.int32
 
 
-def test_official_ids_kept_verbatim():
-    table = isic_splits.read_split(SHARED_SPLITS, 'train', 1, 0.01)
+def test_official_ids_kept_verbatim(official_split_dir):
+    table = isic_splits.read_split(official_split_dir, 'train', 1, 0.01)
     downsampled = [i for i in table.image_ids if i.endswith('_downsampled')]
     assert downsampled, 'expected _downsampled ids in the official train CSV'
     with open(table.path) as f:

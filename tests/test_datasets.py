@@ -60,7 +60,7 @@ def test_stratified_kfold_matches_sklearn(n, num_classes, seed):
 
 
 def test_aptos_reference_fold_sizes():
-    # Real class counts (crckd spec §8); only sizes are fixed by the counts, membership by the row order.
+    # Real class counts (docs/crckd.md §R8); only sizes are fixed by the counts, membership by the row order.
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(5), aptos.REFERENCE_CLASS_COUNTS)[rng.permutation(3662)]
     table = label_csv.LabelTable(image_ids=tuple(f"{i:012x}" for i in range(3662)), labels=labels, origin="t")

@@ -1,5 +1,5 @@
 """DenseNet port: torchvision DenseNet -> Flax (models/densenet.py, porting/densenet_weights.py,
-launch/convert_teacher.py --arch=densenet121), crckd_spec.md §2.
+launch/convert_teacher.py --arch=densenet121), docs/crckd.md §R2.
 
 No real weights can be downloaded here, so the reference is a random-init torchvision densenet121 whose
 BN affine parameters, running statistics and classifier bias are randomised (torchvision's init leaves
@@ -146,7 +146,7 @@ def test_reduced_densenet_train_and_eval_parity_on_odd_sizes():
     norm5_t, norm5 = trained_t.features.norm5, updates["batch_stats"]["features"]["norm5"]
     old_mean, old_var = model_t.features.norm5.running_mean.numpy(), model_t.features.norm5.running_var.numpy()
     np.testing.assert_allclose(norm5["mean"], norm5_t.running_mean.numpy(), rtol=1e-5, atol=1e-6)
-    # torch feeds the unbiased batch variance into running_var, flax the biased one (crckd_spec.md G18):
+    # torch feeds the unbiased batch variance into running_var, flax the biased one (docs/crckd.md G18):
     # undo the n/(n-1) factor, n = batch * H * W of norm5's input (4 * 2 * 2).
     n = 4 * 2 * 2
     torch_biased = old_var * 0.9 + (norm5_t.running_var.numpy() - old_var * 0.9) * (n - 1) / n

@@ -1,4 +1,5 @@
-"""Long-tail losses (spec §5) against numpy and hand-computed values, and LDAM's cosine classifier."""
+"""Long-tail losses (docs/reference_semantics.md §5) against numpy and hand-computed values, and LDAM's cosine
+classifier."""
 import jax
 import jax.numpy as jnp
 import numpy as np

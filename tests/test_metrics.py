@@ -13,7 +13,8 @@ from sklearn import metrics as sk
 from foprokd_jax import metrics
 
 ISIC_NAMES = ["NV", "MEL", "BCC", "BKL", "AK", "SCC", "VASC", "DF"]
-ISIC_TRAIN_0002 = np.array([12725, 4372, 2180, 897, 369, 152, 62, 25])  # spec §8.1, imbalance 0.002
+# docs/reference_semantics.md §8.1, imbalance 0.002
+ISIC_TRAIN_0002 = np.array([12725, 4372, 2180, 897, 369, 152, 62, 25])
 
 
 # ---- reference implementations written from the definitions, working on label/pred vectors ----

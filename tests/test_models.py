@@ -1,6 +1,6 @@
 """Tests for models/resnet.py, models/ekd_student.py and models/torch_init.py.
 
-Parameter counts come from fopro_kd_spec.md §12 and torchvision. Everything that needs real
+Parameter counts come from docs/reference_semantics.md §12 and torchvision. Everything that needs real
 computation uses tiny widths and 32x32 inputs so the file stays fast on 2 CPU cores.
 """
 import math

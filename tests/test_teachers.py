@@ -71,7 +71,8 @@ def test_registry_describes_every_teacher():
         assert f"--arch={spec.arch}" in spec.convert and f"--out={spec.default_artifact}" in spec.convert
         assert spec.input_size == 224 and spec.normalisation == "imagenet" and spec.feature_key == "pre_logits"
         assert spec.source
-    # The reference's 'IMAGENET1K_V1' option loads V2 weights (spec §13.14): the registry says which is which.
+    # The reference's 'IMAGENET1K_V1' option loads V2 weights (docs/reference_semantics.md §13.14): the registry
+    # says which is which.
     assert "IMAGENET1K_V2" in teachers.TEACHERS["imagenet_r50_v2"].source
     assert teachers.get_teacher_spec("moco") is teachers.TEACHERS["moco_r50"]
     with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")) as f:

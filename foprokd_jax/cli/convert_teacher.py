@@ -1,6 +1,6 @@
 r"""Convert a teacher checkpoint (ResNet, DenseNet, ConvNeXt, DINOv2 / DINOv3 / timm-layout ViT) into a Flax artifact.
 
-Offline, one-time step; the only place outside tests that imports torch (jax_conventions.md §6.10):
+Offline, one-time step; the only place outside tests that imports torch:
 
   python launch/convert_teacher.py --src data/moco_v2_800ep_pretrain.pth.tar \
       --arch resnet50 --out teachers/moco_r50.npz
@@ -8,9 +8,9 @@ Offline, one-time step; the only place outside tests that imports torch (jax_con
 * The checkpoint is read with ``torch.load(..., weights_only=True)``. A file that needs arbitrary code
   to unpickle is refused, never loaded with ``weights_only=False``.
 * ``--format auto`` picks MoCo-v2 when ``module.encoder_q.*`` keys exist (query encoder kept, MLP head
-  dropped: the teacher feature is the 2048-d pooled output, fopro_kd_spec.md §6), else torchvision
+  dropped: the teacher feature is the 2048-d pooled output, docs/reference_semantics.md §6), else torchvision
   (``fc`` kept when present, so logits can be checked too).
-* DenseNet-121 (``--arch=densenet121``, CRCKD's backbone, crckd_spec.md §2): a torchvision state dict
+* DenseNet-121 (``--arch=densenet121``, CRCKD's backbone, docs/crckd.md §R2): a torchvision state dict
   such as ``densenet121-a639ec97.pth``, in either key spelling (the published files use the legacy
   ``denselayerN.norm.1`` form); ``classifier`` is kept when present. The sidecar declares family
   'densenet' and feature key 'features':

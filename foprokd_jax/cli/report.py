@@ -3,7 +3,7 @@
     python launch/report.py --sweep_dir=workdirs/sweep_isic                 # every run of a sweep
     python launch/report.py --runs='workdirs/isic_*' --runs='old/*/results.json' --out_dir=reports/isic
     python launch/report.py --sweep_dir=workdirs/crckd --source=last_evals_mean --metrics=auc,accuracy,\
-macro_precision,bacc,macro_f1,kappa_quadratic                               # CRCKD's columns (spec §9)
+macro_precision,bacc,macro_f1,kappa_quadratic                               # CRCKD's columns (docs/crckd.md §R9)
 
 Each run is a folder holding `results.json` (written by launch/train.py). Runs are grouped per dataset into
 one table: rows = method (+ teacher, or any `--rows` fields), columns = imbalance factor (one group per

@@ -1,4 +1,4 @@
-"""APTOS 2019 Blindness Detection (Kaggle): labels, image files and CRCKD's 5-fold split (crckd spec §8).
+"""APTOS 2019 Blindness Detection (Kaggle): labels, image files and CRCKD's 5-fold split (docs/crckd.md §R8).
 
 Download layout (`image_root`): `train.csv` (columns id_code, diagnosis) and `train_images/<id_code>.png`;
 3662 fundus images graded 0-4.
@@ -25,7 +25,7 @@ from foprokd_jax.data.image_folder_tfds import ResizedImagesBuilder
 LABEL_CSV = "train.csv"
 IMAGE_DIR = "train_images"
 CLASS_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
-# The real train.csv's class counts (crckd spec §8; CRCKD's CE weights are 3662 / these).
+# The real train.csv's class counts (docs/crckd.md §R8; CRCKD's CE weights are 3662 / these).
 REFERENCE_CLASS_COUNTS = (1805, 370, 999, 193, 295)
 NUM_FOLDS = 5
 REFERENCE_SEED = 2020

@@ -1,6 +1,6 @@
 """Image transforms: the reference "skin" train augmentation and the fixed resize.
 
-Spec §8.2 (a), the recommended default, is the torchvision chain from FoPro-KD's
+docs/reference_semantics.md §8.2 (a), the recommended default, is the torchvision chain from FoPro-KD's
 `data_preprocessing/data_loader.py` (the `isic-FL` path):
 
     Resize((224, 224))
@@ -20,7 +20,7 @@ applied in a random order through `ImageEnhance` and an HSV hue shift. The rando
 a `np.random.Generator`, so the result is a pure function of (image, rng state): not bit-identical
 to torch's RNG stream, but with the same distributions.
 
-Normalisation (ImageNet mean/std) is not done here: it belongs to the model code (conventions §6.6).
+Normalisation (ImageNet mean/std) is not done here: it belongs to the model code (foprokd_jax/image_norm.py).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - `stratified_kfold_test_folds`: the test-fold index of every row exactly as scikit-learn's
   `StratifiedKFold(n_splits, shuffle=True, random_state=seed)` assigns it (the algorithm of
   scikit-learn >= 0.22, checked against 1.9.1 in tests/test_datasets.py). CRCKD's APTOS folds are
-  `StratifiedKFold(5, shuffle=True, random_state=2020)` over the CSV rows (crckd spec §8), so the
+  `StratifiedKFold(5, shuffle=True, random_state=2020)` over the CSV rows (docs/crckd.md §R8), so the
   same rows in the same order give the same folds.
 - `stratified_group_kfold_test_folds`: the same idea for grouped rows (HAM10000 lesions): every group
   lands in one fold, and each class's images are spread as evenly as the group sizes allow.

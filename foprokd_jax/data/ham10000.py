@@ -4,11 +4,11 @@ Download layout (`image_root`): `HAM10000_metadata.csv` (columns lesion_id, imag
 sex, localization[, dataset]) and the images `<image_id>.jpg` in `HAM10000_images_part_1/` and
 `HAM10000_images_part_2/`.
 
-Classes (crckd spec §8): the 7 diagnoses in the ISIC-2018 Task-3 column order that SRC-MT's loader (which
+Classes (docs/crckd.md §R8): the 7 diagnoses in the ISIC-2018 Task-3 column order that SRC-MT's loader (which
 CRCKD is forked from) uses: 0 MEL, 1 NV, 2 BCC, 3 AKIEC, 4 BKL, 5 DF, 6 VASC (dx codes mel, nv, bcc,
 akiec, bkl, df, vasc).
 
-Splits: CRCKD's split is unknown (spec §8: probably an image-level 70/10/20 split, 7012 train images).
+Splits: CRCKD's split is unknown (docs/crckd.md §R8: probably an image-level 70/10/20 split, 7012 train images).
 Here fold k in 1..5 is the k-th test fold of a seeded, stratified 5-fold partition, so the 5 test sets
 are disjoint and cover the data (20 % each); `val_fraction` of ALL images (default 0.1) is then carved
 from the other four folds, leaving 70 % for training: 70/10/20.

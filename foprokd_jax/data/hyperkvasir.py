@@ -1,6 +1,6 @@
 """Hyper-Kvasir labelled images (Borgli et al., Sci. Data 2020): the class tree and seeded 5-fold splits.
 
-Download layout (`image_root`, FoPro-KD spec §8.3): the unzipped `labeled-images` folder (or its
+Download layout (`image_root`, docs/reference_semantics.md §8.3): the unzipped `labeled-images` folder (or its
 parent), `labeled-images/{lower-gi-tract,upper-gi-tract}/<category>/<class>/<uuid>.jpg`; 10,662 images of
 23 classes. The class of an image is the name of the folder that holds it, so a flattened
 `labeled-images/<class>/*.jpg` copy works too.
@@ -9,10 +9,10 @@ Classes: the 23 finding names in sorted order (the index Balanced-MixUp gives th
 official `image-labels.csv` "Finding" column).
 
 Splits (no official split covers all classes; FoPro-KD follows Balanced-MixUp's stratified 5-fold CV,
-spec §8.3): fold k in 1..5 is the k-th test fold of `StratifiedKFold(5, shuffle=True,
+docs/reference_semantics.md §8.3): fold k in 1..5 is the k-th test fold of `StratifiedKFold(5, shuffle=True,
 random_state=split_seed)` (numpy reimplementation, `cv_splits`) over the images in sorted relative-path
 order. Sources are 'train' and 'test'; `val_fraction` > 0 carves a seeded stratified 'val' (that fraction
-of ALL images) out of the training fold. Head/medium/tail (spec §8.3): > 700 / < 70 images in the
+of ALL images) out of the training fold. Head/medium/tail (docs/reference_semantics.md §8.3): > 700 / < 70 images in the
 training fold (`class_groups`); the smallest classes (ileum 9, hemorrhoids 6 images) still appear in
 every test fold.
 """
@@ -124,7 +124,8 @@ def make_splits(table: label_csv.LabelTable, fold: int, seed: int,
 
 
 def class_groups(training_fold_counts, head_min: int = HEAD_MIN, tail_max: int = TAIL_MAX) -> dict:
-    """Head (> head_min), medium and tail (< tail_max) classes by training-fold image count (spec §8.3)."""
+    """Head (> head_min), medium and tail (< tail_max) classes by training-fold image count
+    (docs/reference_semantics.md §8.3)."""
     groups = {"head": [], "medium": [], "tail": []}
     for name, count in zip(CLASS_NAMES, np.asarray(training_fold_counts).tolist()):
         groups["head" if count > head_min else "tail" if count < tail_max else "medium"].append(name)

@@ -2,7 +2,7 @@
 
 Shared by every benchmark (ISIC-2019, HAM10000, APTOS 2019, Hyper-Kvasir): decoding a full-size
 JPEG/PNG costs far more than a training step on a GPU, so each image is decoded once, resized to the
-size the model sees (torchvision `Resize((S, S))`, no aspect kept, FoPro-KD spec §8.2) and stored as
+size the model sees (torchvision `Resize((S, S))`, no aspect kept, docs/reference_semantics.md §8.2) and stored as
 raw uint8 (array_record compresses it with zstd). Reading back needs no decoding and no TensorFlow
 (`as_data_source`).
 

@@ -1,7 +1,7 @@
 """The official ISIC-2019 long-tailed split CSVs (FoPro-KD `data/ham2019/`).
 
 Each file `{split}_skin{fold}_{imb}.csv` has the columns `image,finding_name,finding`.
-The label is `finding`, the class index ranked by ISIC-2019 frequency (spec §8.1, gotcha §13.3);
+The label is `finding`, the class index ranked by ISIC-2019 frequency (docs/reference_semantics.md §8.1, §13.3);
 `finding_name` is the original ISIC ground-truth column index and is not used for training.
 Image ids are kept verbatim, including any `_downsampled` suffix, because the JPEG on disk is
 named `<image>.jpg` exactly.
@@ -89,14 +89,19 @@ def read_split(split_dir: str, split: str, fold: int, imb: Union[float, str],
     if not os.path.isfile(path):
         raise SplitFileError(f'Split file not found: {path}. {SPLITS_SOURCE_HINT}')
     with open(path, newline='') as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
+        reader = csv.reader(f)
+        columns = next(reader, [])
         for needed in ('image', 'finding'):
             if needed not in columns:
                 raise SplitFileError(
                     f'{path}: no {needed!r} column (columns: {columns}); expected the official '
                     f'header image,finding_name,finding. {SPLITS_SOURCE_HINT}')
-        rows = [(row['image'].strip(), row['finding'].strip()) for row in reader]
+        # Plain rows with column indices: several times faster than DictReader on the 23k-row train files.
+        image_col, finding_col = columns.index('image'), columns.index('finding')
+        try:
+            rows = [(row[image_col].strip(), row[finding_col].strip()) for row in reader if row]
+        except IndexError:
+            raise SplitFileError(f'{path}: a row has fewer fields than the header {columns}.') from None
     if not rows:
         raise SplitFileError(f'{path}: the file has a header but no rows.')
 

@@ -1,6 +1,6 @@
 """grain input pipelines (no TensorFlow): a resumable training stream and padded eval batches.
 
-Training follows the PyTorch DataLoader the reference uses (spec §8.2): a fresh shuffle every
+Training follows the PyTorch DataLoader the reference uses (docs/reference_semantics.md §8.2): a fresh shuffle every
 epoch, `drop_last=True`, batch 32. It is built on one *global* example stream, shared by all
 processes:
 
@@ -19,7 +19,7 @@ functions of (seed, epoch, position), so everything said here holds for each of 
 
 Evaluation keeps every example exactly once: the data is laid out in order in global batches of
 B, the last one padded with zero images and `mask=False`, and all processes yield
-ceil(N / B) batches (big_vision's `make_for_inference` / clu's `pad_dataset` idea, conventions §6.6).
+ceil(N / B) batches (big_vision's `make_for_inference` / clu's `pad_dataset` idea).
 """
 from __future__ import annotations
 

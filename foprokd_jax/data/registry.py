@@ -75,7 +75,7 @@ def _skipped_summary(store, policy: str, data_dir: str, builder_name: str) -> di
 
 
 def _load_isic(inp) -> LoadedDataset:
-    """ISIC-2019-LT: the official split CSVs `{split}_skin{fold}_{imb}.csv` (FoPro-KD spec §8.1)."""
+    """ISIC-2019-LT: the official split CSVs `{split}_skin{fold}_{imb}.csv` (docs/reference_semantics.md §8.1)."""
     tables = {split: isic_splits.read_split(inp.split_dir, split, inp.fold, inp.imb) for split in SPLIT_ORDER}
     cv_splits.check_disjoint({s: t.image_ids for s, t in tables.items()}, {s: t.path for s, t in tables.items()})
     policy = inp.bad_image_policy
@@ -87,7 +87,7 @@ def _load_isic(inp) -> LoadedDataset:
         sources[split] = tfds_isic.IsicSplitSource(table, store)
     describe = {"dataset": "isic2019_lt", "split_files": {s: t.path for s, t in tables.items()},
                 "fold": int(inp.fold), "imb": isic_splits.format_imbalance(inp.imb),
-                "split_rule": "official FoPro-KD long-tailed split CSVs (spec §8.1)",
+                "split_rule": "official FoPro-KD long-tailed split CSVs (docs/reference_semantics.md §8.1)",
                 "image_root": inp.image_root, "prepared": store.dataset_dir, "image_size": store.image_size,
                 **_split_summary(sources, isic_splits.NUM_CLASSES),
                 **_skipped_summary(store, policy, inp.prepared_dir, tfds_isic.DATASET_NAME)}
@@ -156,7 +156,7 @@ def _load_hyperkvasir(inp) -> LoadedDataset:
     fold_counts = np.bincount(np.delete(table.labels, rows["test"]), minlength=len(hyperkvasir.CLASS_NAMES))
     describe = {"val_fraction": val_fraction,
                 "split_rule": "StratifiedKFold(5, shuffle=True, random_state=split_seed) over the images in sorted "
-                              "path order, test = fold k (Balanced-MixUp protocol, spec §8.3)",
+                              "path order, test = fold k (Balanced-MixUp protocol, docs/reference_semantics.md §8.3)",
                 "training_fold_counts": fold_counts.tolist(),
                 "class_groups": hyperkvasir.class_groups(fold_counts),
                 "class_groups_rule": f"head > {hyperkvasir.HEAD_MIN}, tail < {hyperkvasir.TAIL_MAX} images in the "

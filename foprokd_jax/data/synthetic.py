@@ -5,7 +5,7 @@
 
 so that the real loader, the TFDS preparation and the training launchers can be exercised end to
 end without the 9 GB ISIC download. Each class has its own lesion colour, lesion shape and stripe
-frequency, so a small CNN can learn it. The splits follow spec §8.1's recipe scaled down:
+frequency, so a small CNN can learn it. The splits follow docs/reference_semantics.md §8.1's recipe scaled down:
 hold out `val_per_class` + `test_per_class` images per class, then take
 `n_i = min(floor(n_max * imb**(i/7)), available_i)` training images for class i = 0..7
 (frequency order), with class pools that shrink like ISIC-2019's so the availability cap can bind.
@@ -23,7 +23,7 @@ from PIL import Image
 
 from foprokd_jax.data.isic_splits import CLASS_NAMES, NUM_CLASSES
 
-# finding (frequency rank) -> finding_name (ISIC-2019 ground-truth column), spec §8.1:
+# finding (frequency rank) -> finding_name (ISIC-2019 ground-truth column), docs/reference_semantics.md §8.1:
 # NV->1, MEL->0, BCC->2, BKL->4, AK->3, SCC->7, VASC->6, DF->5.
 FINDING_NAME = (1, 0, 2, 4, 3, 7, 6, 5)
 # ISIC-2019 images per class in frequency order; used to shape the synthetic class pools.
@@ -39,7 +39,7 @@ def class_pool_sizes(n_max: int, val_per_class: int, test_per_class: int) -> lis
 
 
 def train_counts(n_max: int, imb: float, available: Sequence[int]) -> list:
-    """Spec §8.1 step 2, scaled: n_i = min(floor(n_max * imb^(i/7)), available_i), at least 1.
+    """docs/reference_semantics.md §8.1 step 2, scaled: n_i = min(floor(n_max * imb^(i/7)), available_i), at least 1.
 
     The floor of 1 keeps every class present when n_max is small (the real recipe never hits 0).
     """
@@ -113,7 +113,7 @@ def write_synthetic_isic(out_dir: str, n_max: int = 64, val_per_class: int = 4,
         available = [pools[c] - val_per_class - test_per_class for c in range(NUM_CLASSES)]
         counts[str(imb)] = train_counts(n_max, float(imb), available)
         for fold in folds:
-            # Independent draw per (fold, imb), like the released CSVs (spec §8.1).
+            # Independent draw per (fold, imb), like the released CSVs (docs/reference_semantics.md §8.1).
             split_rng = np.random.default_rng([seed, int(fold), imb_index, 1])
             rows = {'train': [], 'val': [], 'test': []}
             for c in range(NUM_CLASSES):

@@ -1,7 +1,7 @@
 """DenseNet-BC in Flax Linen (NHWC), reproducing torchvision's ``models/densenet.py`` exactly.
 
 Huang et al., "Densely Connected Convolutional Networks", CVPR 2017 (arXiv:1608.06993), as laid out in
-torchvision; CRCKD's student and teacher backbone is its DenseNet-121 (crckd_spec.md §2):
+torchvision; CRCKD's student and teacher backbone is its DenseNet-121 (docs/crckd.md §R2):
 
   features: conv0 7x7/2 (pad 3) -> norm0 -> ReLU -> pool0 3x3/2 max (pad 1)
             -> denseblock1 -> transition1 -> ... -> denseblock4 -> norm5

@@ -1,4 +1,4 @@
-"""The EKD student of FoPro-KD: a ResNet trunk plus the heads of fopro_kd_spec.md §3.3.
+"""The EKD student of FoPro-KD: a ResNet trunk plus the heads of docs/reference_semantics.md §3.3.
 
 Layout of the released "ImageNet" ResNet-18 variant (``models/resnet_free.py``):
 
@@ -9,10 +9,11 @@ Layout of the released "ImageNet" ResNet-18 variant (``models/resnet_free.py``):
 
 ``p`` is matched to the frozen teacher's embedding (D_t = 2048 for the MoCo-v2 ResNet-50 of Chen et
 al. 2020). Only ``z1`` is used at evaluation time. Every Linear uses torch's default init and the
-BatchNorm1d torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5), per spec §7.
+BatchNorm1d torch's defaults (momentum 0.1 == Flax 0.9, eps 1e-5), per docs/reference_semantics.md §7.
 
 With the LDAM loss the reference swaps ``fc`` and ``fc_free`` for a cosine classifier (``ClassifierLDAM``,
-spec §5): ``classifier='cosine'`` here, or ``'auto'`` resolved from the loss name by ``resolve_classifier``.
+docs/reference_semantics.md §5): ``classifier='cosine'`` here, or ``'auto'`` resolved from the loss name by
+``resolve_classifier``.
 """
 from typing import Any, Dict, Optional, Sequence
 

@@ -9,7 +9,7 @@ Chen et al. 2020, "Improved Baselines with Momentum Contrastive Learning"):
 * A block gets a projection shortcut (1x1 conv with the block's stride, then BN) whenever its output
   shape differs from its input shape.
 * Every padding is an explicit (lo, hi) pair. ``'SAME'`` pads asymmetrically for stride-2 layers on
-  even inputs and would silently break parity with the torch weights (jax_conventions.md §4.7).
+  even inputs and would silently break parity with the torch weights (https://github.com/google/flax/issues/963).
 * BN uses momentum 0.9 (torch's momentum=0.1 counts the other way) and eps 1e-5.
 
 Parameter names follow torchvision so that porting is a rename (see ``porting/resnet_weights.py``):
@@ -143,7 +143,7 @@ class ResNet(nn.Module):
     ``{'stem', 'stage1'..'stage4', 'pre_logits'[, 'logits']}``. ``'stem'`` is the max-pool output
     (the input of layer1) and ``'pre_logits'`` the globally average-pooled final stage, shape (B, C):
     the feature torchvision exposes once ``fc`` is replaced by ``Identity`` (the MoCo-v2 teacher
-    feature of fopro_kd_spec.md §6).
+    feature of docs/reference_semantics.md §6).
     """
 
     stage_sizes: Sequence[int]

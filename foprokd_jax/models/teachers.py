@@ -3,7 +3,7 @@
 A config names a teacher (`configs/isic.py:teacher=dinov2_s14`); the registry gives everything the run needs
 to know about it without loading weights: architecture, distilled feature and its width D_t (which sizes the
 student's projector `p_free` and the FPG's explore head), native input size, input normalisation, where the
-weights come from and how to convert them (fopro_kd_spec.md §3.2, §3.3, §6).
+weights come from and how to convert them (docs/reference_semantics.md §3.2, §3.3, §6).
 
 The artifact's JSON sidecar stays the source of truth for the network actually built
 (`build_teacher_module`): the registry only says what a correctly converted artifact must declare.
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from foprokd_jax.models.resnet import ResNet, get_resnet
 
 FAMILIES = ("resnet", "vit", "densenet", "convnext")
-# Every artifact takes ImageNet-normalised inputs, which is what the pipeline feeds the student (spec §6: "the
-# right normalisation for MoCo, torchvision and DINOv2"). A teacher trained on other statistics (BiomedCLIP:
+# Every artifact takes ImageNet-normalised inputs, which is what the pipeline feeds the student
+# (docs/reference_semantics.md §6: "the right normalisation for MoCo, torchvision and DINOv2"). A teacher trained on other statistics (BiomedCLIP:
 # OpenAI CLIP's) gets the change of normalisation folded into its patch embedding at conversion (exact: it is
 # affine and the patch conv has no padding), so no per-teacher re-normalisation is needed in the step.
 SUPPORTED_NORMALISATIONS = ("imagenet",)
@@ -75,7 +75,8 @@ def _dinov2(name, arch, feature_dim, hf_name):
     artifact = f"teachers/{arch}_224.npz"
     return TeacherSpec(
         name=name, arch=arch, family="vit", feature_dim=feature_dim, default_artifact=artifact,
-        feature_key="pre_logits", feature="CLS token after the final LayerNorm (spec §3.2)", patch_size=14,
+        feature_key="pre_logits", patch_size=14,
+        feature="CLS token after the final LayerNorm (docs/reference_semantics.md §3.2)",
         source=(f"DINOv2 {arch} without registers (https://dl.fbaipublicfiles.com/dinov2/{arch}/"
                 f"{arch}_pretrain.pth, or HF facebook/{hf_name} model.safetensors via --format=hf_dinov2); "
                 "Oquab et al., DINOv2, TMLR 2024, arXiv:2304.07193"),
@@ -127,7 +128,7 @@ TEACHERS: Dict[str, TeacherSpec] = {spec.name: spec for spec in (
         name="moco_r50", arch="resnet50", family="resnet", feature_dim=2048,
         feature="2048-d global average pool before the MoCo MLP",
         default_artifact="teachers/moco_v2_r50.npz",
-        # The 2048-d avgpool feature before the MoCo MLP, not normalised (spec §6, §13.5).
+        # The 2048-d avgpool feature before the MoCo MLP, not normalised (docs/reference_semantics.md §6, §13.5).
         source=("MoCo v2, 800 epochs, ResNet-50 query encoder (https://dl.fbaipublicfiles.com/moco/"
                 "moco_checkpoints/moco_v2_800ep/moco_v2_800ep_pretrain.pth.tar); Chen et al., arXiv:2003.04297"),
         convert=f"{_CONVERT} --src=moco_v2_800ep_pretrain.pth.tar --arch=resnet50 --out=teachers/moco_v2_r50.npz"),
@@ -135,7 +136,8 @@ TEACHERS: Dict[str, TeacherSpec] = {spec.name: spec for spec in (
     _dinov2("dinov2_b14", "dinov2_vitb14", 768, "dinov2-base"),
     _dinov2("dinov2_l14", "dinov2_vitl14", 1024, "dinov2-large"),
     _torchvision("imagenet_r50_v1", "resnet50", 2048, "IMAGENET1K_V1", "resnet50-0676ba61.pth"),
-    # The reference's 'IMAGENET1K_V1' teacher option actually loads these V2 weights (spec §6, §13.14).
+    # The reference's 'IMAGENET1K_V1' teacher option actually loads these V2 weights
+    # (docs/reference_semantics.md §6, §13.14).
     _torchvision("imagenet_r50_v2", "resnet50", 2048, "IMAGENET1K_V2", "resnet50-11ad3fa6.pth",
                  note="; what the reference's 'IMAGENET1K_V1' option really loads"),
     _torchvision("imagenet_r18", "resnet18", 512, "IMAGENET1K_V1", "resnet18-f37072fd.pth",
@@ -220,9 +222,9 @@ def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optio
     ConvNeXt: headless, by the sidecar's `depths`/`dims` or `arch`; size-agnostic.
     ViT (DINOv2, DINOv2-reg, DINOv3, RETFound, BiomedCLIP): the sidecar's VisionTransformer options
     (`embed_dim`/`depth`/`num_heads`/`patch_size`/`layerscale_init`/`norm_epsilon`/`position_encoding`/`pooling`,
-    DINOv2 defaults for those it lacks), else by `arch`, at the sidecar's baked `image_size` (the positional embedding was interpolated to that
-    grid at conversion, as torch does at run time, spec §13.15), or by explicit `embed_dim`/`depth`/`num_heads`
-    for reduced test teachers. `image_size` is the run's input size; a ViT artifact baked for another size is
+    DINOv2 defaults for those it lacks), else by `arch`, at the sidecar's baked `image_size` (the positional
+    embedding was interpolated to that grid at conversion, as torch does at run time, docs/reference_semantics.md
+    §13.15), or by explicit `embed_dim`/`depth`/`num_heads` for reduced test teachers. `image_size` is the run's input size; a ViT artifact baked for another size is
     refused, since silently re-interpolating here would bypass the conversion's torch-parity checks.
     """
     family = artifact_family(meta)

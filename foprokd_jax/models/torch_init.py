@@ -1,7 +1,7 @@
 """PyTorch-default initialisers for Flax layers.
 
 A from-scratch student has to start from the same distribution as the reference PyTorch code,
-otherwise training dynamics (and results) drift (fopro_kd_spec.md §7 and §13.10):
+otherwise training dynamics (and results) drift (docs/reference_semantics.md §7 and §13.10):
 
 * torchvision ResNets initialise every conv with ``kaiming_normal_(mode='fan_out',
   nonlinearity='relu')``: an *untruncated* normal with std ``sqrt(2 / fan_out)``, where

@@ -1,6 +1,6 @@
 """Teacher artifacts: Flax variables as a ``.npz`` plus a JSON sidecar with a sha256, no torch needed.
 
-Layout (jax_conventions.md §6.10):
+Layout:
 
   teachers/moco_r50.npz        flattened variables, keys like 'params/layer1_0/conv1/kernel'
   teachers/moco_r50.npz.json   {'sha256', 'arch', 'feature_dim', 'source', 'format_version', ...}

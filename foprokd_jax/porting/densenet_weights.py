@@ -176,7 +176,7 @@ def load_densenet_variables(path: str, arch: str = "densenet121",
                             keep_classifier: bool = True) -> Dict[str, Any]:
     """``{'params', 'batch_stats'}`` of a converted DenseNet artifact, after checking sha256 and arch.
 
-    ``keep_classifier=False`` drops the ImageNet ``classifier`` (CRCKD replaces it, crckd_spec.md §2), so
+    ``keep_classifier=False`` drops the ImageNet ``classifier`` (CRCKD replaces it, docs/crckd.md §R2), so
     the result fits ``DenseNet(num_classes=None)`` and can be copied into a larger model's backbone.
     """
     variables, meta = artifact.load_artifact(path, expected_arch=arch)

@@ -196,7 +196,7 @@ def extract_moco_v2_encoder_q(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     ``module.encoder_q.*`` (the encoder that is kept), ``module.encoder_k.*`` (its momentum copy),
     ``module.queue`` and ``module.queue_ptr``. We keep only the query encoder, strip its prefix, and
     drop its projection MLP (``fc.0.*``, ``fc.2.*``; any other ``fc.*`` too), because the teacher
-    feature is the 2048-d pooled output before the MLP (fopro_kd_spec.md §6).
+    feature is the 2048-d pooled output before the MLP (docs/reference_semantics.md §6).
     """
     encoder = {key[len(MOCO_ENCODER_PREFIX):]: value for key, value in state_dict.items()
                if key.startswith(MOCO_ENCODER_PREFIX)}

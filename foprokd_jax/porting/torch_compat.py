@@ -1,4 +1,4 @@
-"""Importing torchvision next to the CPU-only torch wheel (environment_notes.md §3).
+"""Importing torchvision next to the CPU-only torch wheel.
 
 The PyPI torchvision 0.28.0 wheel is built against CUDA torch. Its compiled extension fails to load
 against ``torch 2.13.0+cpu``, and the package then dies at import time while registering fake

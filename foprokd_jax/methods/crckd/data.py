@@ -1,4 +1,4 @@
-"""CRCKD's training stream: two augmented views, the sample's index and its contrast indices (spec §3, §4.2).
+"""CRCKD's training stream: two augmented views, the sample's index and its contrast indices (docs/crckd.md §R3, §R4.2).
 
 Per example (dataloaders/dataset.py `ISIC_InstanceSample`, `TransformTwice`; utils/transform.py):
 * student view and teacher view: the same random transform applied independently twice,
@@ -82,7 +82,7 @@ def rot_flip(image: np.ndarray, vflip: bool, k: int) -> np.ndarray:
 
 
 class ContrastSampler:
-    """Draws one anchor's contrast indices (spec §4.2); the class pools are built once from the labels."""
+    """Draws one anchor's contrast indices (docs/crckd.md §R4.2); the class pools are built once from the labels."""
 
     def __init__(self, train_labels, num_classes: int, num_positives: int, num_negatives: int,
                  positive_mode: str = "multi_pos", negative_mode: str = "sup"):

@@ -1,6 +1,6 @@
 """CRCKD's loss terms, each returned PER EXAMPLE so the step decides the (data-parallel) reduction.
 
-Every formula is transcribed from the authors' code (crckd_spec.md §3-§6); the spec section and the
+Every formula is transcribed from the authors' code (docs/crckd.md §R3-§R6); the docs/crckd.md section and the
 reference file are cited on each function. All of them work in float32.
 """
 import jax
@@ -12,7 +12,7 @@ NCE_EPS = 1e-7  # `eps` of utils/CCD_CRP_loss.py
 
 
 def contrast_exp_scores(anchors: jnp.ndarray, rows: jnp.ndarray, temperature: float) -> jnp.ndarray:
-    """exp(<anchor_i, rows_ij> / tau), shape (B, P+K): the un-normalised CCD scores (spec §4.3).
+    """exp(<anchor_i, rows_ij> / tau), shape (B, P+K): the un-normalised CCD scores (docs/crckd.md §R4.3).
 
     anchors (B, D) are this step's embeddings; rows (B, P+K, D) the gathered memory entries of the OTHER
     network (treated as constants by the caller).
@@ -22,14 +22,14 @@ def contrast_exp_scores(anchors: jnp.ndarray, rows: jnp.ndarray, temperature: fl
 
 
 def nce_loss_per_example(scores: jnp.ndarray, num_positives: int, n_data: int) -> jnp.ndarray:
-    """CRD's binary NCE with P positives (spec §4.4, `ContrastLoss.forward` in utils/CCD_CRP_loss.py).
+    """CRD's binary NCE with P positives (docs/crckd.md §R4.4, `ContrastLoss.forward` in utils/CCD_CRP_loss.py).
 
     scores (B, P+K) = h_ij = exp(.)/Z; columns [0, P) are positives, [P, P+K) negatives. With the noise
     constant c = K / n_data:
         log D1 = log(h / (h + c + eps)),  log D0 = log(c / (h + c + eps))
         l_i = -[(1/P) sum_{pos} log D1 + sum_{neg} log D0]
     so that mean_i l_i is the reference's `-((sum log_D1 + P * sum log_D0) / bsz).sum() / P`: the
-    positives are averaged over P, the negatives are NOT (gotcha G6).
+    positives are averaged over P, the negatives are NOT (docs/crckd.md G6).
 
     (The reference `.squeeze()` would drop the batch axis for a batch of ONE example and then skip the 1/P on
     the positives; batches are never that small, and this function keeps the general formula.)
@@ -48,7 +48,7 @@ def nce_loss_per_example(scores: jnp.ndarray, num_positives: int, n_data: int) -
 def class_centroids(memory: jnp.ndarray, labels: jnp.ndarray, num_classes: int, relu: bool = True) -> jnp.ndarray:
     """CRP anchors: per class, the mean of (ReLU'd) memory rows of ALL its training samples, L2-normalised.
 
-    Spec §5.1 (`anchor_type='center'`, utils/CCD_CRP_loss.py): `mean_n ReLU(M[n])` over the class's
+    docs/crckd.md §R5.1 (`anchor_type='center'`, utils/CCD_CRP_loss.py): `mean_n ReLU(M[n])` over the class's
     training indices, then `Normalize(2)`. `labels` (N_train,) holds the class of memory rows 0..N_train-1;
     rows past N_train (a larger `n_data`) belong to no class. The caller detaches the result.
     """
@@ -62,7 +62,7 @@ def class_centroids(memory: jnp.ndarray, labels: jnp.ndarray, num_classes: int, 
 
 def crp_loss_per_example(g_s: jnp.ndarray, g_t: jnp.ndarray, centroids_s: jnp.ndarray,
                          centroids_t: jnp.ndarray, temperature: float) -> jnp.ndarray:
-    """KL(softmax(r_t) || softmax(r_s)) per example, r = <g, centroids> / tau (spec §5.2-5.3).
+    """KL(softmax(r_t) || softmax(r_s)) per example, r = <g, centroids> / tau (docs/crckd.md §R5.2-5.3).
 
     Student embedding vs student-memory centroids against teacher embedding vs teacher-memory centroids;
     `F.kl_div(log_softmax(r_s), softmax(r_t), 'batchmean')` is the batch mean of this. No tau^2 factor. The
@@ -74,7 +74,7 @@ def crp_loss_per_example(g_s: jnp.ndarray, g_t: jnp.ndarray, centroids_s: jnp.nd
 
 
 def mean_teacher_kl_per_example(student_logits: jnp.ndarray, teacher_logits: jnp.ndarray) -> jnp.ndarray:
-    """sum_c p_t (log p_t - log p_s): `softmax_kl_loss(logit_s, logit_t)` summed over classes (spec §3).
+    """sum_c p_t (log p_t - log p_s): `softmax_kl_loss(logit_s, logit_t)` summed over classes (docs/crckd.md §R3).
 
     The reference divides the batch sum by the nominal batch size; with full batches that is the mean.
     """
@@ -88,7 +88,7 @@ def _kl_rows(target_logits, input_logits):
 
 
 def inverse_frequency_weights(class_counts) -> jnp.ndarray:
-    """w_c = N / n_c (spec §6, `CLASS_WEIGHT` of utils/losses.py); only ratios matter (weighted mean)."""
+    """w_c = N / n_c (docs/crckd.md §R6, `CLASS_WEIGHT` of utils/losses.py); only ratios matter (weighted mean)."""
     counts = jnp.asarray(class_counts, jnp.float32)
     return jnp.sum(counts) / counts
 
@@ -96,7 +96,7 @@ def inverse_frequency_weights(class_counts) -> jnp.ndarray:
 def weighted_ce_terms(logits: jnp.ndarray, labels: jnp.ndarray, class_weights: jnp.ndarray):
     """(w_{y_i} * CE_i, w_{y_i}) per example for torch's `CrossEntropyLoss(weight=w, reduction='mean')`.
 
-    Its value is sum_i w_{y_i} CE_i / sum_i w_{y_i} (gotcha G12): the caller sums both over the GLOBAL
+    Its value is sum_i w_{y_i} CE_i / sum_i w_{y_i} (docs/crckd.md G12): the caller sums both over the GLOBAL
     batch before dividing.
     """
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)

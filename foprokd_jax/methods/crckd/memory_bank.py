@@ -1,6 +1,6 @@
 """The two CCD memory banks (student embeddings M_s, teacher embeddings M_t) and their update rule.
 
-Spec §4.1 and §4.5 (`ContrastMemory` in utils/memory.py): rows start i.i.d. U(-s, s) with s = 1/sqrt(D/3);
+docs/crckd.md §R4.1 and §R4.5 (`ContrastMemory` in utils/memory.py): rows start i.i.d. U(-s, s) with s = 1/sqrt(D/3);
 after the scores of a step are computed, the rows of the batch's samples become
 `normalize(m * old + (1 - m) * new)` with m = nce_m = 0.5.
 
@@ -48,7 +48,7 @@ def momentum_update(memory: jnp.ndarray, indices: jnp.ndarray, new_rows: jnp.nda
 
 
 def normalisation_constant(current_z: jnp.ndarray, mean_score: jnp.ndarray, n_data: int) -> jnp.ndarray:
-    """Z: kept once set (> 0); on the first step (Z < 0) it becomes mean(exp scores) * n_data (spec §4.3).
+    """Z: kept once set (> 0); on the first step (Z < 0) it becomes mean(exp scores) * n_data (docs/crckd.md §R4.3).
 
     `mean_score` must be the mean over the GLOBAL batch (the step passes a pmean); no gradient flows.
     """

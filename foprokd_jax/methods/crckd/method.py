@@ -3,7 +3,7 @@
 Registered in `foprokd_jax/methods/__init__.py`. Reads `config.crckd.*` (`methods/crckd/config.py`,
 docs/crckd.md), `config.input.{batch_size, image_size, worker_count, sampler}`, `config.seed`,
 `config.total_epochs` / `config.total_steps` (the one-cycle length). The evaluated model is the student
-(spec §9); the EMA teacher, the memory banks and Z live in the checkpointed state.
+(docs/crckd.md §R9); the EMA teacher, the memory banks and Z live in the checkpointed state.
 """
 import json
 
@@ -23,7 +23,7 @@ def _n_data(cfg, n_train: int, counts: np.ndarray) -> int:
     """config.crckd.n_data resolved and checked against the dataset (the static checks are `config.validate`)."""
     n_data = n_train if cfg.n_data <= 0 else int(cfg.n_data)
     if n_data < n_train:
-        # The reference crashes with a CUDA index error here (gotcha G5); refuse clearly instead.
+        # The reference crashes with a CUDA index error here (docs/crckd.md G5); refuse clearly instead.
         raise ValueError(f"config.crckd.n_data={cfg.n_data} is smaller than the {n_train} training examples: "
                          "every example needs a memory slot (use -1 for the training-set size)")
     if cfg.ce_class_weights == "inverse_frequency" and np.any(counts == 0):
@@ -111,7 +111,7 @@ def build(config, mesh, dataset, steps_per_epoch: int) -> MethodParts:
         state=parallel.replicate(state, mesh), frozen=parallel.replicate(frozen, mesh),
         train_step=step.make_train_step(net=net, embed=embed, optimizer=optimizer, cfg=step_cfg, mesh=mesh),
         predict_step=step.make_predict_step(net, mesh), train_iterator=train_iterator, meta=meta,
-        # The deployable model is the student network (spec §9), without the embedding heads or banks.
+        # The deployable model is the student network (docs/crckd.md §R9), without the embedding heads or banks.
         export_student=StudentSpec(net, _student_variables, "logits"))
 
 

@@ -1,10 +1,10 @@
-"""CRCKD's networks (spec §2, networks/models.py and utils/CCD_CRP_loss.py of the reference).
+"""CRCKD's networks (docs/crckd.md §R2, networks/models.py and utils/CCD_CRP_loss.py of the reference).
 
 * `CrckdNet` (student, and the EMA teacher with the same structure): DenseNet-121 features -> ReLU -> global
   average pool (1024) -> `fc_layer` Linear(1024 -> 128) = feature4 (no activation) -> `classifier`
   Linear(128 -> C). Both Linear layers: torch's default weight init, bias 0 (models.py zeroes every Linear
   bias of the DenseNet wrapper). Dropout is 0 in the reference and omitted; the block-3 and attention side
-  branches never reach the loss and are left out (spec §2).
+  branches never reach the loss and are left out (docs/crckd.md §R2).
 * `EmbedHead` (`embed_s`, `embed_t`): Linear(128 -> 128) with torch's default weight AND bias init (the
   criterion's heads are outside the wrapper), then L2 normalisation without epsilon (`Normalize(2)`).
 """
@@ -71,7 +71,7 @@ def init_params(net: CrckdNet, embed: EmbedHead, rng: jax.Array, image_size: int
     """(trainable params {'net', 'embed_s', 'embed_t'}, student batch_stats, teacher params).
 
     The teacher is created independently like the reference's `create_model(ema=True)` (its own random
-    fc_layer/classifier; the same ImageNet backbone when one is loaded): gotcha G20. The EMA's first update
+    fc_layer/classifier; the same ImageNet backbone when one is loaded): docs/crckd.md G20. The EMA's first update
     (alpha = 0) makes it an exact copy of the student anyway.
     `backbone_variables`: {'params', 'batch_stats'} of a `DenseNet(num_classes=None)` (ImageNet init).
     """

@@ -1,6 +1,6 @@
 """CRCKD's optimiser: torch Adam with COUPLED L2 weight decay and a one-cycle LR / beta1 schedule.
 
-Reference (train_CRCKD.py:180-181, 218-220; spec §7, gotcha G16): `torch.optim.Adam(params, lr, betas=(0.9,
+Reference (train_CRCKD.py:180-181, 218-220; docs/crckd.md §R7, G16): `torch.optim.Adam(params, lr, betas=(0.9,
 0.999), weight_decay=5e-4)` over the student, `embed_s` and `embed_t` (BN and biases included), driven by
 `OneCycleLR(max_lr=3e-4, ...)` with `cycle_momentum=True`, i.e. beta1 follows 0.95 -> 0.85 -> 0.95.
 

@@ -2,10 +2,10 @@
 
 Everything that changes with training time (the EMA coefficient, the staged loss weights, the one-cycle
 learning rate and Adam beta1) is computed from the TRACED step counter inside the compiled step, so
-crossing an epoch boundary never recompiles (spec §12).
+crossing an epoch boundary never recompiles (docs/crckd.md §R12).
 
 Sources: train_CRCKD.py (`update_ema_variables`, `get_current_consistency_weight`, the loss assembly and
-the per-epoch LR reset), utils/ramps.py (`sigmoid_rampup`), torch `OneCycleLR` (spec §3, §6, §7).
+the per-epoch LR reset), utils/ramps.py (`sigmoid_rampup`), torch `OneCycleLR` (docs/crckd.md §R3, §R6, §R7).
 """
 import dataclasses
 import math
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 
 def ema_alpha(step, decay: float):
-    """alpha_t = min(1 - 1/(t + 1), decay), t = optimizer steps taken before this update (spec §3).
+    """alpha_t = min(1 - 1/(t + 1), decay), t = optimizer steps taken before this update (docs/crckd.md §R3).
 
     At t = 0 alpha is 0: after the first step the teacher is an exact copy of the student.
     """
@@ -32,7 +32,7 @@ def sigmoid_rampup(epoch, length: float):
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-    """The staged objective of train_CRCKD.py:340-355 (spec §6, gotchas G2/G3).
+    """The staged objective of train_CRCKD.py:340-355 (docs/crckd.md §R6, G2/G3).
 
     Before `begin_distill_epoch`: L_WCE + ccd_weight_pre * L_CCD. From it on:
     L_WCE + consistency * rampup(epoch) * L_KL + ccd_weight_post * L_CCD + crp_weight * L_CRP.
@@ -72,7 +72,7 @@ class OneCycle:
     """torch `OneCycleLR` (two phases, cosine, cycle_momentum on Adam's beta1), stepped once per iteration.
 
     Phase 1 ends at step float(pct_start * T) - 1: lr max_lr/div_factor -> max_lr, beta1 max -> base momentum.
-    Phase 2 ends at T - 1: lr max_lr -> initial/final_div_factor, beta1 base -> max (spec §7, G16).
+    Phase 2 ends at T - 1: lr max_lr -> initial/final_div_factor, beta1 base -> max (docs/crckd.md §R7, G16).
     Steps past T - 1 keep the final values (torch would raise).
 
     `epoch_start_lr` > 0 reproduces train_CRCKD.py:439-440: the LR is set to `base_lr` (1e-4) at the end of

@@ -1,6 +1,6 @@
 """CRCKD's training state: everything that changes during training, checkpointed as one pytree.
 
-Unlike the reference (spec §9), the memory banks and the Z constants are part of the checkpoint, so a
+Unlike the reference (docs/crckd.md §R9), the memory banks and the Z constants are part of the checkpoint, so a
 resumed run continues exactly where it stopped.
 """
 from typing import Any
@@ -19,7 +19,7 @@ class CrckdState:
     params: Any                # trainable: {'net': student DenseNet+fc+classifier, 'embed_s', 'embed_t'}
     batch_stats: Any           # student BN running statistics (the teacher's train-mode ones are discarded)
     opt_state: optax.OptState  # coupled-L2 Adam moments + schedule counts
-    teacher_params: Any        # mean teacher: EMA of params['net'] (BN statistics are not averaged, spec §3)
+    teacher_params: Any        # mean teacher: EMA of params['net'] (BN statistics are not averaged, docs/crckd.md §R3)
     mem_s: jnp.ndarray         # float32 (n_data, feat_dim): student-embedding memory (memory_v1)
     mem_t: jnp.ndarray         # float32 (n_data, feat_dim): teacher-embedding memory (memory_v2)
     z_s: jnp.ndarray           # float32 scalar: Z of the student-anchor scores; < 0 until the first step

@@ -1,8 +1,8 @@
-"""The CRCKD train step (spec §3-§6, §12) and the student's predict step, compiled data-parallel.
+"""The CRCKD train step (docs/crckd.md §R3-§R6, §R12) and the student's predict step, compiled data-parallel.
 
 One step, per device (a `jax.shard_map` over 'data' under `jax.jit`, `parallel.data_parallel`):
 1. EMA teacher on its own view, train-mode BN over the GLOBAL batch (bn_axis_name), no gradient; its
-   updated BN statistics are discarded (gotcha G13).
+   updated BN statistics are discarded (docs/crckd.md G13).
 2. Student forward; g_s = embed_s(f_s), g_t = embed_t(sg f_t) (only embed_t learns from L_CCD^T, G10).
 3. CCD scores against the PRE-update memories of the other network, Z set on the first step from the
    global mean; NCE with P positives (`losses.nce_loss_per_example`).
@@ -134,7 +134,7 @@ def make_train_step(*, net: nn.Module, embed: nn.Module, optimizer: optax.Gradie
 
 
 def make_predict_step(net: nn.Module, mesh) -> Callable:
-    """`predict_step(state, batch) -> logits (B, C)`: the STUDENT in eval mode (spec §9), gathered."""
+    """`predict_step(state, batch) -> logits (B, C)`: the STUDENT in eval mode (docs/crckd.md §R9), gathered."""
     def per_device_predict(state: CrckdState, batch):
         x = image_norm.normalize_uint8(batch["image"])
         out = net.apply({"params": state.params["net"], "batch_stats": state.batch_stats}, x, train=False)

@@ -1,8 +1,8 @@
 """Measures a frozen teacher's frequency preferences: ideal radial filters, feature drift, linear probes.
 
-FoPro-KD's premise (spec §0.1) is that "pre-trained models exhibit frequency preferences". This module
-makes that measurable without any FPG: low-pass or high-pass the input images with an ideal radial
-filter, run the frozen teacher on them and ask two questions per cut-off radius:
+FoPro-KD's premise (docs/reference_semantics.md §0.1) is that "pre-trained models exhibit frequency
+preferences". This module makes that measurable without any FPG: low-pass or high-pass the input images with an
+ideal radial filter, run the frozen teacher on them and ask two questions per cut-off radius:
 
 * `feature_cosine`: how far does the teacher's embedding move? Mean cosine similarity between the
   features of the filtered and of the unfiltered test images (1 = the teacher ignores the removed band).

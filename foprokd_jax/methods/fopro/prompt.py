@@ -3,7 +3,7 @@
 RECONSTRUCTION. FoPro-KD (Elbatel, Martí, Li, IEEE TMI 2024) names an FPG that "manipulates specific
 frequencies in the input image" by "amplifying or diminishing" them, but its code was never released
 (author, xmed-lab/FoPro-KD issue #2) and the paper body was not available to us. This module is our own
-design that fits those statements (shared/specs/fopro_kd_spec.md §2.4; write-up in docs/fpg.md):
+design that fits those statements (docs/reference_semantics.md §2.4; write-up in docs/fpg.md):
 
     x01 = x * std + mean                                  ImageNet un-normalisation, float32
     X   = rfft2(x01)            = A * exp(i Phi)            (B, H, W//2+1, C), complex64
@@ -28,7 +28,7 @@ Variants of g (every one starts at zero, so M = 1 and the prompt is the identity
 
 The FFT needs float32 (XLA's RFFT rejects bf16), so the whole FPG runs in float32 whatever the input
 dtype. Run it per device (inside the shard-mapped step), never on a batch-sharded global array under
-plain jit: that compiles to all-gathers of the whole batch (jax_conventions.md finding 2, jax#13081).
+plain jit: that compiles to all-gathers of the whole batch (docs/fpg.md §3.4; jax-ml/jax#13081).
 """
 import math
 from typing import Optional, Tuple

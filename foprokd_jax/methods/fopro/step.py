@@ -1,7 +1,7 @@
 """The FoPro-KD train step: EKD with a Fourier prompt on the teacher's input, plus adversarial KD.
 
-RECONSTRUCTION (the authors never released FPG/AKD; see docs/fpg.md and spec §2.4, §4). With frozen
-teacher f, prompt P_phi, explore head W (Linear D_t -> C) and the EKD student (z1, z2, p_theta):
+RECONSTRUCTION (the authors never released FPG/AKD; see docs/fpg.md and docs/reference_semantics.md §2.4,
+§4). With frozen teacher f, prompt P_phi, explore head W (Linear D_t -> C) and the EKD student (z1, z2, p_theta):
 
     student:  min_theta  BSM(z1, y) + BSM(z2, y) + free_u * D(p_theta, sg f(P_phi(x)))
     FPG:      min_{phi,W} lambda_cls * BSM(W f(P_phi(x)), y) - lambda_adv * D(sg p_theta, f(P_phi(x)))
