@@ -12,8 +12,15 @@ metrics, balanced accuracy first. A cell is `mean ± std` over its runs (folds/s
 default), `[k/n]` when only k of the n runs define that metric (e.g. no tail class at imb 0.01), and `—`
 when nothing is there. Scores are shown ×100. Outputs in --out_dir (default <sweep_dir>/report or
 ./report): report.md, report.csv (the same layout, unscaled numbers), runs.csv (one line per run) and
-<plot_metric>_vs_imbalance_<dataset>.png (mean ± std per method against the imbalance ratio). Docs:
-docs/evaluation.md.
+<plot_metric>_vs_imbalance_<dataset>.png (mean ± std per method against the imbalance ratio) and report.tex
+(the same tables in LaTeX, booktabs).
+
+    python launch/report.py --sweep_dir=workdirs/sweep_isic --baseline=bsm   # + paired tests against bsm
+
+With --baseline (a row label, e.g. 'bsm' or 'ekd (moco_r50)'), every other row is compared with it over the
+runs matched by (fold, seed) within each dataset and imbalance factor: mean ± std of the paired differences,
+the paired t-test and the exact Wilcoxon signed-rank test (foprokd_jax/statistics.py), with their p-values,
+added to report.md and report.tex and written to paired.csv. Docs: docs/evaluation.md.
 """
 import csv
 import glob
@@ -26,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from foprokd_jax import plots  # noqa: E402
+from foprokd_jax import plots, statistics  # noqa: E402
 
 DEFAULT_DATASET = "isic2019_lt"  # results.json files written before the dataset registry lack 'dataset'
 DEFAULT_METRICS = ("bacc", "macro_f1", "tail_recall", "medium_recall", "head_recall", "mcc")
@@ -285,28 +292,195 @@ def plot_tables(tables: dict, metric: str, out_dir: str) -> list:
     return paths
 
 
+def _pair_key(run: dict):
+    return (run["fold"], run["seed"])
+
+
+def paired_comparisons(runs, baseline: str, metrics, source: str = "report", rows=("method", "teacher")) -> list:
+    """Each row vs the `baseline` row over runs matched by (fold, seed), per dataset and imbalance factor.
+
+    Returns one dict per (dataset, imb, row, metric): {dataset, imb, method, baseline, metric, n (matched
+    pairs defining the metric), unmatched (runs of either side without a partner), mean_diff, std_diff, t,
+    df, p_t, wilcoxon_statistic, p_wilcoxon, wilcoxon_n_used} (statistics.paired_comparison; differences
+    are method - baseline). Raises ValueError when the baseline is no row of any table, or a cell holds two
+    runs of the same (fold, seed).
+    """
+    cells = {}
+    for run in runs:
+        cell = cells.setdefault((run["dataset"], run["imb"], row_label(run, rows)), {})
+        key = _pair_key(run)
+        if key in cell:
+            raise ValueError(f"two runs of row {row_label(run, rows)!r} share fold {key[0]} and seed {key[1]} "
+                             f"({cell[key]['run_dir']}, {run['run_dir']}): pairs would be ambiguous; add a --rows "
+                             "field that tells them apart")
+        cell[key] = run
+    if not any(label == baseline for _, _, label in cells):
+        labels = sorted({label for _, _, label in cells})
+        raise ValueError(f"--baseline {baseline!r} is not a row of the report; rows: {labels}")
+    out = []
+    for (dataset, imb, label), cell in sorted(cells.items(), key=lambda item: (item[0][0], str(item[0][1]),
+                                                                                item[0][2])):
+        base = cells.get((dataset, imb, baseline))
+        if label == baseline or base is None:
+            continue
+        shared = sorted(set(cell) & set(base), key=str)
+        unmatched = len(set(cell) ^ set(base))
+        for metric in metrics:
+            pairs = [(metric_value(cell[k], source, metric), metric_value(base[k], source, metric)) for k in shared]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            record = {"dataset": dataset, "imb": imb, "method": label, "baseline": baseline, "metric": metric,
+                      "unmatched": unmatched, "pairs": [list(k) for k in shared]}
+            if pairs:
+                record.update(statistics.paired_comparison([a for a, _ in pairs], [b for _, b in pairs]))
+            else:
+                record.update(n=0, mean_diff=None, std_diff=None, t=None, df=None, p_t=None,
+                              wilcoxon_statistic=None, p_wilcoxon=None, wilcoxon_n_used=0)
+            out.append(record)
+    return out
+
+
+def _format_p(p) -> str:
+    return "—" if p is None else f"{p:.4g}"
+
+
+def _format_diff(record: dict, scale: float, decimals: int) -> str:
+    if record["mean_diff"] is None:
+        return "—"
+    text = f"{record['mean_diff'] * scale:+.{decimals}f}"
+    return text + (f" ± {record['std_diff'] * scale:.{decimals}f}" if record["std_diff"] is not None else "")
+
+
+PAIRED_HEADER = ("Method", "imb", "Metric", "n", "Δ vs baseline", "t", "p (t-test)", "W", "p (Wilcoxon)")
+
+
+def _paired_cells(record: dict, scale: float, decimals: int) -> list:
+    t = "—" if record["t"] is None else f"{record['t']:.3f}"
+    w = "—" if record["wilcoxon_statistic"] is None else f"{record['wilcoxon_statistic']:g}"
+    return [record["method"], "—" if record["imb"] is None else str(record["imb"]),
+            METRIC_LABELS.get(record["metric"], record["metric"]), str(record["n"]),
+            _format_diff(record, scale, decimals), t, _format_p(record["p_t"]), w, _format_p(record["p_wilcoxon"])]
+
+
+def paired_markdown(records: list, baseline: str, scale: float = 100.0, decimals: int = 2) -> str:
+    lines = ["", f"## Paired comparison with `{baseline}`", "",
+             f"Runs matched by (fold, seed); Δ = method − baseline (×{scale:g}), mean ± std of the paired differences; "
+             "two-sided paired t-test (df = n − 1) and exact Wilcoxon signed-rank test (zero differences dropped, "
+             "ties averaged; with n ≤ 5 pairs its p cannot fall below 2/2^n, 0.0625 at n = 5)."]
+    for dataset in sorted({r["dataset"] for r in records}):
+        lines += ["", f"### {dataset}", "", "| " + " | ".join(PAIRED_HEADER) + " |",
+                  "|" + "|".join(["---"] * 3 + ["---:"] * (len(PAIRED_HEADER) - 3)) + "|"]
+        lines += ["| " + " | ".join(_paired_cells(r, scale, decimals)) + " |" for r in records
+                  if r["dataset"] == dataset]
+    unmatched = sum(r["unmatched"] for r in records if r["metric"] == records[0]["metric"]) if records else 0
+    if unmatched:
+        lines += ["", f"{unmatched} run(s) had no partner with the same (fold, seed) and were left out of the pairs."]
+    return "\n".join(lines) + "\n"
+
+
+def write_paired_csv(records: list, path: str) -> None:
+    fields = ["dataset", "imb", "method", "baseline", "metric", "n", "unmatched", "mean_diff", "std_diff", "t", "df",
+              "p_t", "wilcoxon_statistic", "p_wilcoxon", "wilcoxon_n_used"]
+    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(fields)
+        for record in records:
+            writer.writerow(["" if record[k] is None else repr(record[k]) if isinstance(record[k], float)
+                             else record[k] for k in fields])
+    os.replace(path + ".tmp", path)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe inside a LaTeX table: the ten special characters escaped; ±, —, Δ, κ, − as math/text macros."""
+    out = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
+    for plain, macro in (("±", r"$\pm$"), ("—", "--"), ("Δ", r"$\Delta$"), ("κ", r"$\kappa$"), ("−", "-"),
+                         ("·", r"$\cdot$"), ("×", r"$\times$")):
+        out = out.replace(plain, macro)
+    return out
+
+
+def latex(tables: dict, metrics, source: str, scale: float = 100.0, decimals: int = 2, paired=None,
+          baseline: str = "") -> str:
+    """The Markdown tables as LaTeX `tabular`s (booktabs: \\toprule, \\midrule, \\bottomrule), one per dataset,
+    imbalance factors as \\multicolumn groups; plus the paired comparison table with `paired` records."""
+    parts = [f"% launch/report.py: scores x{scale:g} on the '{source}' split, mean $\\pm$ std over runs; needs "
+             "\\usepackage{booktabs}"]
+    for dataset, table in sorted(tables.items()):
+        width = 1 + len(metrics)
+        spec = "l" + ("|" + "r" * width) * len(table["columns"])
+        lines = [f"% {latex_escape(dataset)}", r"\begin{tabular}{" + spec + "}", r"\toprule"]
+        if any(c is not None for c in table["columns"]):
+            groups = [r"\multicolumn{%d}{c}{imb %s}" % (width, latex_escape(c)) for c in table["columns"]]
+            lines.append(" & ".join([""] + groups) + r" \\")
+        header = ["Method"] + [latex_escape(h) for _ in table["columns"]
+                               for h in ["n"] + [METRIC_LABELS.get(m, m) for m in metrics]]
+        lines += [" & ".join(header) + r" \\", r"\midrule"]
+        for row in table["rows"]:
+            cells = [latex_escape(row)]
+            for column in table["columns"]:
+                cell = table["cells"].get((row, column))
+                if cell is None:
+                    cells += ["0"] + ["--"] * len(metrics)
+                    continue
+                cells += [str(cell["n"])] + [latex_escape(_format_cell(cell["metrics"][m], cell["n"], scale, decimals))
+                                             for m in metrics]
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(lines))
+    if paired:
+        lines = [f"% paired comparison with {latex_escape(baseline)}: runs matched by (fold, seed)",
+                 r"\begin{tabular}{lll" + "r" * (len(PAIRED_HEADER) - 3) + "}", r"\toprule",
+                 " & ".join(latex_escape(h) for h in PAIRED_HEADER) + r" \\", r"\midrule"]
+        for dataset in sorted({r["dataset"] for r in paired}):
+            if len(tables) > 1:
+                lines.append(r"\multicolumn{%d}{l}{\emph{%s}} \\" % (len(PAIRED_HEADER), latex_escape(dataset)))
+            lines += [" & ".join(latex_escape(c) for c in _paired_cells(r, scale, decimals)) + r" \\"
+                      for r in paired if r["dataset"] == dataset]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def make_report(patterns=(), sweep_dir=None, out_dir=None, metrics=DEFAULT_METRICS, source="report",
                 rows=("method", "teacher"), ddof: int = 1, scale: float = 100.0, decimals: int = 2,
-                plot_metric: str = "tail_recall") -> dict:
-    """Collects, aggregates and writes everything; returns {"markdown", "paths", "tables", "missing"}."""
+                plot_metric: str = "tail_recall", baseline: str = "", paired_metrics=None) -> dict:
+    """Collects, aggregates and writes everything; returns {"markdown", "latex", "paths", "tables", "missing",
+    "runs", "paired"}. With `baseline`, `paired_comparisons` over `paired_metrics` (default `metrics`)."""
     runs, missing = collect_runs(patterns, sweep_dir)
     if not runs:
         raise ValueError("no finished run (results.json) found" + (f"; unfinished: {missing}" if missing else ""))
     metrics = tuple(metrics)
     aggregate_metrics = metrics + ((plot_metric,) if plot_metric and plot_metric not in metrics else ())
     tables = aggregate(runs, aggregate_metrics, source, rows, ddof)
+    # Checked before anything is written: a bad --baseline leaves no half-written report.
+    paired = paired_comparisons(runs, baseline, tuple(paired_metrics or metrics), source, rows) if baseline else None
     out_dir = out_dir or (os.path.join(sweep_dir, "report") if sweep_dir else "report")
     os.makedirs(out_dir, exist_ok=True)
     text = markdown(tables, metrics, source, scale, decimals, missing)
+    if paired is not None:
+        text += paired_markdown(paired, baseline, scale, decimals)
+    tex = latex(tables, metrics, source, scale, decimals, paired, baseline)
     paths = {"markdown": os.path.join(out_dir, "report.md"), "csv": os.path.join(out_dir, "report.csv"),
-             "runs_csv": os.path.join(out_dir, "runs.csv")}
-    with open(paths["markdown"] + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(paths["markdown"] + ".tmp", paths["markdown"])
+             "runs_csv": os.path.join(out_dir, "runs.csv"), "latex": os.path.join(out_dir, "report.tex")}
+    _write_text(paths["markdown"], text)
+    _write_text(paths["latex"], tex)
     write_csv(tables, metrics, paths["csv"])
     write_runs_csv(runs, aggregate_metrics, source, paths["runs_csv"])
+    if paired is not None:
+        paths["paired_csv"] = os.path.join(out_dir, "paired.csv")
+        write_paired_csv(paired, paths["paired_csv"])
     paths["plots"] = plot_tables(tables, plot_metric, out_dir) if plot_metric else []
-    return {"markdown": text, "paths": paths, "tables": tables, "missing": missing, "runs": runs}
+    return {"markdown": text, "latex": tex, "paths": paths, "tables": tables, "missing": missing, "runs": runs,
+            "paired": paired}
 
 
 def main(argv):
@@ -319,7 +493,7 @@ def main(argv):
         raise app.UsageError("give --sweep_dir and/or --runs")
     try:
         out = make_report(f.runs, f.sweep_dir, f.out_dir, f.metrics, f.source, f.rows, f.ddof, f.scale,
-                          f.decimals, f.plot_metric)
+                          f.decimals, f.plot_metric, f.baseline, f.paired_metrics)
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
@@ -343,6 +517,9 @@ def _define_flags():
     flags.DEFINE_float("scale", 100.0, "Multiplier of the shown scores (100: percentages).")
     flags.DEFINE_integer("decimals", 2, "Decimals shown.")
     flags.DEFINE_string("plot_metric", "tail_recall", "Metric plotted against the imbalance ratio ('' = none).")
+    flags.DEFINE_string("baseline", "", "Row label (e.g. 'bsm') every other row is compared with by paired "
+                        "t-test and exact Wilcoxon over matched (fold, seed) runs ('' = no comparison).")
+    flags.DEFINE_list("paired_metrics", [], "Metrics of the paired comparison (default: --metrics).")
 
 
 if __name__ == "__main__":
