@@ -21,6 +21,7 @@ bilinear resize with half-pixel centres (cv2.resize INTER_LINEAR there, jax.imag
 same min-max scaling once more. tests/test_explain.py checks the maps against that package on the same
 weights converted to torch (porting.resnet_weights.ekd_student_to_torchvision). Docs: docs/evaluation.md.
 """
+import functools
 import re
 from typing import Optional, Sequence, Tuple
 
@@ -83,6 +84,27 @@ def _forward(module, variables, inputs, target_path, delta, apply_kwargs, logits
     return logits.astype(jnp.float32), captured["activation"].astype(jnp.float32)
 
 
+def _vjp_pass(module, target_path, logits_key, apply_items):
+    """The jitted forward + backward pass; `apply_items` is `apply_kwargs` as sorted (key, value) pairs."""
+    apply_kwargs = dict(apply_items)
+
+    def run(variables, inputs, requested):
+        def logits_of(delta):
+            return _forward(module, variables, inputs, target_path, delta, apply_kwargs, logits_key)
+
+        shape = jax.eval_shape(logits_of, jnp.zeros((), jnp.float32))[1].shape
+        logits, pullback, activation = jax.vjp(logits_of, jnp.zeros(shape, jnp.float32), has_aux=True)
+        classes = jnp.where(requested >= 0, requested, jnp.argmax(logits, axis=-1))
+        (gradient,) = pullback(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))
+        return {"logits": logits, "classes": classes, "activations": activation, "gradients": gradient}
+
+    return jax.jit(run)
+
+
+# Compiled passes by (module, path, logits key, apply kwargs): batches of one shape compile once.
+_compiled_vjp_pass = functools.lru_cache(maxsize=8)(_vjp_pass)
+
+
 def activations_and_gradients(module: nn.Module, variables, inputs, target_path: Sequence[str],
                               target_classes=None, logits_key: Optional[str] = None, **apply_kwargs) -> dict:
     """Forward and one backward pass: {"logits" (N, C), "classes" (N,), "activations" (N, h, w, K),
@@ -98,25 +120,15 @@ def activations_and_gradients(module: nn.Module, variables, inputs, target_path:
     if target_path not in names:
         raise ValueError(f"no module at path {'/'.join(target_path)!r}; modules called: "
                          f"{sorted('/'.join(p) for p in names if p)[:40]}")
-    activation_shape = jax.eval_shape(
-        lambda v, x: _forward(module, v, x, target_path, jnp.zeros(()), apply_kwargs, logits_key)[1],
-        variables, inputs)
-    num = activation_shape.shape[0]
+    num = int(np.shape(inputs)[0])
     requested = np.full((num,), -1, np.int32) if target_classes is None else np.asarray(target_classes, np.int32)
     if requested.shape != (num,):
         raise ValueError(f"target_classes must have shape ({num},), got {requested.shape}")
-
-    @jax.jit
-    def run(variables, inputs, requested):
-        def logits_of(delta):
-            return _forward(module, variables, inputs, target_path, delta, apply_kwargs, logits_key)
-
-        zero = jnp.zeros(activation_shape.shape, jnp.float32)
-        logits, pullback, activation = jax.vjp(logits_of, zero, has_aux=True)
-        classes = jnp.where(requested >= 0, requested, jnp.argmax(logits, axis=-1))
-        (gradient,) = pullback(jax.nn.one_hot(classes, logits.shape[-1], dtype=logits.dtype))
-        return {"logits": logits, "classes": classes, "activations": activation, "gradients": gradient}
-
+    key = (module, target_path, logits_key, tuple(sorted(apply_kwargs.items())))
+    try:
+        run = _compiled_vjp_pass(*key)
+    except TypeError:  # an unhashable module field: compile for this call only
+        run = _vjp_pass(*key)
     out = jax.device_get(run(variables, inputs, requested))
     if out["activations"].ndim != 4:
         raise ValueError(f"the target layer's output must be (N, h, w, K) feature maps, got {out['activations'].shape}")

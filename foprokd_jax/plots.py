@@ -357,3 +357,19 @@ def plot_metric_vs_imbalance(series: dict, out_png: str, metric_label: str = "ta
     axis.set_title(title or f"{metric_label} vs imbalance (mean ± std)", fontsize=10)
     figure.tight_layout()
     return _save(figure, out_png)
+
+
+def plot_image_panels(panels: Sequence[tuple], out_png: str, title: Optional[str] = None) -> str:
+    """One row of images side by side: `panels` is [(subtitle, uint8 HWC image), ...] (e.g. an input image and
+    its Grad-CAM / Grad-CAM++ overlays from explain.overlay)."""
+    figure = Figure(figsize=(2.6 * len(panels), 2.9))
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axis, (subtitle, image) in zip(axes, panels):
+        axis.imshow(image)
+        axis.set_title(subtitle, fontsize=8)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return _save(figure, out_png)

@@ -128,3 +128,77 @@ def test_gradcam_input_checks_and_overlay(student_and_torch):
     probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
     labels = np.array([0, 1, 0, 0, 1])
     np.testing.assert_array_equal(explain.worst_classified(probs, labels, 2), [3, 2, 4, 1])
+
+
+# ---- launch/explain.py on an exported student (the artifact format of export.py), tiny trunk ----
+
+def _tiny_artifact(path):
+    from foprokd_jax import export
+    from foprokd_jax.porting import artifact
+
+    student = EKDStudent(num_classes=3, teacher_dim=None, stage_sizes=(1, 1), width=8)
+    variables = student.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
+    variables = jax.tree.map(np.asarray, flax.core.unfreeze(variables))
+    meta = {"arch": "student:EKDStudent", "kind": export.KIND, "module": export.module_description(student),
+            "logits_key": "z1", "class_names": ["NV", "MEL", "DF"], "image_size": 32, "checkpoint_step": 7}
+    artifact.save_artifact(path, variables, meta)
+    return student, variables
+
+
+def test_explain_cli_on_an_exported_student(tmp_path):
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from foprokd_jax import export
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    artifact_path = str(tmp_path / "student.npz")
+    _tiny_artifact(artifact_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("b", "a", "c"):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    cli = [sys.executable, os.path.join(root, "launch", "explain.py"), f"--artifact={artifact_path}"]
+    out_dir = tmp_path / "cams"
+    r = subprocess.run(cli + [f"--images={folder}", f"--out_dir={out_dir}", "--batch_size=2"], capture_output=True,
+                       text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 images explained at trunk/layer2_0" in r.stdout
+    with open(out_dir / "explanations.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["image_id"] for row in rows] == ["a", "b", "c"]
+    # The maps equal an in-process computation on the exported module (uint8 in, logits out).
+    module, variables, _ = export.load_student_with_meta(artifact_path)
+    images = np.stack([np.asarray(Image.open(folder / f"{n}.png")) for n in ("a", "b", "c")])
+    expected = explain.class_activation_maps(module, variables, images)
+    assert expected["target_path"] == ("trunk", "layer2_0")
+    saved = np.load(out_dir / "maps.npz")
+    for method in explain.METHODS:
+        np.testing.assert_allclose(saved[method], expected[method], atol=1e-5)
+    assert [int(row["target"]) for row in rows] == expected["classes"].tolist()
+    assert [row["target"] for row in rows] == [row["prediction"] for row in rows]
+    for row in rows:
+        with open(out_dir / row["png"], "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # TensorBoard: an event file, and the PNG copies of its images, tagged per method at the checkpoint's step.
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(out_dir / "tb"))
+    copies = sorted(os.listdir(out_dir / "images"))
+    assert len(copies) == 6 and "gradcam_pp_000_a_7.png" in copies and "gradcam_000_a_7.png" in copies
+
+    # Bad inputs: one error line, nothing written.
+    for extra, needle in ((["--target=label", f"--images={folder}"], "--target=label needs labelled images"),
+                          ([f"--images={folder}", "--layer=trunk/nope"], "no module at path 'trunk/nope'"),
+                          ([f"--images={folder}", "--worst_per_class=2"], "exactly one of --images and --worst"),
+                          ([f"--images={folder}", "--image_weight=2"], "--image_weight must lie in [0, 1]")):
+        bad = subprocess.run(cli + extra + [f"--out_dir={tmp_path / 'bad'}"], capture_output=True, text=True,
+                             env=env, cwd=root, timeout=300)
+        errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+        assert bad.returncode == 1 and len(errors) == 1 and needle in errors[0], bad.stderr[-2000:]
+        assert not os.path.exists(tmp_path / "bad")
