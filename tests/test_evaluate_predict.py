@@ -278,6 +278,31 @@ def test_exported_student_is_verified(mini_sweep, restored, tmp_path):
         predict.predict(str(tmp_path), str(tmp_path / "x.csv"))
 
 
+def test_explain_worst_classified_test_images_of_a_run(mini_sweep, restored, tmp_path):
+    """launch/explain.py's code on a trained run: per class the test image with the lowest true-class probability,
+    explained for its true class at the student's last stage."""
+    from foprokd_jax import explain
+    from foprokd_jax.cli import explain as explain_cli
+
+    out = explain_cli.explain(str(tmp_path / "cams"), workdir=mini_sweep["workdir"], worst_per_class=1,
+                              target="label", restored=restored)
+    source = restored.dataset.sources["test"]
+    logits, labels = evaluation.predict_split(restored.parts.predict_step, restored.state, source,
+                                              restored.config.input.eval_batch_size, restored.mesh)
+    probs = metrics.softmax(logits)
+    chosen = explain.worst_classified(probs, labels, 1)
+    assert len(chosen) == len(np.unique(labels))
+    ids = restored.dataset.ids["test"]
+    rows = out["rows"]
+    assert [row["image_id"] for row in rows] == [str(ids[i]) for i in chosen]
+    assert [row["target"] for row in rows] == [row["label"] for row in rows] == labels[chosen].tolist()
+    # The explained student (export.InferenceStudent on the run's variables) scores as the run's predict_step.
+    np.testing.assert_allclose([row["p_target"] for row in rows], probs[chosen, labels[chosen]], rtol=1e-4, atol=1e-6)
+    assert out["target_path"][0] == "trunk" and out["target_path"][-1].startswith("layer")
+    assert out["maps"]["gradcam"].shape == (len(chosen), 16, 16)
+    assert os.path.isfile(os.path.join(out["out_dir"], rows[0]["png"]))
+
+
 def test_sweep_skips_done_runs_resumes_unfinished_and_reports_failures(mini_sweep, monkeypatch):
     """Runs last: it rewrites the sweep's sweep.json with another grid."""
     for key, value in CHILD_ENV.items():
