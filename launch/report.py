@@ -40,7 +40,10 @@ DEFAULT_METRICS = ("bacc", "macro_f1", "tail_recall", "medium_recall", "head_rec
 SOURCES = ("report", "selection", "last_evals_mean")
 METRIC_LABELS = {"bacc": "BAcc", "macro_f1": "F1", "tail_recall": "Tail", "medium_recall": "Med.",
                  "head_recall": "Head", "mcc": "MCC", "accuracy": "Acc", "auc": "AUC", "macro_precision": "Prec",
-                 "macro_recall": "Rec", "macro_specificity": "Spec", "kappa": "κ", "kappa_quadratic": "κ (quad.)"}
+                 "macro_recall": "Rec", "macro_specificity": "Spec", "kappa": "κ", "kappa_quadratic": "κ (quad.)",
+                 "calibration/ece": "ECE", "calibration/ece_mass": "ECE (mass)", "calibration/brier": "Brier",
+                 "calibration/nll": "NLL", "calibration/temperature_scaling/after/ece": "ECE (T)",
+                 "calibration/temperature_scaling/after/nll": "NLL (T)"}
 # Rows are listed baseline first, then in the order the methods build on each other.
 METHOD_ORDER = ("bsm", "ekd", "fopro", "crckd")
 
@@ -138,11 +141,16 @@ def row_label(run: dict, fields) -> str:
 
 
 def metric_value(run: dict, source: str, metric: str):
-    """A finite float or None; 'recall/<class>' reads a per-class recall."""
+    """A finite float or None; 'recall/<class>' reads a per-class recall, any other 'a/b/...' a nested value of
+    the block (e.g. 'calibration/ece', 'calibration/temperature_scaling/after/ece', 'bootstrap/bacc/low')."""
     report = run["results"].get(source) or {}
     value = report.get(metric)
     if value is None and metric.startswith("recall/"):
         value = (report.get("per_class_recall") or {}).get(metric.split("/", 1)[1])
+    elif value is None and "/" in metric:
+        value = report
+        for part in metric.split("/"):
+            value = value.get(part) if isinstance(value, dict) else None
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None

@@ -133,6 +133,13 @@ def test_report_rows_by_teacher_and_per_class_recall(tmp_path):
     assert float(rows["ekd (dinov2_s14)"]["imb=0.005/recall/DF/mean"]) == pytest.approx(np.mean(df))
     assert float(rows["ekd (dinov2_s14)"]["imb=0.005/recall/DF/std"]) == pytest.approx(np.std(df))
     assert out["paths"]["plots"] == []
+    # Nested blocks of the report (the calibration that evaluation.uncertainty_report adds) are columns too.
+    run = {"results": {"report": {"calibration": {"ece": 0.125, "temperature_scaling": {"after": {"ece": 0.03}}},
+                                  "per_class_recall": {"DF": 0.5}}}}
+    assert report.metric_value(run, "report", "calibration/ece") == 0.125
+    assert report.metric_value(run, "report", "calibration/temperature_scaling/after/ece") == 0.03
+    assert report.metric_value(run, "report", "recall/DF") == 0.5
+    assert report.metric_value(run, "report", "calibration/nope") is None
     with pytest.raises(FileNotFoundError, match="matches nothing"):
         report.make_report([str(tmp_path / "nothing*")])
 
