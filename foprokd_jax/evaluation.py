@@ -4,7 +4,9 @@
 multi-process aware. `restore_run` rebuilds a run from its workdir alone: config.json -> the dataset
 (data.registry) and the method (methods.build_method), then the chosen checkpoint through
 checkpointing.Checkpointer. `evaluate_run` is what launch/evaluate.py does. Metrics: metrics.full_report
-(docs/reference_semantics.md §9, docs/crckd.md §R9). Docs: docs/evaluation.md.
+(docs/reference_semantics.md §9, docs/crckd.md §R9); calibration (calibration.py: ECE, Brier, NLL, temperature
+scaling fitted on another split) and stratified bootstrap intervals (statistics.py) by `uncertainty_report`.
+Docs: docs/evaluation.md.
 """
 import csv
 import dataclasses
@@ -18,7 +20,7 @@ from absl import logging
 import numpy as np
 from jax.experimental import multihost_utils
 
-from foprokd_jax import checkpointing, methods, metrics, parallel, plots
+from foprokd_jax import calibration, checkpointing, methods, metrics, parallel, plots, statistics
 from foprokd_jax.data import pipeline, registry
 
 
@@ -137,6 +139,23 @@ def report_from_logits(logits, labels, dataset, config) -> dict:
                                config.eval.head_min, config.eval.tail_max, predictions=np.argmax(logits, axis=1))
 
 
+def uncertainty_report(logits, labels, class_names, fit_logits=None, fit_labels=None, fit_split=None,
+                       num_bins: int = calibration.DEFAULT_NUM_BINS,
+                       bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
+                       confidence: float = statistics.DEFAULT_CONFIDENCE) -> dict:
+    """{"calibration": calibration.calibration_report, "bootstrap": statistics.bootstrap_intervals} of one split.
+
+    `fit_logits`/`fit_labels` (another split, e.g. val) fit the temperature whose effect is reported on
+    `logits`; without them there is no "temperature_scaling" block. `bootstrap_resamples=0` leaves the
+    bootstrap out. Predictions are the argmax of the logits, as in `report_from_logits`.
+    """
+    out = {"calibration": calibration.calibration_report(logits, labels, num_bins, fit_logits, fit_labels, fit_split)}
+    if bootstrap_resamples:
+        out["bootstrap"] = statistics.bootstrap_intervals(labels, np.argmax(logits, axis=1), class_names,
+                                                          bootstrap_resamples, bootstrap_seed, confidence)
+    return out
+
+
 def write_predictions_csv(path: str, ids, labels, probs, class_names, write_labels: bool = True) -> str:
     """One line per image: id, [label, label name,] prediction, prediction name, p_<class>..."""
     probs = np.asarray(probs)
@@ -157,27 +176,49 @@ def write_predictions_csv(path: str, ids, labels, probs, class_names, write_labe
 
 
 def evaluate_run(workdir: str, checkpoint: str = "best", split: str = "test", out_dir: Optional[str] = None,
-                 eval_batch_size: Optional[int] = None) -> dict:
-    """launch/evaluate.py: `restore_run` then `write_evaluation`."""
-    return write_evaluation(restore_run(workdir, checkpoint), split, out_dir, eval_batch_size)
+                 eval_batch_size: Optional[int] = None, **uncertainty) -> dict:
+    """launch/evaluate.py: `restore_run` then `write_evaluation` (keyword arguments: its calibration/bootstrap ones)."""
+    return write_evaluation(restore_run(workdir, checkpoint), split, out_dir, eval_batch_size, **uncertainty)
 
 
 def write_evaluation(run: RestoredRun, split: str = "test", out_dir: Optional[str] = None,
-                     eval_batch_size: Optional[int] = None) -> dict:
-    """metrics.json, confusion_matrix.png, per_class_recall.png and predictions.csv of a restored run.
+                     eval_batch_size: Optional[int] = None, calibrate_on: Optional[str] = "val",
+                     num_bins: int = calibration.DEFAULT_NUM_BINS,
+                     bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
+                     confidence: float = statistics.DEFAULT_CONFIDENCE) -> dict:
+    """metrics.json, confusion_matrix.png, per_class_recall.png, reliability_diagram.png, predictions.csv.
 
     Written by process 0 into `out_dir` (default <workdir>/eval/<split>_step<step>). Returns the metrics dict
-    (full_report plus workdir, split, checkpoint_step, files).
+    (full_report plus workdir, split, checkpoint_step, files, and `uncertainty_report`'s "calibration" and
+    "bootstrap"). The temperature is fitted on `calibrate_on` (default 'val'; None or '' for none); it is
+    skipped, with the reason in calibration["temperature_scaling_skipped"], when that split is the evaluated
+    one (an in-sample fit) or the dataset has no such split (APTOS has no val).
     """
     workdir = run.workdir
     report, logits, labels = restored_split_report(run, split, eval_batch_size)
     out_dir = out_dir or os.path.join(workdir, "eval", f"{split}_step{run.step}")
     names = list(run.dataset.class_names)
+    skipped = None
+    if not calibrate_on:
+        skipped = "no split given for temperature scaling"
+    elif calibrate_on == split:
+        skipped = f"the temperature would be fitted on the evaluated split {split!r} itself"
+    elif calibrate_on not in run.dataset.sources:
+        skipped = f"{run.dataset.name} has no {calibrate_on!r} split"
+    fit_logits = fit_labels = None
+    if skipped is None:
+        fit_logits, fit_labels = predict_split(run.parts.predict_step, run.state, run.dataset.sources[calibrate_on],
+                                               eval_batch_size or run.config.input.eval_batch_size, run.mesh)
+    uncertainty = uncertainty_report(logits, labels, names, fit_logits, fit_labels, calibrate_on if skipped is None
+                                     else None, num_bins, bootstrap_resamples, bootstrap_seed, confidence)
+    if skipped is not None:
+        uncertainty["calibration"]["temperature_scaling_skipped"] = skipped
     files = {name: os.path.join(out_dir, name) for name in
-             ("metrics.json", "confusion_matrix.png", "per_class_recall.png", "predictions.csv")}
+             ("metrics.json", "confusion_matrix.png", "per_class_recall.png", "reliability_diagram.png",
+              "predictions.csv")}
     result = {"workdir": os.path.abspath(workdir), "split": split, "checkpoint_step": run.step,
               "dataset": run.dataset.name, "method": run.config.method, "class_names": names, **report,
-              "files": files}
+              **uncertainty, "files": files}
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         ids = run.dataset.ids.get(split)
@@ -186,9 +227,19 @@ def write_evaluation(run: RestoredRun, split: str = "test", out_dir: Optional[st
         write_predictions_csv(files["predictions.csv"], ids, labels, metrics.softmax(logits), names)
         plots.plot_confusion_matrix(np.asarray(report["confusion"]), names, files["confusion_matrix.png"],
                                     title=f"{split}, step {run.step}: balanced accuracy {report['bacc']:.3f}")
+        intervals = uncertainty.get("bootstrap")
         plots.plot_per_class_recall(report["per_class_recall"], run.dataset.train_counts,
                                     files["per_class_recall.png"], run.config.eval.head_min,
-                                    run.config.eval.tail_max)
+                                    run.config.eval.tail_max,
+                                    recall_intervals=intervals["per_class_recall"] if intervals else None,
+                                    interval_label=f"{100 * confidence:g} % stratified bootstrap CI")
+        calib = uncertainty["calibration"]
+        scaling = calib.get("temperature_scaling")
+        plots.plot_reliability_diagram(
+            calib["bins"]["width"], files["reliability_diagram.png"],
+            title=f"{split}, step {run.step}: reliability ({num_bins} equal-width bins)",
+            after=scaling["after"]["bins"]["width"] if scaling else None,
+            after_label=f"T = {scaling['temperature']:.3g} fitted on {calibrate_on}" if scaling else "")
         with open(files["metrics.json"] + ".tmp", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, allow_nan=False)
         os.replace(files["metrics.json"] + ".tmp", files["metrics.json"])

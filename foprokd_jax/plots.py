@@ -154,12 +154,16 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str], out_png: str, n
 
 
 def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, head_min: int = 700,
-                          tail_max: int = 70, title: str = "Per-class recall along the long tail") -> str:
+                          tail_max: int = 70, title: str = "Per-class recall along the long tail",
+                          recall_intervals: Optional[dict] = None,
+                          interval_label: str = "95 % bootstrap CI") -> str:
     """Recall bars from head to tail (sorted by train count), train counts on a log secondary axis.
 
     `train_counts` is a dict by class name or a sequence in the order of `per_class_recall`. Bars are
     coloured head/medium/tail (train count > head_min / between / < tail_max, as in
     `metrics.classification_report`); a class whose recall is None (no eval examples) gets "n/a".
+    `recall_intervals` ({name: {"low", "high"} or None}, e.g. `statistics.bootstrap_intervals(...)
+    ["per_class_recall"]`) draws each bar's confidence interval as an error bar.
     """
     names = list(per_class_recall)
     if isinstance(train_counts, dict):
@@ -179,6 +183,13 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
     positions = np.arange(len(names))
     heights = [r if r is not None else 0.0 for r in recalls]
     bars = axis.bar(positions, heights, color=[_GROUP_COLORS[g] for g in groups], width=0.65, zorder=2)
+    if recall_intervals:
+        # Asymmetric bars from the interval's ends; classes without an interval get none.
+        intervals = [recall_intervals.get(name) for name in names]
+        lower = [h - ci["low"] if ci else 0.0 for h, ci in zip(heights, intervals)]
+        upper = [ci["high"] - h if ci else 0.0 for h, ci in zip(heights, intervals)]
+        axis.errorbar(positions, heights, yerr=[np.maximum(lower, 0), np.maximum(upper, 0)], fmt="none",
+                      ecolor="0.15", elinewidth=1.0, capsize=3, zorder=3)
     axis.set_ylim(0, 1.1)
     axis.set_ylabel("recall (eval)")
     axis.set_xticks(positions)
@@ -196,9 +207,12 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
 
     # Recall labels go on the twin axis (in the bar axis' coordinates) so they sit above the count
     # line, which the twin axis would otherwise draw over them.
-    for bar, recall in zip(bars, recalls):
+    for bar, recall, name in zip(bars, recalls, names):
         center = bar.get_x() + bar.get_width() / 2
         text, height = ("n/a", 0.15) if recall is None else (f"{recall:.2f}", recall + 0.015)
+        interval = (recall_intervals or {}).get(name) if recall is not None else None
+        if interval:
+            height = max(height, interval["high"] + 0.015)  # above the error bar
         count_axis.text(center, height, text, transform=axis.transData, ha="center", va="bottom", fontsize=8,
                         color="gray" if recall is None else "black", zorder=5,
                         bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
@@ -212,7 +226,51 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
     # Below the axes: inside, it would hide the bars whenever tail recall is high.
     axis.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22),
                 ncol=len(handles), frameon=False)
-    axis.set_title(title, fontsize=10)
+    axis.set_title(f"{title} (error bars: {interval_label})" if recall_intervals else title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, out_png)
+
+
+def plot_reliability_diagram(bins: dict, out_png: str, title: Optional[str] = None, after: Optional[dict] = None,
+                             after_label: str = "after temperature scaling") -> str:
+    """Reliability diagram of `calibration.reliability_bins` output: accuracy vs confidence per bin.
+
+    Top: one bar per non-empty bin at its mean confidence (width = the bin's width), height = the bin's
+    accuracy, the gap to the diagonal shaded; `after` (bins of the temperature-scaled model) is drawn as a
+    line. Bottom: the share of examples per bin. ECE in the legend.
+    """
+    edges = np.asarray(bins["edges"], np.float64)
+    counts = np.asarray(bins["count"], np.float64)
+    figure = Figure(figsize=(5.2, 6.0))
+    axis, hist_axis = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    axis.plot([0, 1], [0, 1], color="0.4", linestyle="--", linewidth=1.0, label="perfect calibration")
+    nonempty = [i for i, n in enumerate(counts) if n > 0]
+    lefts, widths = edges[:-1], np.diff(edges)
+    accuracy = [bins["accuracy"][i] for i in nonempty]
+    confidence = [bins["confidence"][i] for i in nonempty]
+    axis.bar([lefts[i] for i in nonempty], accuracy, width=[widths[i] for i in nonempty], align="edge",
+             color="#4c72b0", edgecolor="white", linewidth=0.6, alpha=0.85, zorder=2,
+             label=f"accuracy ({bins['binning']} bins), ECE {100 * bins['ece']:.2f} %")
+    axis.bar([lefts[i] for i in nonempty], np.subtract(confidence, accuracy), bottom=accuracy,
+             width=[widths[i] for i in nonempty], align="edge", color="#c44e52", alpha=0.35, zorder=2,
+             hatch="//", edgecolor="#c44e52", linewidth=0.0, label="gap to mean confidence")
+    if after is not None:
+        kept = [i for i, n in enumerate(after["count"]) if n > 0]
+        axis.plot([after["confidence"][i] for i in kept], [after["accuracy"][i] for i in kept], marker="o",
+                  markersize=4, color="#dd8452", linewidth=1.4, zorder=3,
+                  label=f"{after_label}, ECE {100 * after['ece']:.2f} %")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("accuracy")
+    axis.grid(True, alpha=0.3, zorder=0)
+    axis.legend(fontsize=7, loc="upper left")
+    axis.set_title(title or "Reliability diagram (top-label confidence)", fontsize=10)
+    total = max(counts.sum(), 1.0)
+    hist_axis.bar(lefts, counts / total, width=widths, align="edge", color="0.5", edgecolor="white",
+                  linewidth=0.6)
+    hist_axis.set_xlabel("confidence (max probability)")
+    hist_axis.set_ylabel("share")
+    hist_axis.grid(True, axis="y", alpha=0.3)
     figure.tight_layout()
     return _save(figure, out_png)
 
@@ -298,5 +356,21 @@ def plot_metric_vs_imbalance(series: dict, out_png: str, metric_label: str = "ta
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7, loc="best")
     axis.set_title(title or f"{metric_label} vs imbalance (mean ± std)", fontsize=10)
+    figure.tight_layout()
+    return _save(figure, out_png)
+
+
+def plot_image_panels(panels: Sequence[tuple], out_png: str, title: Optional[str] = None) -> str:
+    """One row of images side by side: `panels` is [(subtitle, uint8 HWC image), ...] (e.g. an input image and
+    its Grad-CAM / Grad-CAM++ overlays from explain.overlay)."""
+    figure = Figure(figsize=(2.6 * len(panels), 2.9))
+    axes = np.atleast_1d(figure.subplots(1, len(panels)))
+    for axis, (subtitle, image) in zip(axes, panels):
+        axis.imshow(image)
+        axis.set_title(subtitle, fontsize=8)
+        axis.set_xticks([])
+        axis.set_yticks([])
+    if title:
+        figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return _save(figure, out_png)

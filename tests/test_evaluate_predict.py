@@ -15,7 +15,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import isic
-from foprokd_jax import checkpointing, demo, evaluation, export, metrics, parallel
+from foprokd_jax import calibration, checkpointing, demo, evaluation, export, metrics, parallel
 from foprokd_jax.data import synthetic
 from foprokd_jax.cli import predict, report, sweep
 
@@ -162,8 +162,21 @@ def test_evaluate_reproduces_results_json(mini_sweep, restored):
     confusion = metrics.confusion_from_vectors([int(r["label"]) for r in rows], [int(r["prediction"]) for r in rows],
                                                len(results["class_names"]))
     assert confusion.tolist() == saved["confusion"]
-    for name in ("confusion_matrix.png", "per_class_recall.png"):
+    for name in ("confusion_matrix.png", "per_class_recall.png", "reliability_diagram.png"):
         assert os.path.getsize(out["files"][name]) > 0
+    # Calibration of the same probabilities the CSV holds (6 significant digits), the temperature fitted on
+    # val, and bootstrap intervals around the report's own numbers.
+    labels = np.array([int(r["label"]) for r in rows])
+    assert out["calibration"]["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])),
+                                                      rel=1e-4)
+    assert out["calibration"]["ece"] == pytest.approx(calibration.expected_calibration_error(probs, labels), abs=1e-4)
+    scaling = out["calibration"]["temperature_scaling"]
+    assert scaling["fitted_on"] == "val" and scaling["temperature"] > 0
+    assert scaling["fit_nll_after"] <= scaling["fit_nll_before"] + 1e-12
+    boot = out["bootstrap"]
+    assert boot["n_resamples"] == 1000 and boot["bacc"]["estimate"] == pytest.approx(saved["bacc"], abs=1e-12)
+    assert boot["bacc"]["low"] <= saved["bacc"] <= boot["bacc"]["high"]
+    assert set(boot["per_class_recall"]) == set(results["class_names"])
 
 
 def test_evaluate_cli_selection_split_and_errors(mini_sweep, restored, tmp_path):
@@ -179,6 +192,13 @@ def test_evaluate_cli_selection_split_and_errors(mini_sweep, restored, tmp_path)
         out = json.load(f)
     for key in ("bacc", "macro_f1", "mcc", "per_class_recall", "confusion"):
         assert out[key] == results["selection"][key], key
+    # Evaluating val itself: no in-sample temperature fit; the other statistics are there.
+    assert "temperature_scaling" not in out["calibration"]
+    assert "evaluated split 'val'" in out["calibration"]["temperature_scaling_skipped"]
+    assert {"ece", "ece_mass", "brier", "nll"} <= set(out["calibration"]) and "bootstrap" in out
+    assert "calibration: ECE" in r.stdout and "bootstrap 95 % CI (1000 replicates)" in r.stdout
+    bad = subprocess.run(cli + ["--num_bins=0"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == "error: --num_bins must be >= 1, got 0"
     with checkpointing.Checkpointer(mini_sweep["workdir"]) as ckpt:
         assert evaluation.resolve_checkpoint(ckpt, "latest") == 2
         assert evaluation.resolve_checkpoint(ckpt, "best") == results["best_step"]
@@ -256,6 +276,31 @@ def test_exported_student_is_verified(mini_sweep, restored, tmp_path):
         export.load_student(os.path.join(mini_sweep["data"], "teacher.npz"))
     with pytest.raises(ValueError, match="exactly one"):
         predict.predict(str(tmp_path), str(tmp_path / "x.csv"))
+
+
+def test_explain_worst_classified_test_images_of_a_run(mini_sweep, restored, tmp_path):
+    """launch/explain.py's code on a trained run: per class the test image with the lowest true-class probability,
+    explained for its true class at the student's last stage."""
+    from foprokd_jax import explain
+    from foprokd_jax.cli import explain as explain_cli
+
+    out = explain_cli.explain(str(tmp_path / "cams"), workdir=mini_sweep["workdir"], worst_per_class=1,
+                              target="label", restored=restored)
+    source = restored.dataset.sources["test"]
+    logits, labels = evaluation.predict_split(restored.parts.predict_step, restored.state, source,
+                                              restored.config.input.eval_batch_size, restored.mesh)
+    probs = metrics.softmax(logits)
+    chosen = explain.worst_classified(probs, labels, 1)
+    assert len(chosen) == len(np.unique(labels))
+    ids = restored.dataset.ids["test"]
+    rows = out["rows"]
+    assert [row["image_id"] for row in rows] == [str(ids[i]) for i in chosen]
+    assert [row["target"] for row in rows] == [row["label"] for row in rows] == labels[chosen].tolist()
+    # The explained student (export.InferenceStudent on the run's variables) scores as the run's predict_step.
+    np.testing.assert_allclose([row["p_target"] for row in rows], probs[chosen, labels[chosen]], rtol=1e-4, atol=1e-6)
+    assert out["target_path"][0] == "trunk" and out["target_path"][-1].startswith("layer")
+    assert out["maps"]["gradcam"].shape == (len(chosen), 16, 16)
+    assert os.path.isfile(os.path.join(out["out_dir"], rows[0]["png"]))
 
 
 def test_sweep_skips_done_runs_resumes_unfinished_and_reports_failures(mini_sweep, monkeypatch):

@@ -137,6 +137,13 @@ def test_report_rows_by_teacher_and_per_class_recall(tmp_path):
     assert float(rows["ekd (dinov2_s14)"]["imb=0.005/recall/DF/mean"]) == pytest.approx(np.mean(df))
     assert float(rows["ekd (dinov2_s14)"]["imb=0.005/recall/DF/std"]) == pytest.approx(np.std(df))
     assert out["paths"]["plots"] == []
+    # Nested blocks of the report (the calibration that evaluation.uncertainty_report adds) are columns too.
+    run = {"results": {"report": {"calibration": {"ece": 0.125, "temperature_scaling": {"after": {"ece": 0.03}}},
+                                  "per_class_recall": {"DF": 0.5}}}}
+    assert report.metric_value(run, "report", "calibration/ece") == 0.125
+    assert report.metric_value(run, "report", "calibration/temperature_scaling/after/ece") == 0.03
+    assert report.metric_value(run, "report", "recall/DF") == 0.5
+    assert report.metric_value(run, "report", "calibration/nope") is None
     with pytest.raises(FileNotFoundError, match="matches nothing"):
         report.make_report([str(tmp_path / "nothing*")])
 
@@ -163,3 +170,69 @@ def test_report_datasets_without_imbalance_factors_share_one_csv(tmp_path):
     assert "### aptos" in out["markdown"] and "| Method | n | BAcc |" in out["markdown"]
     # Only the dataset with imbalance factors gets the plot.
     assert [os.path.basename(p) for p in out["paths"]["plots"]] == ["tail_recall_vs_imbalance_isic2019_lt.png"]
+
+
+def _write_run(folder, method, fold, seed, scores, imb="0.01", teacher=None):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w") as f:
+        json.dump({"method": method, "dataset": "isic2019_lt", "imb": imb, "fold": fold, "seed": seed,
+                   "teacher": teacher, "report": scores}, f)
+
+
+def test_paired_comparison_with_a_baseline_equals_scipy_and_is_in_every_output(tmp_path):
+    import scipy.stats
+
+    rng = np.random.default_rng(4)
+    base, ekd = {}, {}
+    for fold in (1, 2, 3, 4, 5):
+        base[fold] = {"bacc": float(rng.uniform(0.5, 0.6)), "macro_f1": float(rng.uniform(0.4, 0.5))}
+        ekd[fold] = {"bacc": base[fold]["bacc"] + float(rng.normal(0.02, 0.01)),
+                     "macro_f1": base[fold]["macro_f1"] + float(rng.normal(0.0, 0.02))}
+        _write_run(tmp_path / "runs" / f"bsm_{fold}", "bsm", fold, 0, base[fold])
+        if fold != 5:  # ekd fold 5 unfinished: fold 5 of the baseline has no partner
+            _write_run(tmp_path / "runs" / f"ekd_{fold}", "ekd", fold, 0, ekd[fold], teacher="moco_r50")
+    _write_run(tmp_path / "runs" / "ekd_9", "ekd", 9, 0, {"bacc": 0.9}, teacher="moco_r50")  # no baseline partner
+    out = report.make_report([str(tmp_path / "runs" / "*")], out_dir=str(tmp_path / "rep"),
+                             metrics=("bacc", "macro_f1"), plot_metric="", baseline="bsm")
+    records = {r["metric"]: r for r in out["paired"]}
+    assert set(records) == {"bacc", "macro_f1"}
+    for metric, record in records.items():
+        a = [ekd[f][metric] for f in (1, 2, 3, 4)]
+        b = [base[f][metric] for f in (1, 2, 3, 4)]
+        assert record["method"] == "ekd (moco_r50)" and record["n"] == 4 and record["unmatched"] == 2
+        assert record["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)), abs=1e-15)
+        assert record["p_t"] == pytest.approx(scipy.stats.ttest_rel(a, b).pvalue, rel=1e-10)
+        assert record["p_wilcoxon"] == pytest.approx(scipy.stats.wilcoxon(a, b).pvalue, rel=1e-12)
+        assert record["pairs"] == [[1, 0], [2, 0], [3, 0], [4, 0]]
+    rows = _read_csv(out["paths"]["paired_csv"])
+    assert [row["metric"] for row in rows] == ["bacc", "macro_f1"]
+    assert float(rows[0]["p_t"]) == records["bacc"]["p_t"]  # the CSV keeps the exact value
+    assert "## Paired comparison with `bsm`" in out["markdown"]
+    assert f"| {records['bacc']['p_t']:.4g} |" in out["markdown"]
+    with open(out["paths"]["latex"]) as f:
+        tex = f.read()
+    assert tex == out["latex"]
+    assert tex.count(r"\begin{tabular}") == 2 and tex.count(r"\bottomrule") == 2
+    assert r"ekd (moco\_r50) & 5 & " in tex  # 4 paired folds + fold 9
+    mean, std = np.mean([base[f]["bacc"] for f in base]), np.std([base[f]["bacc"] for f in base], ddof=1)
+    assert rf"bsm & 5 & {100 * mean:.2f} $\pm$ {100 * std:.2f} & " in tex
+    assert r"\multicolumn{3}{c}{imb 0.01}" in tex
+    # A baseline that is no row: refused before anything is written, as one error line from the CLI.
+    with pytest.raises(ValueError, match="'fopro' is not a row"):
+        report.make_report([str(tmp_path / "runs" / "*")], out_dir=str(tmp_path / "nope"), baseline="fopro")
+    assert not os.path.exists(tmp_path / "nope")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "report.py"), f"--runs={tmp_path}/runs/*",
+                        f"--out_dir={tmp_path}/cli", "--baseline=fopro"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "error: --baseline 'fopro' is not a row of the report; rows: ['bsm', 'ekd (moco_r50)']"]
+    # Two runs of one row with the same fold and seed cannot be paired.
+    _write_run(tmp_path / "runs" / "bsm_1_again", "bsm", 1, 0, {"bacc": 0.5})
+    with pytest.raises(ValueError, match="share fold 1 and seed 0"):
+        report.make_report([str(tmp_path / "runs" / "*")], out_dir=str(tmp_path / "rep2"), baseline="bsm")
+
+
+def test_latex_escape():
+    assert report.latex_escape("a_b & 50% #1 {x} ~ ^ \\") == (r"a\_b \& 50\% \#1 \{x\} \textasciitilde{} "
+                                                               r"\textasciicircum{} \textbackslash{}")
+    assert report.latex_escape("70.1 ± 2.0 —") == r"70.1 $\pm$ 2.0 --"

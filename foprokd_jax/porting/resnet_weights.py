@@ -11,7 +11,10 @@ never imports torch. The mapping is mechanical because the Flax module reuses to
   layer1.0.downsample.1.*           -> .../layer1_0/downsample_bn/*
   fc.{weight,bias}                  -> params/fc/{kernel (transposed), bias}
 
-``num_batches_tracked`` has no Flax counterpart and is skipped. The converted tree is checked against
+``num_batches_tracked`` has no Flax counterpart and is skipped. The inverse direction
+(``flax_resnet_to_torchvision``, ``ekd_student_to_torchvision``: Flax variables -> torchvision state dict
+of numpy arrays) serves parity checks against torch tools, e.g. the Grad-CAM comparison of
+tests/test_explain.py; it writes ``num_batches_tracked = 0`` so that ``load_state_dict(strict=True)`` accepts it. The converted tree is checked against
 ``jax.eval_shape`` of the Flax model's init, and any unexpected key, missing key or shape mismatch
 raises a single error listing all of them (in the spirit of big_vision's ``merge_params``).
 """
@@ -244,3 +247,71 @@ def strip_data_parallel_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, An
     if state_dict and all(key.startswith("module.") for key in state_dict):
         return {key[len("module."):]: value for key, value in state_dict.items()}
     return state_dict
+
+
+_FLAX_BN_FIELDS = {("params", "scale"): "weight", ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
+                   ("batch_stats", "var"): "running_var"}
+_FLAX_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
+
+
+def _torch_key(collection: str, path: Tuple[str, ...]) -> Optional[Tuple[str, str]]:
+    """(torchvision key, layout kind) of one flattened Flax variable, or None if it has no counterpart."""
+    scope, layer, leaf = path[:-2], path[-2], path[-1]
+    prefix = ""
+    if scope:
+        match = _FLAX_BLOCK.match(scope[0]) if len(scope) == 1 else None
+        if match is None:
+            return None
+        prefix = f"layer{match.group(1)}.{match.group(2)}."
+    module = {"downsample_conv": "downsample.0", "downsample_bn": "downsample.1"}.get(layer, layer)
+    if collection == "params" and leaf == "kernel" and re.fullmatch(r"conv\d|downsample_conv", layer):
+        return f"{prefix}{module}.weight", "conv"
+    if re.fullmatch(r"bn\d|downsample_bn", layer) and (collection, leaf) in _FLAX_BN_FIELDS:
+        return f"{prefix}{module}.{_FLAX_BN_FIELDS[(collection, leaf)]}", "plain"
+    if not scope and layer == "fc" and collection == "params" and leaf in ("kernel", "bias"):
+        return ("fc.weight", "linear") if leaf == "kernel" else ("fc.bias", "plain")
+    return None
+
+
+def flax_resnet_to_torchvision(variables: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """``models/resnet.py`` variables ({'params', 'batch_stats'}) -> a torchvision ResNet state dict (numpy).
+
+    The inverse of ``torchvision_resnet_to_flax``: HWIO -> OIHW, (in, out) -> (out, in), scale/bias/mean/var
+    -> weight/bias/running_mean/running_var, plus ``num_batches_tracked`` (int64 0) for every BatchNorm. An
+    ``fc`` in the variables becomes ``fc.*``. Raises ValueError listing every variable without a counterpart.
+    """
+    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(
+        {k: v for k, v in variables.items() if k in ("params", "batch_stats")}))
+    state_dict, unknown = {}, []
+    for (collection, *path), value in flat.items():
+        mapped = _torch_key(collection, tuple(path)) if len(path) >= 2 else None
+        if mapped is None:
+            unknown.append("/".join((collection, *path)))
+            continue
+        key, kind = mapped
+        value = np.asarray(value, np.float32)
+        if kind == "conv":
+            value = np.transpose(value, (3, 2, 0, 1))  # HWIO -> OIHW
+        elif kind == "linear":
+            value = value.T
+        state_dict[key] = np.ascontiguousarray(value)
+        if key.endswith(".running_mean"):
+            state_dict[key[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    raise_if_mismatched("Flax variables that are not a models/resnet.py ResNet:", unknown, [], [])
+    return dict(sorted(state_dict.items()))
+
+
+def ekd_student_to_torchvision(variables: Mapping[str, Any]) -> Dict[str, np.ndarray]:
+    """An EKDStudent's trunk + ``fc`` head as a torchvision ``resnet*(num_classes=C)`` state dict (numpy).
+
+    ``z1 = fc(GAP(layer4))`` of the student (the evaluated logits) is exactly torchvision's ResNet forward, so
+    the result loads into ``torchvision.models.resnet18(num_classes=C)``; ``p_free``/``fc_free`` are left out.
+    The LDAM cosine classifier (no bias, normalised) has no torchvision counterpart and is refused.
+    """
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    if "trunk" not in params or "fc" not in params:
+        raise ValueError(f"not an EKDStudent's variables: params hold {sorted(params)}, expected 'trunk' and 'fc'")
+    if "bias" not in params["fc"]:
+        raise ValueError("the student's fc is the cosine (LDAM) classifier, which torchvision's Linear cannot hold")
+    trunk = {"params": {**params["trunk"], "fc": params["fc"]}, "batch_stats": stats.get("trunk", {})}
+    return flax_resnet_to_torchvision(trunk)
