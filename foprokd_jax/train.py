@@ -241,7 +241,8 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metrics)
             if is_eval:
                 predict_step = _finite_predictions(parts.predict_step, selection_split, step)
-                report = evaluation.split_metrics(predict_step, state, dataset.sources[selection_split], dataset, config, mesh)
+                report = evaluation.split_metrics(predict_step, state, dataset.sources[selection_split], dataset,
+                                                  config, mesh)
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
                 if parts.on_eval is not None and is_chief:
@@ -286,9 +287,19 @@ def _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metr
 
 def final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
                  is_chief) -> dict:
-    """Evaluates the chosen checkpoint on both splits and writes results.json plus figures."""
-    reports = {split: evaluation.split_metrics(parts.predict_step, state, dataset.sources[split], dataset, config, mesh)
-               for split in dict.fromkeys((selection_split, report_split))}
+    """Evaluates the chosen checkpoint on both splits and writes results.json plus figures.
+
+    The report split also gets calibration (ECE, Brier, NLL; temperature scaling fitted on the selection split
+    when that is another split) and stratified bootstrap intervals (`evaluation.uncertainty_report`).
+    """
+    evaluated = {split: evaluation.predict_split(parts.predict_step, state, dataset.sources[split],
+                                                 config.input.eval_batch_size, mesh)
+                 for split in dict.fromkeys((selection_split, report_split))}
+    reports = {split: evaluation.report_from_logits(*evaluated[split], dataset, config) for split in evaluated}
+    fit = evaluated[selection_split] if selection_split != report_split else (None, None)
+    reports[report_split].update(evaluation.uncertainty_report(
+        *evaluated[report_split], list(dataset.class_names), *fit,
+        fit_split=selection_split if selection_split != report_split else None))
     teacher = parts.meta.get("teacher")
     results = {
         "method": config.method, "dataset": dataset.name, "fold": config.input.fold,
@@ -301,8 +312,8 @@ def final_report(parts, state, dataset, config, mesh, final_step, selection_spli
     }
     last_n = last_evals_to_average(parts, config)
     if last_n and is_chief:
-        # CRCKD's reported number (docs/crckd.md §R9): each metric averaged over the final evaluations of the monitored
-        # split, beside the single chosen checkpoint.
+        # CRCKD's reported number (docs/crckd.md §R9): each metric averaged over the final evaluations of the
+        # monitored split, beside the single chosen checkpoint.
         results["last_evals_mean"] = metrics.mean_of_last_evals(os.path.join(workdir, "metrics.jsonl"),
                                                                 selection_split, last_n)
     if is_chief:
@@ -313,8 +324,15 @@ def final_report(parts, state, dataset, config, mesh, final_step, selection_spli
         plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
         plots.plot_confusion_matrix(np.asarray(reports[report_split]["confusion"]), dataset.class_names,
                                     os.path.join(workdir, "confusion_matrix.png"))
-        plots.plot_per_class_recall(reports[report_split]["per_class_recall"], dataset.train_counts,
-                                    os.path.join(workdir, "per_class_recall.png"))
+        report = reports[report_split]
+        plots.plot_per_class_recall(report["per_class_recall"], dataset.train_counts,
+                                    os.path.join(workdir, "per_class_recall.png"), config.eval.head_min,
+                                    config.eval.tail_max,
+                                    recall_intervals=report["bootstrap"]["per_class_recall"])
+        scaling = report["calibration"].get("temperature_scaling")
+        plots.plot_reliability_diagram(report["calibration"]["bins"]["width"],
+                                       os.path.join(workdir, "reliability_diagram.png"),
+                                       after=scaling["after"]["bins"]["width"] if scaling else None)
         logging.info("Step %d | %s balanced accuracy %.4f | results in %s", final_step, report_split,
                      reports[report_split]["bacc"], path)
     return results

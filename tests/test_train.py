@@ -47,7 +47,7 @@ def test_run_writes_results_metrics_and_figures(dataset, tmp_path):
     workdir = str(tmp_path / "bsm")
     results = train.train_and_evaluate(config, workdir)
     for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "confusion_matrix.png",
-                 "per_class_recall.png"):
+                 "per_class_recall.png", "reliability_diagram.png"):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     assert os.listdir(os.path.join(workdir, "tb"))
     with open(os.path.join(workdir, "results.json")) as f:
@@ -56,6 +56,11 @@ def test_run_writes_results_metrics_and_figures(dataset, tmp_path):
     # Every test example is counted exactly once (3 per class in this synthetic split).
     assert np.asarray(saved["report"]["confusion"]).sum(1).tolist() == [3] * 8
     assert 0.0 <= results["report"]["bacc"] <= 1.0
+    # Calibration with temperature scaling fitted on val, and bootstrap intervals, of the report split.
+    calib, boot = saved["report"]["calibration"], saved["report"]["bootstrap"]
+    assert calib["temperature_scaling"]["fitted_on"] == "val" and 0.0 <= calib["ece"] <= 1.0
+    assert abs(boot["bacc"]["estimate"] - saved["report"]["bacc"]) < 1e-9
+    assert boot["bacc"]["low"] <= boot["bacc"]["high"]
     # Rerunning a finished run is idempotent, but a different config in the same workdir is refused.
     train.train_and_evaluate(config, workdir)
     other = _config(dataset, method="bsm", total_steps=3)

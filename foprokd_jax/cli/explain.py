@@ -88,7 +88,7 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
     _check_arguments(workdir, artifact, images_dir, worst_per_class, target, image_weight, batch_size)
     import jax
 
-    from foprokd_jax import evaluation, export, logging_utils, metrics, plots
+    from foprokd_jax import evaluation, export, metric_writer, metrics, plots
     from foprokd_jax import explain as cams
 
     labels = None
@@ -168,7 +168,7 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
             writer.writerows(rows)
         os.replace(os.path.join(out_dir, "explanations.csv.tmp"), os.path.join(out_dir, "explanations.csv"))
         np.savez(os.path.join(out_dir, "maps.npz"), image_ids=np.asarray(ids), classes=classes, **maps)
-        with logging_utils.MetricWriter(out_dir) as writer:
+        with metric_writer.MetricWriter(out_dir) as writer:
             writer.write_text(step, "explain/target_layer", "/".join(target_path))
             writer.write_images(step, tb_images)
     return {"out_dir": out_dir, "rows": rows, "maps": maps, "target_path": target_path, "files": files,
@@ -178,9 +178,9 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from foprokd_jax import logging_utils
+    from foprokd_jax import library_logs
 
-    logging_utils.quiet_library_logs()
+    library_logs.quiet_library_logs()
     f = flags.FLAGS
     try:
         out = explain(f.out_dir, f.workdir, f.artifact, f.checkpoint, f.images, f.split, f.worst_per_class, f.target,
