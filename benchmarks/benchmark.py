@@ -18,6 +18,7 @@ eager, `--torch_threads`). The pipeline figure is img/s of the grain train itera
 augmentation on synthetic images prepared at each size, and img/s per core of CPU it used.
 Output: a markdown table (docs/performance.md), the issue-8 target checks, and optionally `--out` JSON.
 """
+
 import json
 import os
 import subprocess
@@ -32,23 +33,43 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_list("image_sizes", ["224", "112"], "Square input sizes to benchmark.")
 flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose JAX train step is timed.")
 flags.DEFINE_string("fpg_variant", "spectrum", "FPG variant for the 'fopro' step.")
-flags.DEFINE_list("fpg_update_every", ["1"], "config.fpg.update_every values timed for the 'fopro' step (k: the FPG "
-                  "trains on every k-th step; the mean step time over k consecutive steps is reported).")
-flags.DEFINE_string("compilation_cache", "", "Persistent compilation cache folder for the JAX steps ('' = none). "
-                    "Run twice with the same folder: the second run's 'compile s' is the cached first step.")
+flags.DEFINE_list(
+    "fpg_update_every",
+    ["1"],
+    "config.fpg.update_every values timed for the 'fopro' step (k: the FPG "
+    "trains on every k-th step; the mean step time over k consecutive steps is reported).",
+)
+flags.DEFINE_string(
+    "compilation_cache",
+    "",
+    "Persistent compilation cache folder for the JAX steps ('' = none). "
+    "Run twice with the same folder: the second run's 'compile s' is the cached first step.",
+)
 flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 flags.DEFINE_integer("steps", 3, "Timed steps per configuration (after compile + 1 warm-up).")
-flags.DEFINE_integer("pipeline_batches", 8, "Batches drawn from the input pipeline per size (at least; "
-                     "and for at least 3 s).")
+flags.DEFINE_integer(
+    "pipeline_batches", 8, "Batches drawn from the input pipeline per size (at least; and for at least 3 s)."
+)
 flags.DEFINE_integer("worker_count", 0, "grain worker processes for the pipeline benchmark.")
 flags.DEFINE_string("out", "", "Optional JSON file for the results.")
-flags.DEFINE_bool("torch", True, "Also time the PyTorch EKD step (benchmarks/torch_ekd.py); skipped with a "
-                  "note when torch is not installed.")
-flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads for the PyTorch step; 0 = the cores this "
-                     "process may run on (2 on the project's CPU machine).")
+flags.DEFINE_bool(
+    "torch",
+    True,
+    "Also time the PyTorch EKD step (benchmarks/torch_ekd.py); skipped with a note when torch is not installed.",
+)
+flags.DEFINE_integer(
+    "torch_threads",
+    0,
+    "torch.set_num_threads for the PyTorch step; 0 = the cores this "
+    "process may run on (2 on the project's CPU machine).",
+)
 flags.DEFINE_bool("pipeline", True, "Also time the input pipeline.")
-flags.DEFINE_list("xla_flag_sets", ["cpu_defaults"], "XLA flag sets for the JAX steps: 'cpu_defaults' "
-                  "(foprokd_jax.xla_flags.apply_cpu_defaults) and/or 'none' (XLA's own defaults).")
+flags.DEFINE_list(
+    "xla_flag_sets",
+    ["cpu_defaults"],
+    "XLA flag sets for the JAX steps: 'cpu_defaults' "
+    "(foprokd_jax.xla_flags.apply_cpu_defaults) and/or 'none' (XLA's own defaults).",
+)
 flags.DEFINE_bool("isolate", True, "Run each configuration in a fresh process.")
 flags.DEFINE_float("contention_threshold", 0.08, "Foreign CPU share above which a run is marked CONTENDED.")
 flags.DEFINE_string("run_one", "", "Internal: run one configuration (JSON) and print its result row.")
@@ -62,17 +83,21 @@ MIN_PIPELINE_S = 3.0
 def apply_xla_flag_set(name: str) -> None:
     """Sets up XLA_FLAGS for one of XLA_FLAG_SETS; must run before JAX creates its backends."""
     from foprokd_jax import xla_flags
+
     if name == "cpu_defaults":
         xla_flags.apply_cpu_defaults()
     elif name != "none":
         raise ValueError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")
 
 
-def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum", fpg_update_every=1,
-               compilation_cache=""):
+def bench_step(
+    method, size, batch_size, steps, threshold, fpg_variant="spectrum", fpg_update_every=1, compilation_cache=""
+):
     import jax
+
     from benchmarks import jax_steps, timing
-    from foprokd_jax import compilation_cache as cache_lib, xla_flags
+    from foprokd_jax import compilation_cache as cache_lib
+    from foprokd_jax import xla_flags
 
     if compilation_cache:
         cache_lib.enable(compilation_cache)
@@ -90,15 +115,24 @@ def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum
 
     # With update_every=k the step's cost cycles with period k: time whole cycles, report the mean step.
     timed = timing.time_step(run, steps, calls_per_step=fpg_update_every if method == "fopro" else 1)
-    row = {"framework": "jax", "method": method, "image_size": size, "batch_size": batch_size,
-           "devices": built.mesh.devices.size, "device_kind": jax.devices()[0].device_kind,
-           **timed.summary(batch_size, threshold),
-           "compile_s": round(compile_s + timed.first_call_s, 2), "compile_only_s": round(compile_s, 2),
-           **jax_steps.cost_of(compiled), "conv_backends": xla_flags.count_conv_backends(compiled.as_text()),
-           "xla_flags_env": os.environ.get("XLA_FLAGS", ""), "jax": jax.__version__,
-           "fpg_update_every": fpg_update_every if method == "fopro" else None,
-           "compilation_cache": compilation_cache or None,
-           "peak_rss_mib": timing.peak_rss_mib()}
+    row = {
+        "framework": "jax",
+        "method": method,
+        "image_size": size,
+        "batch_size": batch_size,
+        "devices": built.mesh.devices.size,
+        "device_kind": jax.devices()[0].device_kind,
+        **timed.summary(batch_size, threshold),
+        "compile_s": round(compile_s + timed.first_call_s, 2),
+        "compile_only_s": round(compile_s, 2),
+        **jax_steps.cost_of(compiled),
+        "conv_backends": xla_flags.count_conv_backends(compiled.as_text()),
+        "xla_flags_env": os.environ.get("XLA_FLAGS", ""),
+        "jax": jax.__version__,
+        "fpg_update_every": fpg_update_every if method == "fopro" else None,
+        "compilation_cache": compilation_cache or None,
+        "peak_rss_mib": timing.peak_rss_mib(),
+    }
     # Kept for readers of the earlier JSON format.
     row["compile_plus_first_step_s"], row["step_s"] = row["compile_s"], round(timed.median_step_s, 4)
     return row
@@ -106,17 +140,26 @@ def bench_step(method, size, batch_size, steps, threshold, fpg_variant="spectrum
 
 def bench_torch(size, batch_size, steps, threshold, threads):
     from benchmarks import timing, torch_ekd
+
     threads = threads or len(os.sched_getaffinity(0))
     step, info = torch_ekd.build_ekd_step(size, batch_size, threads=threads)
     timed = timing.time_step(step, steps)
-    return {"framework": "torch", "method": "ekd", "image_size": size, "batch_size": batch_size,
-            "config": f"{info['memory_format']}, {info['threads']} threads, {info['mode']}", **info,
-            **timed.summary(batch_size, threshold), "peak_rss_mib": timing.peak_rss_mib()}
+    return {
+        "framework": "torch",
+        "method": "ekd",
+        "image_size": size,
+        "batch_size": batch_size,
+        "config": f"{info['memory_format']}, {info['threads']} threads, {info['mode']}",
+        **info,
+        **timed.summary(batch_size, threshold),
+        "peak_rss_mib": timing.peak_rss_mib(),
+    }
 
 
 def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
     from benchmarks import cpu_contention
     from foprokd_jax.data import isic_splits, pipeline, synthetic, tfds_isic
+
     root = os.path.join(tempfile.gettempdir(), "foprokd_bench_synthetic")
     split_dir = os.path.join(root, "splits")
     if not os.path.exists(os.path.join(split_dir, "train_skin1_0.01.csv")):
@@ -140,24 +183,36 @@ def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
     share = cpu_contention.foreign_share(before, after)
     cores = cpu_contention.own_cores(before, after)
     note = "" if worker_count == 0 else " (worker processes' CPU is not counted in 'cores used')"
-    return {"image_size": size, "batch_size": batch_size, "worker_count": worker_count,
-            "prepare_s_(cached_after_first)": round(prepare_s, 2), "batches": drawn,
-            "img_per_s": round(img_per_s, 1),
-            "cores": None if cores is None else round(cores, 2),
-            "img_per_s_per_core": round(img_per_s / cores, 1) if cores else None,
-            "foreign_share": None if share is None else round(share, 3),
-            "contended": cpu_contention.is_contended(share, threshold), "note": note}
+    return {
+        "image_size": size,
+        "batch_size": batch_size,
+        "worker_count": worker_count,
+        "prepare_s_(cached_after_first)": round(prepare_s, 2),
+        "batches": drawn,
+        "img_per_s": round(img_per_s, 1),
+        "cores": None if cores is None else round(cores, 2),
+        "img_per_s_per_core": round(img_per_s / cores, 1) if cores else None,
+        "foreign_share": None if share is None else round(share, 3),
+        "contended": cpu_contention.is_contended(share, threshold),
+        "note": note,
+    }
 
 
 def run_config(spec: dict) -> dict:
     """One measurement in this process; `spec['kind']` is 'jax_step', 'torch_step' or 'pipeline'."""
     threshold = spec["threshold"]
     if spec["kind"] == "jax_step":
-        row = bench_step(spec["method"], spec["size"], spec["batch_size"], spec["steps"], threshold,
-                         spec.get("fpg_variant", "spectrum"), spec.get("fpg_update_every", 1),
-                         spec.get("compilation_cache", ""))
-        row["config"] = (f"xla={spec['xla']}, {row['devices']} device(s), "
-                         f"{len(os.sched_getaffinity(0))} core(s)")
+        row = bench_step(
+            spec["method"],
+            spec["size"],
+            spec["batch_size"],
+            spec["steps"],
+            threshold,
+            spec.get("fpg_variant", "spectrum"),
+            spec.get("fpg_update_every", 1),
+            spec.get("compilation_cache", ""),
+        )
+        row["config"] = f"xla={spec['xla']}, {row['devices']} device(s), {len(os.sched_getaffinity(0))} core(s)"
         return row
     if spec["kind"] == "torch_step":
         return bench_torch(spec["size"], spec["batch_size"], spec["steps"], threshold, spec["threads"])
@@ -175,7 +230,7 @@ def run_isolated(spec: dict) -> dict:
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-2000:]}", **spec}
 
 
@@ -186,15 +241,31 @@ def plan(sizes, torch_available: bool) -> list:
         common = dict(size=size, batch_size=FLAGS.batch_size, steps=FLAGS.steps, threshold=FLAGS.contention_threshold)
         for xla in FLAGS.xla_flag_sets:
             for method in FLAGS.methods:
-                for k in (FLAGS.fpg_update_every if method == "fopro" else ["1"]):
-                    specs.append(dict(kind="jax_step", method=method, xla=xla, fpg_variant=FLAGS.fpg_variant,
-                                      fpg_update_every=int(k), compilation_cache=FLAGS.compilation_cache,
-                                      **common))
+                for k in FLAGS.fpg_update_every if method == "fopro" else ["1"]:
+                    specs.append(
+                        dict(
+                            kind="jax_step",
+                            method=method,
+                            xla=xla,
+                            fpg_variant=FLAGS.fpg_variant,
+                            fpg_update_every=int(k),
+                            compilation_cache=FLAGS.compilation_cache,
+                            **common,
+                        )
+                    )
         if FLAGS.torch and torch_available:
             specs.append(dict(kind="torch_step", threads=FLAGS.torch_threads, **common))
         if FLAGS.pipeline:
-            specs.append(dict(kind="pipeline", batches=FLAGS.pipeline_batches, worker_count=FLAGS.worker_count,
-                              size=size, batch_size=FLAGS.batch_size, threshold=FLAGS.contention_threshold))
+            specs.append(
+                dict(
+                    kind="pipeline",
+                    batches=FLAGS.pipeline_batches,
+                    worker_count=FLAGS.worker_count,
+                    size=size,
+                    batch_size=FLAGS.batch_size,
+                    threshold=FLAGS.contention_threshold,
+                )
+            )
     return specs
 
 
@@ -202,17 +273,22 @@ def describe(row: dict) -> str:
     if "error" in row:
         return f"{row['kind']} {row.get('method', '')} {row['size']}px FAILED: {row['error']}"
     if "framework" in row:
-        return (f"{row['framework']} {row['method']} {row['image_size']}px bs{row['batch_size']}: "
-                f"{row['img_per_s']:.2f} img/s ({row['step_ms']:.0f} ms/step; compile+first {row['compile_s']:.1f} s;"
-                f" foreign CPU {row['foreign_share']})")
-    return (f"input pipeline {row['image_size']}px: {row['img_per_s']:.1f} img/s, "
-            f"{row['img_per_s_per_core']} img/s per core (foreign CPU {row['foreign_share']})")
+        return (
+            f"{row['framework']} {row['method']} {row['image_size']}px bs{row['batch_size']}: "
+            f"{row['img_per_s']:.2f} img/s ({row['step_ms']:.0f} ms/step; compile+first {row['compile_s']:.1f} s;"
+            f" foreign CPU {row['foreign_share']})"
+        )
+    return (
+        f"input pipeline {row['image_size']}px: {row['img_per_s']:.1f} img/s, "
+        f"{row['img_per_s_per_core']} img/s per core (foreign CPU {row['foreign_share']})"
+    )
 
 
 def main(argv):
     del argv
     from benchmarks import report
     from foprokd_jax import library_logs
+
     library_logs.quiet_library_logs()
     if FLAGS.run_one:
         spec = json.loads(FLAGS.run_one)
@@ -224,10 +300,13 @@ def main(argv):
         if name not in XLA_FLAG_SETS:
             raise app.UsageError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")
     if not FLAGS.isolate and len(FLAGS.xla_flag_sets) > 1:
-        raise app.UsageError("--isolate=false runs everything in one process, where XLA_FLAGS is read once: "
-                             "give a single --xla_flag_sets entry")
+        raise app.UsageError(
+            "--isolate=false runs everything in one process, where XLA_FLAGS is read once: "
+            "give a single --xla_flag_sets entry"
+        )
     try:
         import torch  # noqa: F401  (optional: requirements-test.txt)
+
         torch_available = True
     except ImportError:
         torch_available = False
@@ -236,8 +315,11 @@ def main(argv):
     if not FLAGS.isolate:
         apply_xla_flag_set(FLAGS.xla_flag_sets[0])
     import jax
-    print(f"JAX {jax.__version__}; {os.cpu_count()} CPU cores; XLA_FLAGS (parent)="
-          f"{os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+
+    print(
+        f"JAX {jax.__version__}; {os.cpu_count()} CPU cores; XLA_FLAGS (parent)={os.environ.get('XLA_FLAGS', '')!r}",
+        flush=True,
+    )
     rows = []
     for spec in plan([int(s) for s in FLAGS.image_sizes], torch_available):
         row = run_isolated(spec) if FLAGS.isolate else run_config(spec)
@@ -253,10 +335,18 @@ def main(argv):
     print("\n" + "\n\n".join(tables) + "\n\n" + note + "\n\nIssue-8 targets:\n" + "\n".join(checks), flush=True)
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
-            json.dump({"steps": [r for r in step_rows if r["framework"] == "jax"],
-                       "torch": [r for r in step_rows if r["framework"] == "torch"],
-                       "pipeline": pipeline_rows, "errors": [r for r in rows if "error" in r],
-                       "targets": checks, "contention": note}, f, indent=2)
+            json.dump(
+                {
+                    "steps": [r for r in step_rows if r["framework"] == "jax"],
+                    "torch": [r for r in step_rows if r["framework"] == "torch"],
+                    "pipeline": pipeline_rows,
+                    "errors": [r for r in rows if "error" in r],
+                    "targets": checks,
+                    "contention": note,
+                },
+                f,
+                indent=2,
+            )
 
 
 def run():

@@ -11,6 +11,7 @@ their multiplicity, for JAX under `--xla=none` (XLA's defaults: YNNPACK convolut
 student never needs the image gradient. Wall and CPU time are medians of `--reps` calls after a warm-up;
 the foreign CPU share of each process's timed region is printed with it.
 """
+
 import argparse
 import json
 import os
@@ -28,14 +29,18 @@ def resnet18_convs(size: int) -> list:
     s = size // 4  # after the stem conv (stride 2) and the max-pool (stride 2)
     convs = [("stem 7x7/2", 3, 64, 7, 2, size, 1), ("layer1 3x3", 64, 64, 3, 1, s, 4)]
     for i, (c_in, c_out) in enumerate(((64, 128), (128, 256), (256, 512)), start=2):
-        convs += [(f"layer{i} 3x3/2", c_in, c_out, 3, 2, s, 1), (f"layer{i} 3x3", c_out, c_out, 3, 1, s // 2, 3),
-                  (f"layer{i} downsample 1x1/2", c_in, c_out, 1, 2, s, 1)]
+        convs += [
+            (f"layer{i} 3x3/2", c_in, c_out, 3, 2, s, 1),
+            (f"layer{i} 3x3", c_out, c_out, 3, 1, s // 2, 3),
+            (f"layer{i} downsample 1x1/2", c_in, c_out, 1, 2, s, 1),
+        ]
         s //= 2
     return convs
 
 
 def _median_timing(fn, reps):
     from benchmarks import cpu_contention
+
     fn()  # compile / first touch
     fn()
     wall, cpu = [], []
@@ -52,6 +57,7 @@ def time_jax(size, batch, reps) -> list:
     import jax
     import jax.numpy as jnp
     import numpy as np
+
     rows, rng = [], np.random.default_rng(0)
     for name, c_in, c_out, k, stride, h, count in resnet18_convs(size):
         pad = ((k // 2, k // 2), (k // 2, k // 2))
@@ -59,12 +65,14 @@ def time_jax(size, batch, reps) -> list:
         w = jnp.asarray(rng.standard_normal((k, k, c_in, c_out)) * 0.05, jnp.float32)
 
         def conv(x, w, stride=stride, pad=pad):
-            return jax.lax.conv_general_dilated(x, w, (stride, stride), pad,
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jax.lax.conv_general_dilated(x, w, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
         dy = jnp.ones_like(conv(x, w))
-        fns = {"fwd": jax.jit(conv),
-               "dX": jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
-               "dW": jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])}
+        fns = {
+            "fwd": jax.jit(conv),
+            "dX": jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]),
+            "dW": jax.jit(lambda x, w, dy, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]),
+        }
         for kind, fn in fns.items():
             if kind == "dX" and name.startswith("stem"):
                 continue
@@ -76,6 +84,7 @@ def time_jax(size, batch, reps) -> list:
 
 def time_torch(size, batch, reps, threads) -> list:
     import torch
+
     torch.set_num_threads(threads)
     rows, cl = [], torch.channels_last
     for name, c_in, c_out, k, stride, h, count in resnet18_convs(size):
@@ -85,10 +94,15 @@ def time_torch(size, batch, reps, threads) -> list:
         dy = torch.ones_like(y).contiguous(memory_format=cl)
 
         def backward(mask, x=x, w=w, dy=dy, stride=stride, k=k):
-            return torch.ops.aten.convolution_backward(dy, x, w, None, [stride] * 2, [k // 2] * 2, [1, 1], False,
-                                                       [0, 0], 1, mask)
-        fns = {"fwd": lambda x=x, w=w, stride=stride, k=k: torch.nn.functional.conv2d(x, w, None, stride, k // 2),
-               "dX": lambda: backward([True, False, False]), "dW": lambda: backward([False, True, False])}
+            return torch.ops.aten.convolution_backward(
+                dy, x, w, None, [stride] * 2, [k // 2] * 2, [1, 1], False, [0, 0], 1, mask
+            )
+
+        fns = {
+            "fwd": lambda x=x, w=w, stride=stride, k=k: torch.nn.functional.conv2d(x, w, None, stride, k // 2),
+            "dX": lambda: backward([True, False, False]),
+            "dW": lambda: backward([False, True, False]),
+        }
         with torch.no_grad():
             for kind, fn in fns.items():
                 if kind == "dX" and name.startswith("stem"):
@@ -100,15 +114,22 @@ def time_torch(size, batch, reps, threads) -> list:
 
 def totals(rows) -> dict:
     """kind -> (wall ms, CPU ms) summed over the network (each conv times its multiplicity)."""
-    return {kind: (sum(r["wall_ms"] * r["count"] for r in rows if r["kind"] == kind),
-                   sum(r["cpu_ms"] * r["count"] for r in rows if r["kind"] == kind)) for kind in KINDS}
+    return {
+        kind: (
+            sum(r["wall_ms"] * r["count"] for r in rows if r["kind"] == kind),
+            sum(r["cpu_ms"] * r["count"] for r in rows if r["kind"] == kind),
+        )
+        for kind in KINDS
+    }
 
 
 def _one(args):
     """Runs one framework configuration in this process and prints its rows as JSON."""
     from benchmarks import cpu_contention
+
     if args.run == "jax_cpu_defaults":
         from foprokd_jax import xla_flags
+
         xla_flags.apply_cpu_defaults()
     start = cpu_contention.snapshot()
     if args.run.startswith("jax"):
@@ -134,16 +155,23 @@ def main(argv=None):
     results = {}
     for config in args.configs.split(","):
         env = dict(os.environ, FOPROKD_XLA_CPU_DEFAULTS="1" if config == "jax_cpu_defaults" else "0")
-        cmd = [sys.executable, "-m", "benchmarks.conv_kinds", f"--run={config}", f"--size={args.size}",
-               f"--batch={args.batch}", f"--reps={args.reps}", f"--threads={args.threads}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.conv_kinds",
+            f"--run={config}",
+            f"--size={args.size}",
+            f"--batch={args.batch}",
+            f"--reps={args.reps}",
+            f"--threads={args.threads}",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode:
             raise RuntimeError(f"{config} failed: {proc.stderr[-2000:]}")
         results[config] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"{config}: done (foreign CPU {results[config]['foreign_share']:.2f})", flush=True)
     configs = list(results)
-    print(f"\nResNet-18 convolutions, {args.size}px, batch {args.batch}: ms per step summed over layers "
-          f"(wall / CPU)\n")
+    print(f"\nResNet-18 convolutions, {args.size}px, batch {args.batch}: ms per step summed over layers (wall / CPU)\n")
     print("| kind | " + " | ".join(configs) + " |\n|---|" + "---|" * len(configs))
     sums = {c: totals(results[c]["rows"]) for c in configs}
     for kind in KINDS + ("all",):

@@ -14,6 +14,7 @@ short regions (CPU time per step is less sensitive to contention than wall time)
 when its share exceeds a threshold (8% by default, the rule of the Intel-host measurement in
 docs/performance.md §3).
 """
+
 import dataclasses
 import os
 import resource
@@ -30,9 +31,9 @@ _USER, _NICE, _SYSTEM, _IDLE, _IOWAIT, _IRQ, _SOFTIRQ, _STEAL = range(8)
 class CpuSnapshot:
     """Cumulative CPU counters at one instant, in clock ticks (jiffies), plus the wall clock."""
 
-    busy_ticks: int   # all cores: time not idle
+    busy_ticks: int  # all cores: time not idle
     total_ticks: int  # all cores: busy + idle + iowait
-    own_ticks: int    # this process (all threads, reaped children)
+    own_ticks: int  # this process (all threads, reaped children)
     wall_s: float
     own_cpu_s: float = 0.0  # this process's user + system time from getrusage (microsecond resolution)
 
@@ -56,7 +57,7 @@ def parse_proc_pid_stat(text: str) -> int:
     closing = text.rfind(")")
     if closing < 0:
         raise ValueError(f"not a /proc/<pid>/stat line: {text[:80]!r}")
-    fields = text[closing + 1:].split()
+    fields = text[closing + 1 :].split()
     # fields[0] is field 3 (state); utime..cstime are fields 14..17.
     return sum(int(v) for v in fields[11:15])
 

@@ -13,6 +13,7 @@ ResNets, not for 64). XLA drops the metadata of the dW convolutions it rewrites;
 the student (the only trained convolutions). 'copy/transpose' is mostly the layout transposes XLA inserts
 in front of those dW convolutions and the kernel flips of the dX convolutions.
 """
+
 import dataclasses
 import re
 from typing import Dict, List, Optional
@@ -71,7 +72,7 @@ def parse(hlo_text: str) -> Dict[str, Instruction]:
         definition = _DEFINITION.match(line)
         if not definition:
             continue
-        rest = line[definition.end():]
+        rest = line[definition.end() :]
         if rest.startswith("("):  # a tuple shape, which contains spaces
             cut = _matching(rest, 0)
             shape, rest = rest[:cut], rest[cut:].lstrip()
@@ -81,9 +82,10 @@ def parse(hlo_text: str) -> Dict[str, Instruction]:
         if not paren:
             continue
         cut = _matching("(" + rest, 0) - 1
-        operands = [o.split()[-1].lstrip("%") for o in rest[:cut - 1].split(",") if o.strip()]
-        instructions[definition.group(1)] = Instruction(definition.group(1), shape, opcode.strip(), operands,
-                                                        rest[cut:], computation)
+        operands = [o.split()[-1].lstrip("%") for o in rest[: cut - 1].split(",") if o.strip()]
+        instructions[definition.group(1)] = Instruction(
+            definition.group(1), shape, opcode.strip(), operands, rest[cut:], computation
+        )
     return instructions
 
 
@@ -134,8 +136,11 @@ def category(instr: Instruction, index: Dict[str, Instruction], batch_per_device
     elif instr.opcode == "custom-call" and "__onednn$convolution" in instr.attributes:
         conv, library = instr, "oneDNN"
     if conv is not None:
-        kind = _conv_kind(conv, index, batch_per_device) if conv.opcode == "convolution" else (
-            "bwd" if "transpose(" in conv.op_name else "fwd")
+        kind = (
+            _conv_kind(conv, index, batch_per_device)
+            if conv.opcode == "convolution"
+            else ("bwd" if "transpose(" in conv.op_name else "fwd")
+        )
         # Only the student's weights are trained, so a dW without metadata is the student's.
         model = _model(conv.op_name or instr.op_name)
         model = "student" if (kind == "dW" and model == "other") else model

@@ -4,13 +4,14 @@ Full-size models (ResNet-18 student with the EKD heads, ResNet-50 teacher, the F
 fopro) with random weights: speed does not depend on the values. One fixed random uint8 batch, as the
 pipeline ships it. Used by benchmarks/benchmark.py and benchmarks/profile_step.py.
 """
+
 import dataclasses
 from typing import Any, Callable
 
 
 @dataclasses.dataclass
 class BuiltStep:
-    step: Callable       # the jitted data-parallel step: (state, teacher_vars, batch) -> (state, metrics)
+    step: Callable  # the jitted data-parallel step: (state, teacher_vars, batch) -> (state, metrics)
     state: Any
     teacher_vars: Any
     batch: Any
@@ -20,8 +21,15 @@ class BuiltStep:
         return self.state, self.teacher_vars, self.batch
 
 
-def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spectrum", num_classes: int = 8,
-               num_devices=None, fpg_update_every: int = 1) -> BuiltStep:
+def build_step(
+    method: str,
+    size: int,
+    batch_size: int,
+    fpg_variant: str = "spectrum",
+    num_classes: int = 8,
+    num_devices=None,
+    fpg_update_every: int = 1,
+) -> BuiltStep:
     """Models, optimizer (clip 5 + Adam 3e-4), replicated state and one global batch for `method`.
 
     fpg_update_every: 'fopro' only, `config.fpg.update_every` (train the FPG on every k-th step).
@@ -30,6 +38,7 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
     import jax.numpy as jnp
     import numpy as np
     from ml_collections import ConfigDict
+
     from configs import isic
     from foprokd_jax import losses, parallel
     from foprokd_jax.methods.bsm import step as bsm_step
@@ -48,13 +57,14 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
     teacher_dim = 2048
     dummy = jnp.zeros((1, size, size, 3))
     uses_teacher = method in ("ekd", "fopro")
-    teacher_vars = (jax.jit(lambda r: teacher.init(r, dummy, train=False))(jax.random.PRNGKey(1))
-                    if uses_teacher else {})
-    student = EKDStudent(num_classes=num_classes, teacher_dim=teacher_dim if uses_teacher else None,
-                         bn_axis_name=parallel.DATA_AXIS)
+    teacher_vars = jax.jit(lambda r: teacher.init(r, dummy, train=False))(jax.random.PRNGKey(1)) if uses_teacher else {}
+    student = EKDStudent(
+        num_classes=num_classes, teacher_dim=teacher_dim if uses_teacher else None, bn_axis_name=parallel.DATA_AXIS
+    )
     variables = jax.jit(lambda r: student.init(r, dummy, train=False))(jax.random.PRNGKey(0))
-    optimizer = make_optimizer(ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                               weight_decay=0.0, clip_norm=5.0)))
+    optimizer = make_optimizer(
+        ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=5.0))
+    )
     cls_loss = losses.make_classification_loss("bsm", np.arange(num_classes, 0, -1))
     if method == "fopro":
         config = isic.get_config(f"method=fopro,fpg={fpg_variant}")
@@ -62,20 +72,43 @@ def build_step(method: str, size: int, batch_size: int, fpg_variant: str = "spec
         fpg_params = fopro_method.init_prompt(prompt, head, teacher_dim, size, jax.random.PRNGKey(2))
         state = create_train_state(variables, optimizer, fpg_params, optimizer)
         step = fopro_step.make_fopro_train_step(
-            student=student, teacher=teacher, prompt=prompt, explore_head=head, cls_loss=cls_loss,
-            optimizer=optimizer, fpg_optimizer=optimizer, free_u=3.0, lambda_cls=1.0, lambda_adv=1.0,
-            lambda_reg=1e-3, teacher_feature_key="pre_logits", mesh=mesh, update_every=fpg_update_every)
+            student=student,
+            teacher=teacher,
+            prompt=prompt,
+            explore_head=head,
+            cls_loss=cls_loss,
+            optimizer=optimizer,
+            fpg_optimizer=optimizer,
+            free_u=3.0,
+            lambda_cls=1.0,
+            lambda_adv=1.0,
+            lambda_reg=1e-3,
+            teacher_feature_key="pre_logits",
+            mesh=mesh,
+            update_every=fpg_update_every,
+        )
     elif method == "ekd":
         state = create_train_state(variables, optimizer)
-        step = ekd_step.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss, optimizer=optimizer,
-                                        free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+        step = ekd_step.make_train_step(
+            student=student,
+            teacher=teacher,
+            cls_loss=cls_loss,
+            optimizer=optimizer,
+            free_u=3.0,
+            teacher_feature_key="pre_logits",
+            mesh=mesh,
+        )
     else:
         state = create_train_state(variables, optimizer)
         step = bsm_step.make_train_step(student=student, cls_loss=cls_loss, optimizer=optimizer, mesh=mesh)
     rng = np.random.default_rng(0)
     batch = parallel.host_batch_to_global(
-        {"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-         "label": rng.integers(0, num_classes, (batch_size,)).astype(np.int32)}, mesh)
+        {
+            "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+            "label": rng.integers(0, num_classes, (batch_size,)).astype(np.int32),
+        },
+        mesh,
+    )
     return BuiltStep(step, parallel.replicate(state, mesh), parallel.replicate(teacher_vars, mesh), batch, mesh)
 
 
@@ -85,5 +118,7 @@ def cost_of(compiled) -> dict:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     if not cost:
         return {"flops_per_step": None, "bytes_accessed_per_step": None}
-    return {"flops_per_step": float(cost.get("flops", 0.0)),
-            "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0))}
+    return {
+        "flops_per_step": float(cost.get("flops", 0.0)),
+        "bytes_accessed_per_step": float(cost.get("bytes accessed", 0.0)),
+    }

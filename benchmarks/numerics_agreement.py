@@ -4,6 +4,7 @@ Used by benchmarks/mixed_precision_effect.py (bfloat16 vs float32 compute). Metr
 approximation, b = the reference: cos(a_i, b_i); relative L2 |a_i - b_i| / |b_i|; |a_i - b_i| over the batch
 spread. All in float64, whatever the inputs.
 """
+
 import math
 import re
 
@@ -44,13 +45,20 @@ def feature_agreement(approx, exact) -> dict:
     cos, rel = per_sample_cosine(a, b), relative_l2(a, b)
     spread = math.sqrt(np.mean(np.sum((b - b.mean(0)) ** 2, -1)))
     err = np.linalg.norm(a - b, axis=-1)
-    return dict(cos_mean=float(cos.mean()), cos_min=float(cos.min()), rel_median=float(np.median(rel)),
-                rel_max=float(rel.max()), spread_rel_median=float(np.median(err) / max(spread, 1e-300)))
+    return dict(
+        cos_mean=float(cos.mean()),
+        cos_min=float(cos.min()),
+        rel_median=float(np.median(rel)),
+        rel_max=float(rel.max()),
+        spread_rel_median=float(np.median(err) / max(spread, 1e-300)),
+    )
 
 
 def _flat(tree) -> dict:
-    return {"/".join(map(str, k)): np.asarray(v, np.float64).ravel()
-            for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()}
+    return {
+        "/".join(map(str, k)): np.asarray(v, np.float64).ravel()
+        for k, v in flax.traverse_util.flatten_dict(flax.core.unfreeze(tree)).items()
+    }
 
 
 def gradient_agreement(approx, exact, negligible: float = 1e-4) -> dict:
@@ -71,9 +79,13 @@ def gradient_agreement(approx, exact, negligible: float = 1e-4) -> dict:
     skipped = sorted(k for k in b if norms[k] <= floor or not np.any(a[k]))
     leaf_cos = {k: float(a[k] @ b[k] / (np.linalg.norm(a[k]) * norms[k])) for k in sorted(b) if k not in skipped}
     worst = min(leaf_cos, key=leaf_cos.get) if leaf_cos else None
-    return dict(cos=float(va @ vb / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-300)),
-                rel=float(np.linalg.norm(va - vb) / np.linalg.norm(vb)),
-                min_leaf_cos=leaf_cos.get(worst, float("nan")), min_leaf=worst, skipped=skipped)
+    return dict(
+        cos=float(va @ vb / max(np.linalg.norm(va) * np.linalg.norm(vb), 1e-300)),
+        rel=float(np.linalg.norm(va - vb) / np.linalg.norm(vb)),
+        min_leaf_cos=leaf_cos.get(worst, float("nan")),
+        min_leaf=worst,
+        skipped=skipped,
+    )
 
 
 def scalar_relative_error(approx: float, exact: float) -> float:
@@ -92,13 +104,19 @@ def band_gradient_agreement(approx, exact, size: int, num_bands: int = PROMPT_BA
     rows = []
     for k in range(-1, num_bands):
         ak, bk = a[bands == k].ravel(), b[bands == k].ravel()
-        rows.append(dict(band="DC" if k < 0 else k, cos=float(ak @ bk / (np.linalg.norm(ak) * np.linalg.norm(bk))),
-                         norm_ratio=float(np.linalg.norm(ak) / np.linalg.norm(bk)),
-                         f32_norm_share=float(np.linalg.norm(bk) / np.linalg.norm(b))))
+        rows.append(
+            dict(
+                band="DC" if k < 0 else k,
+                cos=float(ak @ bk / (np.linalg.norm(ak) * np.linalg.norm(bk))),
+                norm_ratio=float(np.linalg.norm(ak) / np.linalg.norm(bk)),
+                f32_norm_share=float(np.linalg.norm(bk) / np.linalg.norm(b)),
+            )
+        )
     return rows
 
 
 # ------------------------------------------------------------------- what the compiler is handed
+
 
 def _eqns(jaxpr):
     """Every equation of a jaxpr and of the jaxprs nested in its equations (pjit, custom_vjp, cond, ...)."""
@@ -117,8 +135,14 @@ def op_dtypes(fn, *args, primitives=("fft",)) -> list:
     for eqn in _eqns(jax.make_jaxpr(fn)(*args).jaxpr):
         if eqn.primitive.name in primitives:
             kind = eqn.params.get("fft_type", "")
-            found.append((eqn.primitive.name, getattr(kind, "name", str(kind)),
-                          tuple(str(v.aval.dtype) for v in eqn.invars), tuple(str(v.aval.dtype) for v in eqn.outvars)))
+            found.append(
+                (
+                    eqn.primitive.name,
+                    getattr(kind, "name", str(kind)),
+                    tuple(str(v.aval.dtype) for v in eqn.invars),
+                    tuple(str(v.aval.dtype) for v in eqn.outvars),
+                )
+            )
     return found
 
 

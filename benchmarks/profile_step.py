@@ -11,6 +11,7 @@ elementwise fusions, copies, max-pool, FFT. Independent thunks can run at the sa
 cores, so the thunk sum can exceed the wall time; the table gives each category's share of the sum.
 Also prints XLA's FLOP count for the step (cost analysis) and the contention measured during the trace.
 """
+
 import argparse
 import collections
 import glob
@@ -20,10 +21,10 @@ import tempfile
 import time
 
 
-
 def thunk_times(trace_dir: str) -> dict:
     """hlo_op name -> (total duration in ms, number of executions) from the newest trace under trace_dir."""
     from jax.profiler import ProfileData
+
     paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True), key=os.path.getmtime)
     if not paths:
         raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
@@ -55,16 +56,22 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--xla", default="cpu_defaults", choices=("cpu_defaults", "none"),
-                        help="XLA flag set: foprokd_jax.xla_flags.apply_cpu_defaults() or XLA's defaults")
+    parser.add_argument(
+        "--xla",
+        default="cpu_defaults",
+        choices=("cpu_defaults", "none"),
+        help="XLA flag set: foprokd_jax.xla_flags.apply_cpu_defaults() or XLA's defaults",
+    )
     parser.add_argument("--devices", type=int, default=None, help="mesh size (default: all local devices)")
     parser.add_argument("--out", default="", help="optional JSON file for the grouped profile")
     args = parser.parse_args(argv)
 
     from foprokd_jax import xla_flags
+
     if args.xla == "cpu_defaults":
         xla_flags.apply_cpu_defaults()
     import jax
+
     from benchmarks import cpu_contention, hlo_index, jax_steps
 
     built = jax_steps.build_step(args.method, args.size, args.batch, num_devices=args.devices)
@@ -93,20 +100,35 @@ def main(argv=None):
     thunk_ms = sum(r[1] for r in rows)
     cost = jax_steps.cost_of(compiled)
     share = cpu_contention.foreign_share(before, after)
-    print(f"{args.method} step, {args.size}px, batch {args.batch}, {devices} device(s), xla={args.xla} "
-          f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), jax {jax.__version__}")
-    print(f"compile {compile_s:.1f} s; traced wall {wall_ms:.0f} ms/step (trace overhead included); thunk sum "
-          f"{thunk_ms:.0f} ms/step; foreign CPU {share if share is None else round(share, 2)}; "
-          f"XLA cost analysis: {cost['flops_per_step'] / 1e9:.1f} GFLOP/step, "
-          f"{cost['bytes_accessed_per_step'] / 1e9:.2f} GB accessed/step")
+    print(
+        f"{args.method} step, {args.size}px, batch {args.batch}, {devices} device(s), xla={args.xla} "
+        f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}), jax {jax.__version__}"
+    )
+    print(
+        f"compile {compile_s:.1f} s; traced wall {wall_ms:.0f} ms/step (trace overhead included); thunk sum "
+        f"{thunk_ms:.0f} ms/step; foreign CPU {share if share is None else round(share, 2)}; "
+        f"XLA cost analysis: {cost['flops_per_step'] / 1e9:.1f} GFLOP/step, "
+        f"{cost['bytes_accessed_per_step'] / 1e9:.2f} GB accessed/step"
+    )
     print(f"conv libraries: {xla_flags.count_conv_backends(text)}\n")
     print("| category | ms/step | share | ops |\n|---|---|---|---|")
     for name, ms, fraction, n in rows:
         print(f"| {name} | {ms:.0f} | {100 * fraction:.1f}% | {n} |")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"args": vars(args), "compile_s": compile_s, "wall_ms": wall_ms, "thunk_ms": thunk_ms,
-                       "foreign_share": share, **cost, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "args": vars(args),
+                    "compile_s": compile_s,
+                    "wall_ms": wall_ms,
+                    "thunk_ms": thunk_ms,
+                    "foreign_share": share,
+                    **cost,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

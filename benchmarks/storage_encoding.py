@@ -33,6 +33,7 @@ noise, stored first as a JPEG (quality 95) at the original resolution, like ISIC
 strongly on the content (noise, hair, texture): treat the PNG/JPEG byte counts as indicative only; the raw
 size and the decode costs depend on it much less.
 """
+
 import argparse
 import glob
 import io
@@ -41,7 +42,6 @@ import math
 import os
 import statistics
 import tempfile
-
 
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
@@ -55,11 +55,14 @@ WRITER_OPTIONS = "group_size:1"
 READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
 FORMATS = ("memory", "raw", "png", "jpeg", "orig", "draft", "tfds")
 CONTENTS = ("dermoscopy", "project_synthetic")
-CONTENT_NOTE = ("Synthetic images: compressed (PNG/JPEG) sizes depend strongly on image content and are "
-                "indicative only; raw sizes and decode costs depend on it much less.")
+CONTENT_NOTE = (
+    "Synthetic images: compressed (PNG/JPEG) sizes depend strongly on image content and are "
+    "indicative only; raw sizes and decode costs depend on it much less."
+)
 
 
 # ----------------------------------------------------------------------------- test images
+
 
 def _smooth_field(height: int, width: int, cells: int, rng: np.random.Generator) -> np.ndarray:
     """Unit-variance noise on a cells x cells grid, bicubically upsampled: structure at width/cells px."""
@@ -76,8 +79,9 @@ def dermoscopy_like(width: int, height: int, rng: np.random.Generator) -> Image.
     img = skin + 10 * _smooth_field(height, width, 5, rng)[..., None]
     # Lesion: radius modulated by a few random harmonics, soft border, darker and textured inside.
     theta, dist = np.arctan2(dy, dx), np.hypot(dx, dy)
-    radius = rng.uniform(0.35, 0.6) * (1 + sum(rng.uniform(0, 0.12) / k * np.cos(k * theta + rng.uniform(0, 6.3))
-                                              for k in range(2, 7)))
+    radius = rng.uniform(0.35, 0.6) * (
+        1 + sum(rng.uniform(0, 0.12) / k * np.cos(k * theta + rng.uniform(0, 6.3)) for k in range(2, 7))
+    )
     inside = np.clip((radius - dist) / 0.06, 0, 1)[..., None]
     brown = np.array([120, 75, 55], np.float32) + rng.normal(0, 12, 3)
     fine = max(8, min(width, height) // 12)  # pigment-network scale: ~12 px at 1024 px
@@ -90,7 +94,7 @@ def dermoscopy_like(width: int, height: int, rng: np.random.Generator) -> Image.
     for _ in range(int(rng.integers(0, 7))):  # hairs: dark quadratic curves
         p0, p1, p2 = (rng.uniform(0, 1, 2) * (width, height) for _ in range(3))
         t = np.linspace(0, 1, 24)[:, None]
-        points = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t ** 2 * p2
+        points = (1 - t) ** 2 * p0 + 2 * t * (1 - t) * p1 + t**2 * p2
         draw.line([tuple(p) for p in points], fill=(45, 32, 28), width=max(1, int(rng.uniform(1.5, 4) * width / 1024)))
     if rng.random() < 0.5:  # the dermoscope's dark circular border, common in 1024 px ISIC images
         to_corner = dist * min(width, height) / math.hypot(width, height)  # 1 at the corners
@@ -111,6 +115,7 @@ def make_originals(n: int, orig_sizes, content: str = "dermoscopy", seed: int = 
             img = dermoscopy_like(width, height, rng)
         else:
             from foprokd_jax.data import synthetic
+
             img = synthetic._draw_lesion(k % 8, width, height, rng)  # the synthetic ISIC set's own images
         buffer = io.BytesIO()
         img.save(buffer, format="JPEG", quality=quality)
@@ -119,6 +124,7 @@ def make_originals(n: int, orig_sizes, content: str = "dermoscopy", seed: int = 
 
 
 # ----------------------------------------------------------------------------- encode / decode
+
 
 def _pil_bytes(array: np.ndarray, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
@@ -169,6 +175,7 @@ CODECS = {
 
 # ----------------------------------------------------------------------------- timing
 
+
 def _timed_passes(fns, indices, reps: int) -> list:
     """Per fn: (median wall ms, median CPU ms) per image of `fn(i)` over `indices`.
 
@@ -193,8 +200,11 @@ def _timed_passes(fns, indices, reps: int) -> list:
 def _fidelity(decoded, reference) -> dict:
     diff = np.stack(decoded).astype(np.int16) - np.stack(reference).astype(np.int16)
     mse = float(np.mean(diff.astype(np.float64) ** 2))
-    return {"max_abs_err": int(np.abs(diff).max()), "mean_abs_err": float(np.abs(diff).mean()),
-            "psnr_db": None if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
+    return {
+        "max_abs_err": int(np.abs(diff).max()),
+        "mean_abs_err": float(np.abs(diff).mean()),
+        "psnr_db": None if mse == 0 else 10 * math.log10(255**2 / mse),
+    }
 
 
 def _measure(read, decode, size, indices, reference, reps) -> dict:
@@ -202,6 +212,7 @@ def _measure(read, decode, size, indices, reference, reps) -> dict:
 
     decode None: `read` already returns the image (the tfds row), so there is no separate read time.
     """
+
     def decoded(i):
         return read(i) if decode is None else decode(read(i), size)
 
@@ -218,17 +229,24 @@ def _measure(read, decode, size, indices, reference, reps) -> dict:
         read_ms, decode_ms, full_ms = _timed_passes([read, decoded, augmented], indices, reps)
     share = cpu_contention.foreign_share(start, cpu_contention.snapshot())
     fidelity = _fidelity([decoded(i) for i in indices], [reference[i] for i in indices])
-    return {"read_cpu_ms": read_ms[1], "decode_wall_ms": decode_ms[0], "decode_cpu_ms": decode_ms[1],
-            "full_wall_ms": full_ms[0], "full_cpu_ms": full_ms[1],
-            "decode_img_per_s_per_core": 1e3 / decode_ms[1] if decode_ms[1] > 0 else None,
-            "full_img_per_s_per_core": 1e3 / full_ms[1] if full_ms[1] > 0 else None,
-            "decode_share_of_full": decode_ms[1] / full_ms[1] if full_ms[1] > 0 else None,
-            "foreign_share": share, **fidelity}
+    return {
+        "read_cpu_ms": read_ms[1],
+        "decode_wall_ms": decode_ms[0],
+        "decode_cpu_ms": decode_ms[1],
+        "full_wall_ms": full_ms[0],
+        "full_cpu_ms": full_ms[1],
+        "decode_img_per_s_per_core": 1e3 / decode_ms[1] if decode_ms[1] > 0 else None,
+        "full_img_per_s_per_core": 1e3 / full_ms[1] if full_ms[1] > 0 else None,
+        "decode_share_of_full": decode_ms[1] / full_ms[1] if full_ms[1] > 0 else None,
+        "foreign_share": share,
+        **fidelity,
+    }
 
 
 def _empty_file_bytes(tmp_dir: str) -> int:
     """Size of an array_record file with no records (header + footer), subtracted from every file."""
     from array_record.python import array_record_module
+
     path = os.path.join(tmp_dir, "empty.array_record")
     array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS).close()
     return os.path.getsize(path)
@@ -240,6 +258,7 @@ def _write_records(path: str, payloads) -> int:
     The files grow in 64 KiB steps, so the per-image figure is exact only to 64 KiB / n.
     """
     from array_record.python import array_record_module
+
     writer = array_record_module.ArrayRecordWriter(path, WRITER_OPTIONS)
     for payload in payloads:
         writer.write(payload)
@@ -250,13 +269,17 @@ def _write_records(path: str, payloads) -> int:
 def measure_size(size: int, originals, formats, reps: int, tmp_dir: str) -> list:
     """One result row per (format, original size) at model size `size`."""
     from array_record.python import array_record_module
+
     reference = [decode_resize(jpeg, size) for _, jpeg in originals]  # what preparation stores
     orig_sizes = sorted({o for o, _ in originals}, key=lambda o: -o[0] * o[1])
     rows = []
     for name in formats:
         if name in ("memory", "tfds"):
-            rows.append(_measure_memory(size, reference, reps) if name == "memory" else
-                        _measure_tfds_store(size, originals, reference, reps, tmp_dir))
+            rows.append(
+                _measure_memory(size, reference, reps)
+                if name == "memory"
+                else _measure_tfds_store(size, originals, reference, reps, tmp_dir)
+            )
             continue
         label, encode, decode = CODECS[name]
         # Formats stored at S are independent of the original's size; per-read resizing is not.
@@ -270,12 +293,25 @@ def measure_size(size: int, originals, formats, reps: int, tmp_dir: str) -> list
             local = {k: j for j, k in enumerate(indices)}
             # Random access order, as a shuffled training epoch reads.
             order = [indices[j] for j in np.random.default_rng(size).permutation(len(indices))]
-            row = {"format": name, "label": label if group is None else f"{label} ({group[0]}x{group[1]})",
-                   "size": size, "orig_size": None if group is None else f"{group[0]}x{group[1]}",
-                   "n": len(indices), "payload_bytes": float(np.mean([len(p) for p in payloads])),
-                   "disk_bytes": disk / len(indices)}
-            row.update(_measure(lambda k, reader=reader, local=local: reader.read([local[k]])[0], decode, size,
-                                order, reference, reps))
+            row = {
+                "format": name,
+                "label": label if group is None else f"{label} ({group[0]}x{group[1]})",
+                "size": size,
+                "orig_size": None if group is None else f"{group[0]}x{group[1]}",
+                "n": len(indices),
+                "payload_bytes": float(np.mean([len(p) for p in payloads])),
+                "disk_bytes": disk / len(indices),
+            }
+            row.update(
+                _measure(
+                    lambda k, reader=reader, local=local: reader.read([local[k]])[0],
+                    decode,
+                    size,
+                    order,
+                    reference,
+                    reps,
+                )
+            )
             reader.close()
             os.remove(path)
             rows.append(row)
@@ -287,8 +323,15 @@ def measure_size(size: int, originals, formats, reps: int, tmp_dir: str) -> list
 def _measure_memory(size, reference, reps) -> dict:
     """The augmentation alone, on the prepared arrays already in memory (nothing read or decoded)."""
     order = [int(k) for k in np.random.default_rng(size).permutation(len(reference))]
-    row = {"format": "memory", "label": "prepared array in memory (augmentation alone)", "size": size,
-           "orig_size": None, "n": len(reference), "payload_bytes": None, "disk_bytes": None}
+    row = {
+        "format": "memory",
+        "label": "prepared array in memory (augmentation alone)",
+        "size": size,
+        "orig_size": None,
+        "n": len(reference),
+        "payload_bytes": None,
+        "disk_bytes": None,
+    }
     row.update(_measure(reference.__getitem__, None, size, order, reference, reps))
     # A list lookup is no decoding: its timing would only be noise.
     row.update(decode_wall_ms=None, decode_cpu_ms=None, decode_img_per_s_per_core=None, decode_share_of_full=0.0)
@@ -314,31 +357,62 @@ def _measure_tfds_store(size, originals, reference, reps, tmp_dir) -> dict:
     files = glob.glob(os.path.join(store.dataset_dir, "*.array_record*"))
     disk = sum(os.path.getsize(p) for p in files) - len(files) * _empty_file_bytes(tmp_dir)
     order = [int(k) for k in np.random.default_rng(size).permutation(len(originals))]
-    row = {"format": "tfds", "label": "raw uint8 at S via ImageStore (tfds, project path)", "size": size,
-           "orig_size": None, "n": len(originals), "payload_bytes": float(size * size * 3),
-           "disk_bytes": disk / len(originals)}
+    row = {
+        "format": "tfds",
+        "label": "raw uint8 at S via ImageStore (tfds, project path)",
+        "size": size,
+        "orig_size": None,
+        "n": len(originals),
+        "payload_bytes": float(size * size * 3),
+        "disk_bytes": disk / len(originals),
+    }
     row.update(_measure(store.get, None, size, order, reference, reps))
     return row
 
 
 # ----------------------------------------------------------------------------- output
 
+
 def _f(value, digits=1, scale=1.0) -> str:
     return "–" if value is None else f"{value * scale:.{digits}f}"
 
 
 def markdown(rows) -> str:
-    header = ["stored as", "S", "payload KB/img", "on disk KB/img", "ISIC-2019 GB", "read ms",
-              "read+decode ms", "img/s/core", "+augment ms", "img/s/core", "decode share",
-              "max |err| / PSNR dB", "foreign CPU"]
+    header = [
+        "stored as",
+        "S",
+        "payload KB/img",
+        "on disk KB/img",
+        "ISIC-2019 GB",
+        "read ms",
+        "read+decode ms",
+        "img/s/core",
+        "+augment ms",
+        "img/s/core",
+        "decode share",
+        "max |err| / PSNR dB",
+        "foreign CPU",
+    ]
     table = []
     for r in rows:
         error = "0 (lossless)" if r["psnr_db"] is None else f"{r['max_abs_err']} / {r['psnr_db']:.1f}"
-        table.append([r["label"], str(r["size"]), _f(r["payload_bytes"], 1, 1e-3), _f(r["disk_bytes"], 1, 1e-3),
-                      _f(r["isic_2019_gb"], 2), _f(r["read_cpu_ms"], 3), _f(r["decode_cpu_ms"], 2),
-                      _f(r["decode_img_per_s_per_core"], 0), _f(r["full_cpu_ms"], 2),
-                      _f(r["full_img_per_s_per_core"], 0), _f(r["decode_share_of_full"], 0, 100) + "%", error,
-                      _f(r["foreign_share"], 0, 100) + "%"])
+        table.append(
+            [
+                r["label"],
+                str(r["size"]),
+                _f(r["payload_bytes"], 1, 1e-3),
+                _f(r["disk_bytes"], 1, 1e-3),
+                _f(r["isic_2019_gb"], 2),
+                _f(r["read_cpu_ms"], 3),
+                _f(r["decode_cpu_ms"], 2),
+                _f(r["decode_img_per_s_per_core"], 0),
+                _f(r["full_cpu_ms"], 2),
+                _f(r["full_img_per_s_per_core"], 0),
+                _f(r["decode_share_of_full"], 0, 100) + "%",
+                error,
+                _f(r["foreign_share"], 0, 100) + "%",
+            ]
+        )
     return report.markdown_table(header, table)
 
 
@@ -360,8 +434,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", default="224", help="model input size(s) S, comma-separated, e.g. 224,112")
     parser.add_argument("--n", type=int, default=64, help="test images (split over --orig_sizes)")
     parser.add_argument("--reps", type=int, default=3, help="timed passes over the images (median), after a warm-up")
-    parser.add_argument("--orig_sizes", default="1024x1024,600x450",
-                        help="original resolutions (ISIC-2019 mixes 1024x1024 and 600x450 JPEGs)")
+    parser.add_argument(
+        "--orig_sizes",
+        default="1024x1024,600x450",
+        help="original resolutions (ISIC-2019 mixes 1024x1024 and 600x450 JPEGs)",
+    )
     parser.add_argument("--formats", default=",".join(FORMATS), help=f"subset of {FORMATS}")
     parser.add_argument("--content", default="dermoscopy", choices=CONTENTS)
     parser.add_argument("--seed", type=int, default=0)
@@ -379,18 +456,26 @@ def main(argv=None) -> dict:
         parser.error("--n, --reps and --size must be positive")
     orig_sizes = _parse_orig_sizes(args.orig_sizes)
     affinity = sorted(os.sched_getaffinity(0))
-    print(f"{args.n} {args.content} images, originals {args.orig_sizes} (JPEG q95); process on cores {affinity}"
-          f"{'' if len(affinity) == 1 else ' (not pinned: taskset -c 1 is steadier)'}", flush=True)
+    print(
+        f"{args.n} {args.content} images, originals {args.orig_sizes} (JPEG q95); process on cores {affinity}"
+        f"{'' if len(affinity) == 1 else ' (not pinned: taskset -c 1 is steadier)'}",
+        flush=True,
+    )
     originals = make_originals(args.n, orig_sizes, args.content, args.seed)
     rows = []
     with tempfile.TemporaryDirectory(prefix="storage_encoding_") as tmp_dir:
         for size in sizes:
             size_rows = measure_size(size, originals, formats, args.reps, tmp_dir)
             rows += size_rows
-            print(f"\nS = {size}: CPU ms per image, single thread, from array_record files in a temp dir "
-                  f"(page cache; cold-disk reads excluded)\n\n{markdown(size_rows)}", flush=True)
-    print(f"\n{CONTENT_NOTE} 'decode share' = read+decode / read+decode+augment. ISIC-2019 GB = on-disk "
-          f"bytes per image x {ISIC_2019_IMAGES}.")
+            print(
+                f"\nS = {size}: CPU ms per image, single thread, from array_record files in a temp dir "
+                f"(page cache; cold-disk reads excluded)\n\n{markdown(size_rows)}",
+                flush=True,
+            )
+    print(
+        f"\n{CONTENT_NOTE} 'decode share' = read+decode / read+decode+augment. ISIC-2019 GB = on-disk "
+        f"bytes per image x {ISIC_2019_IMAGES}."
+    )
     result = {"args": vars(args), "affinity": affinity, "note": CONTENT_NOTE, "rows": rows}
     if args.out:
         with open(args.out, "w") as f:

@@ -5,6 +5,7 @@ compilation (XLA) or first-touch allocation (torch), once more as a warm-up, the
 /proc CPU snapshot around each timed call (benchmarks/cpu_contention.py). The figures are medians: the
 machines this runs on are shared, and one slow step from a neighbour's burst should not move the result.
 """
+
 import dataclasses
 import resource
 import statistics
@@ -18,9 +19,9 @@ from benchmarks import cpu_contention
 class StepTiming:
     """What `time_step` measured; seconds unless named otherwise."""
 
-    first_call_s: float            # compile + first step (XLA); first step (torch eager)
-    step_s: List[float]            # wall time of each timed step
-    cpu_s: List[float]             # CPU time this process used in each timed step (all threads)
+    first_call_s: float  # compile + first step (XLA); first step (torch eager)
+    step_s: List[float]  # wall time of each timed step
+    cpu_s: List[float]  # CPU time this process used in each timed step (all threads)
     foreign: List[Optional[float]]  # other processes' share of the machine in each timed step
     region_foreign: Optional[float]  # the same over all timed steps together
 
@@ -79,4 +80,3 @@ def time_step(run_step: Callable[[], object], steps: int, warmup: int = 1, calls
 def peak_rss_mib() -> float:
     """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
-

@@ -16,6 +16,7 @@ Run as torch users would for speed on CPU: channels_last tensors and weights, `t
 eager mode. torch and torchvision are optional (requirements-test.txt); torchvision is imported through
 `foprokd_jax.porting.torch_compat.import_torchvision()`.
 """
+
 from typing import Callable, Tuple
 
 import numpy as np
@@ -23,8 +24,9 @@ import numpy as np
 from foprokd_jax.image_norm import IMAGENET_MEAN, IMAGENET_STD
 
 
-def build_ekd_step(image_size: int, batch_size: int, num_classes: int = 8, free_u: float = 3.0,
-                   threads: int = 2, seed: int = 0) -> Tuple[Callable[[], float], dict]:
+def build_ekd_step(
+    image_size: int, batch_size: int, num_classes: int = 8, free_u: float = 3.0, threads: int = 2, seed: int = 0
+) -> Tuple[Callable[[], float], dict]:
     """Models, optimizer and one fixed random batch; returns (`step()` -> loss float, info).
 
     Each call of `step()` runs one full train step (forward of teacher and student, backward, clip, Adam)
@@ -32,6 +34,7 @@ def build_ekd_step(image_size: int, batch_size: int, num_classes: int = 8, free_
     """
     import torch
     from torch import nn
+
     from foprokd_jax.porting.torch_compat import import_torchvision
 
     torchvision = import_torchvision()
@@ -49,13 +52,23 @@ def build_ekd_step(image_size: int, batch_size: int, num_classes: int = 8, free_
     feature_dim = trunk.fc.in_features
     trunk.fc = nn.Identity()
     teacher_dim = 2048
-    student = nn.ModuleDict({
-        "trunk": trunk,
-        "fc": nn.Linear(feature_dim, num_classes),
-        "p_free": nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(),
-                                nn.Linear(feature_dim, teacher_dim)),
-        "fc_free": nn.Linear(teacher_dim, num_classes),
-    }).train().to(memory_format=channels_last)
+    student = (
+        nn.ModuleDict(
+            {
+                "trunk": trunk,
+                "fc": nn.Linear(feature_dim, num_classes),
+                "p_free": nn.Sequential(
+                    nn.Linear(feature_dim, feature_dim),
+                    nn.BatchNorm1d(feature_dim),
+                    nn.ReLU(),
+                    nn.Linear(feature_dim, teacher_dim),
+                ),
+                "fc_free": nn.Linear(teacher_dim, num_classes),
+            }
+        )
+        .train()
+        .to(memory_format=channels_last)
+    )
     optimizer = torch.optim.Adam(student.parameters(), lr=3e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0)
 
     counts = np.arange(num_classes, 0, -1, dtype=np.float64)  # the JAX benchmark's long-tailed counts
@@ -78,14 +91,22 @@ def build_ekd_step(image_size: int, batch_size: int, num_classes: int = 8, free_
             t = teacher(x)
         h = student["trunk"](x)
         p = student["p_free"](h)
-        loss = (ce(student["fc"](h) + log_prior, labels) + ce(student["fc_free"](p) + log_prior, labels)
-                + free_u * normalized_distance(p, t).mean())
+        loss = (
+            ce(student["fc"](h) + log_prior, labels)
+            + ce(student["fc_free"](p) + log_prior, labels)
+            + free_u * normalized_distance(p, t).mean()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(student.parameters(), 5.0)
         optimizer.step()
         return float(loss.detach())
 
-    info = {"torch": torch.__version__, "torchvision": torchvision.__version__, "threads": torch.get_num_threads(),
-            "memory_format": "channels_last", "mode": "eager"}
+    info = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "threads": torch.get_num_threads(),
+        "memory_format": "channels_last",
+        "mode": "eager",
+    }
     return step, info

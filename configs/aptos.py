@@ -25,15 +25,27 @@ Expected result: the paper's tables were not retrieved (docs/crckd.md §R10), so
 Hardware: 2,929 training images = 45 steps of 64 per epoch, 80 epochs of DenseNet-121 at 224 px: about an
 hour on one modern GPU.
 """
-from configs import common, crckd_presets as presets
+
+from configs import common
+from configs import crckd_presets as presets
 from foprokd_jax.data import aptos
 
 METHODS = ("crckd", "fopro", "ekd", "bsm")
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, method="crckd", fold=1, val=-1.0, variant="crckd", ccd_post=0.01,
-                           teacher="moco_r50", fpg="spectrum", akd=True, runlocal=False)
+    arg = common.parse_arg(
+        arg,
+        method="crckd",
+        fold=1,
+        val=-1.0,
+        variant="crckd",
+        ccd_post=0.01,
+        teacher="moco_r50",
+        fpg="spectrum",
+        akd=True,
+        runlocal=False,
+    )
     if arg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {arg.method!r}")
     common.check_kd_args(arg)

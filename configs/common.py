@@ -1,4 +1,5 @@
 """Helpers shared by the config files: `:arg` parsing (big_vision style) and the default config tree."""
+
 import ml_collections
 
 
@@ -37,39 +38,39 @@ def base_config() -> ml_collections.ConfigDict:
     """The keys every method reads (data, loop, evaluation), documented inline; `method_config` adds the
     method's own subtrees. Reference values: the released EKD run (docs/reference_semantics.md §10)."""
     c = ml_collections.ConfigDict()
-    c.name = "run"                   # default workdir name: workdirs/<name>
-    c.demo = False                   # True only in configs/demo.py (synthetic data + method comparison)
+    c.name = "run"  # default workdir name: workdirs/<name>
+    c.demo = False  # True only in configs/demo.py (synthetic data + method comparison)
     # 'fopro' (EKD with the Fourier prompt on the teacher input + AKD), 'ekd' (the released code: BSM x2 +
     # free_u * teacher-feature loss, teacher sees x), 'bsm' (BSM on fc only, no teacher), 'crckd' or
     # 'hinton_kd': the packages of foprokd_jax/methods/. Set by `method_config`, with the method's subtrees.
     c.method = ""
-    c.seed = 0                       # model init and data order (grain shuffle + augmentation seeds)
+    c.seed = 0  # model init and data order (grain shuffle + augmentation seeds)
 
     c.input = ml_collections.ConfigDict()
     # Benchmark (foprokd_jax/data/registry.py, docs/datasets.md): 'isic2019_lt', 'ham10000', 'aptos' or 'hyperkvasir'.
     # image_root is its unpacked download: the folder holding ISIC_2019_Training_Input/ | HAM10000_metadata.csv +
     # HAM10000_images_part_{1,2}/ | train.csv + train_images/ (APTOS) | labeled-images/ (Hyper-Kvasir).
     c.input.dataset = "isic2019_lt"
-    c.input.image_root = "data/isic2019"       # folder holding ISIC_2019_Training_Input/*.jpg (official zip)
+    c.input.image_root = "data/isic2019"  # folder holding ISIC_2019_Training_Input/*.jpg (official zip)
     c.input.split_dir = "data/isic2019/splits"  # folder of {train,val,test}_skin{fold}_{imb}.csv (FoPro-KD repo)
-    c.input.prepared_dir = "data/tfds"          # tfds data_dir for the resized array_record copy (made once)
-    c.input.fold = 1                 # 1..5: independent draws, not a partition (docs/reference_semantics.md §8.1)
-    c.input.imb = "0.01"             # imbalance factor as in the CSV names: 0.01 / 0.005 / 0.002
+    c.input.prepared_dir = "data/tfds"  # tfds data_dir for the resized array_record copy (made once)
+    c.input.fold = 1  # 1..5: independent draws, not a partition (docs/reference_semantics.md §8.1)
+    c.input.imb = "0.01"  # imbalance factor as in the CSV names: 0.01 / 0.005 / 0.002
     # HAM10000 / APTOS / Hyper-Kvasir only (ISIC uses the official files): fold k = test fold k of a seeded,
     # stratified 5-fold partition (docs/datasets.md).
-    c.input.split_seed = 2020        # seed of that partition and of the val carve (2020 = CRCKD's APTOS folds)
-    c.input.split_mode = "lesion"    # HAM10000: 'lesion' (a lesion_id's images share a split) or 'image' (leaky)
+    c.input.split_seed = 2020  # seed of that partition and of the val carve (2020 = CRCKD's APTOS folds)
+    c.input.split_mode = "lesion"  # HAM10000: 'lesion' (a lesion_id's images share a split) or 'image' (leaky)
     # Fraction of ALL images moved from the training folds into a 'val' split; < 0 = the dataset's default:
     # HAM10000 0.1 (70/10/20), APTOS 0 and Hyper-Kvasir 0 (train/test only, as in their references).
     c.input.val_fraction = -1.0
-    c.input.label_csv = ""           # '' = <image_root>/HAM10000_metadata.csv or <image_root>/train.csv (APTOS)
+    c.input.label_csv = ""  # '' = <image_root>/HAM10000_metadata.csv or <image_root>/train.csv (APTOS)
     # Undecodable images found while preparing (listed in <prepared_dir>/<name>_size<S>.bad_images.json):
     # 'fail' = error, nothing prepared; 'skip' = prepare without them, splits drop them with a warning.
     c.input.bad_image_policy = "fail"
-    c.input.image_size = 224         # images are resized once to image_size x image_size (no aspect kept)
-    c.input.batch_size = 32          # GLOBAL batch size (summed over all devices and hosts)
-    c.input.eval_batch_size = 64     # global batch size for evaluation (last batch padded with mask 0)
-    c.input.worker_count = 0         # grain worker processes for decoding/augmentation (0 = in-process)
+    c.input.image_size = 224  # images are resized once to image_size x image_size (no aspect kept)
+    c.input.batch_size = 32  # GLOBAL batch size (summed over all devices and hosts)
+    c.input.eval_batch_size = 64  # global batch size for evaluation (last batch padded with mask 0)
+    c.input.worker_count = 0  # grain worker processes for decoding/augmentation (0 = in-process)
     # Batches copied to the devices ahead of the step by a background thread (hides the host's batching
     # and transfer behind the step on GPU/TPU); 0 = synchronous. The checkpointed position is unaffected.
     c.input.prefetch_to_device = 2
@@ -78,11 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
     # draw N examples per epoch with replacement, deterministic in (seed, epoch) and resumable.
     c.input.sampler = "instance"
 
-    c.total_epochs = 100             # reference: 100 rounds x 1 local epoch
-    c.total_steps = -1               # > 0 overrides total_epochs (smoke tests, demos)
-    c.eval_every_steps = -1          # > 0 overrides "once per epoch"; also the checkpoint interval
-    c.log_every_steps = 50           # train metrics to metrics.jsonl / TensorBoard
-    c.num_devices = -1               # -1 = all devices; n = the first n (for 1-vs-n comparisons)
+    c.total_epochs = 100  # reference: 100 rounds x 1 local epoch
+    c.total_steps = -1  # > 0 overrides total_epochs (smoke tests, demos)
+    c.eval_every_steps = -1  # > 0 overrides "once per epoch"; also the checkpoint interval
+    c.log_every_steps = 50  # train metrics to metrics.jsonl / TensorBoard
+    c.num_devices = -1  # -1 = all devices; n = the first n (for 1-vs-n comparisons)
 
     c.eval = ml_collections.ConfigDict()
     # 'val_test': select on val (50/class), report on test (100/class), the conventional reading.
@@ -90,8 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
     # docs/reference_semantics.md §9.
     # 'test_last': CRCKD's protocol (no validation set): monitor the test split, report the LAST checkpoint.
     c.eval.protocol = "val_test"
-    c.eval.head_min = 700            # head classes: > head_min training images (Hyper-Kvasir protocol note)
-    c.eval.tail_max = 70             # tail classes: < tail_max training images
+    c.eval.head_min = 700  # head classes: > head_min training images (Hyper-Kvasir protocol note)
+    c.eval.tail_max = 70  # tail classes: < tail_max training images
 
     return c
 
@@ -141,8 +142,9 @@ def apply_kd_method(config, arg) -> str:
         config.fpg.variant = arg.fpg
         config.fpg.lambda_adv = config.fpg.lambda_adv if arg.akd else 0.0
     if "teacher" in config:
-        config.teacher.update(dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch,
-                                   feature_key=spec.feature_key))
+        config.teacher.update(
+            dict(name=spec.name, artifact=spec.default_artifact, arch=spec.arch, feature_key=spec.feature_key)
+        )
     if arg.method == "hinton_kd":  # its teacher is an exported model (config.hinton_kd), not a registry name
         return arg.method
     variant = f"_{arg.fpg}{'' if arg.akd else '_noakd'}" if arg.method == "fopro" else ""

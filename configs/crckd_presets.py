@@ -7,6 +7,7 @@ baselines keep the CRCKD machinery (banks still update, docs/crckd.md §R6) with
     'wce'    "Baseline 1: DenseNet121": L_WCE only
     'mt'     "Baseline 2: +MT": L_WCE + w(e) L_KL from epoch 20
 """
+
 from configs import common
 
 VARIANTS = ("crckd", "wce", "mt")
@@ -37,8 +38,19 @@ def apply_runlocal(config) -> None:
     config.input.batch_size = 8
     config.input.eval_batch_size = 16
     config.crckd.backbone_init = ""
-    config.crckd.update(dict(growth_rate=8, block_config=(1, 1), num_init_features=16, bn_size=2, feat_dim=16,
-                             nce_p=2, nce_k=16, begin_distill_epoch=1, consistency_rampup_epochs=2.0))
+    config.crckd.update(
+        dict(
+            growth_rate=8,
+            block_config=(1, 1),
+            num_init_features=16,
+            bn_size=2,
+            feat_dim=16,
+            nce_p=2,
+            nce_k=16,
+            begin_distill_epoch=1,
+            consistency_rampup_epochs=2.0,
+        )
+    )
     config.total_steps = 4
     config.eval_every_steps = 2
     config.log_every_steps = 1

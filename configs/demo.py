@@ -17,8 +17,8 @@ pretrained teacher helps, and FoPro-KD's FPG/AKD are a reconstruction (docs/fpg.
 all three well above chance (1/8 = 0.125 balanced accuracy) on the synthetic test split; the exact
 numbers depend on the machine's floating point.
 """
-from configs import common
 
+from configs import common
 
 DEMO_METHODS = ("bsm", "ekd", "fopro")
 
@@ -32,10 +32,11 @@ def get_config(arg=None):
     config = common.method_config("fopro")
     config.name = "demo"
     config.demo = True
-    config.demo_methods = arg.methods   # '+'-separated list of methods to train and compare
+    config.demo_methods = arg.methods  # '+'-separated list of methods to train and compare
     # Synthetic data: head class 200 train images, 10 val / 20 test per class, ISIC-like JPEG sizes.
-    config.demo_data = dict(n_max=200, val_per_class=10, test_per_class=20, image_sizes=((300, 225), (256, 256)),
-                            folds=(1,), imbs=("0.01",))
+    config.demo_data = dict(
+        n_max=200, val_per_class=10, test_per_class=20, image_sizes=((300, 225), (256, 256)), folds=(1,), imbs=("0.01",)
+    )
     config.input.image_root = "data/synthetic_isic"
     config.input.split_dir = "data/synthetic_isic/splits"
     config.input.prepared_dir = "data/synthetic_isic/tfds"

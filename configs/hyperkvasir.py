@@ -24,12 +24,14 @@ training images (eval.head_min / eval.tail_max); results.json's dataset_info.cla
 Expected result: the paper's table could not be recovered (docs/reference_semantics.md §11), so no number is promised.
 Hardware: ~8,530 training images = 266 steps per epoch at batch 32, 224 px; hours on one modern GPU.
 """
+
 from configs import common
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, method="fopro", teacher="moco_r50", fold=1, val=0.0, fpg="spectrum", akd=True,
-                           runlocal=False)
+    arg = common.parse_arg(
+        arg, method="fopro", teacher="moco_r50", fold=1, val=0.0, fpg="spectrum", akd=True, runlocal=False
+    )
     if arg.method not in ("fopro", "ekd", "bsm"):
         raise ValueError(f"method must be 'fopro', 'ekd' or 'bsm', got {arg.method!r}")
     common.check_kd_args(arg)

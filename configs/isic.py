@@ -42,6 +42,7 @@ Reference settings: Adam 3e-4, clip 5, batch 32, 100 epochs at 224x224, ResNet-1
 Hardware: ~100 epochs x 649 steps at 224px; on one modern GPU this is hours, on a 2-core CPU weeks.
 Results land in <workdir>/results.json (balanced accuracy on the report split of the best checkpoint).
 """
+
 from configs import common
 from foprokd_jax.models import teachers
 
@@ -51,8 +52,9 @@ METHODS = ("fopro", "ekd", "bsm", "hinton_kd")
 
 
 def get_config(arg=None):
-    arg = common.parse_arg(arg, method="fopro", teacher="moco_r50", imb="0.01", fold=1, fpg="spectrum", akd=True,
-                           runlocal=False)
+    arg = common.parse_arg(
+        arg, method="fopro", teacher="moco_r50", imb="0.01", fold=1, fpg="spectrum", akd=True, runlocal=False
+    )
     if arg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {arg.method!r}")
     if arg.fpg not in ("spectrum", "radial", "conditional"):

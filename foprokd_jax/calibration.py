@@ -22,6 +22,7 @@ Everything is host-side numpy in float64, from logits (N, C) and integer labels 
 scikit-learn and scipy are not runtime dependencies; tests compare against them (tests/test_calibration.py).
 Docs: docs/evaluation.md ("Calibration").
 """
+
 import math
 import warnings
 from typing import Optional
@@ -102,10 +103,16 @@ def reliability_bins(probs, labels, num_bins: int = DEFAULT_NUM_BINS, binning: s
     mean_confidence = np.where(nonempty, confidence_sum / np.maximum(count, 1), np.nan)
     gaps = np.abs(accuracy - mean_confidence)[nonempty]
     ece = float(np.sum(count[nonempty] / len(labels) * gaps))
-    return {"binning": binning, "num_bins": int(num_bins), "edges": edges.tolist(), "count": count.tolist(),
-            "accuracy": [float(a) if ok else None for a, ok in zip(accuracy, nonempty)],
-            "confidence": [float(c) if ok else None for c, ok in zip(mean_confidence, nonempty)],
-            "ece": ece, "mce": float(gaps.max()) if gaps.size else 0.0}
+    return {
+        "binning": binning,
+        "num_bins": int(num_bins),
+        "edges": edges.tolist(),
+        "count": count.tolist(),
+        "accuracy": [float(a) if ok else None for a, ok in zip(accuracy, nonempty)],
+        "confidence": [float(c) if ok else None for c, ok in zip(mean_confidence, nonempty)],
+        "ece": ece,
+        "mce": float(gaps.max()) if gaps.size else 0.0,
+    }
 
 
 def expected_calibration_error(probs, labels, num_bins: int = DEFAULT_NUM_BINS, binning: str = "width") -> float:
@@ -145,10 +152,15 @@ def fit_temperature(logits, labels, iterations: int = 200) -> dict:
         log_beta = 0.5 * (lo + hi)
     temperature = 1.0 / math.exp(log_beta)
     if at_bound:
-        warnings.warn(f"temperature scaling: the NLL optimum lies outside [{T_MIN}, {T_MAX}]; using T = "
-                      f"{temperature:g}")
-    return {"temperature": temperature, "nll_before": negative_log_likelihood(logits, labels),
-            "nll_after": negative_log_likelihood(logits / temperature, labels), "at_bound": at_bound}
+        warnings.warn(
+            f"temperature scaling: the NLL optimum lies outside [{T_MIN}, {T_MAX}]; using T = {temperature:g}"
+        )
+    return {
+        "temperature": temperature,
+        "nll_before": negative_log_likelihood(logits, labels),
+        "nll_after": negative_log_likelihood(logits / temperature, labels),
+        "at_bound": at_bound,
+    }
 
 
 def calibration_metrics(logits, labels, num_bins: int = DEFAULT_NUM_BINS) -> dict:
@@ -156,13 +168,20 @@ def calibration_metrics(logits, labels, num_bins: int = DEFAULT_NUM_BINS) -> dic
     logits, labels = _check(logits, labels)
     probs = np.exp(log_softmax(logits))
     bins = {binning: reliability_bins(probs, labels, num_bins, binning) for binning in BINNINGS}
-    return {"ece": bins["width"]["ece"], "ece_mass": bins["mass"]["ece"], "mce": bins["width"]["mce"],
-            "brier": brier_score(probs, labels), "nll": negative_log_likelihood(logits, labels),
-            "num_bins": int(num_bins), "bins": bins}
+    return {
+        "ece": bins["width"]["ece"],
+        "ece_mass": bins["mass"]["ece"],
+        "mce": bins["width"]["mce"],
+        "brier": brier_score(probs, labels),
+        "nll": negative_log_likelihood(logits, labels),
+        "num_bins": int(num_bins),
+        "bins": bins,
+    }
 
 
-def calibration_report(logits, labels, num_bins: int = DEFAULT_NUM_BINS, fit_logits=None, fit_labels=None,
-                       fit_split: Optional[str] = None) -> dict:
+def calibration_report(
+    logits, labels, num_bins: int = DEFAULT_NUM_BINS, fit_logits=None, fit_labels=None, fit_split: Optional[str] = None
+) -> dict:
     """Calibration of `logits` and, given a held-out split, after temperature scaling fitted on it.
 
     Returns `calibration_metrics(logits, labels)` plus, with `fit_logits`/`fit_labels`, "temperature_scaling":
@@ -175,7 +194,11 @@ def calibration_report(logits, labels, num_bins: int = DEFAULT_NUM_BINS, fit_log
         fit = fit_temperature(fit_logits, fit_labels)
         scaled = np.asarray(logits, np.float64) / fit["temperature"]
         report["temperature_scaling"] = {
-            "fitted_on": fit_split, "temperature": fit["temperature"], "fit_nll_before": fit["nll_before"],
-            "fit_nll_after": fit["nll_after"], "at_bound": fit["at_bound"],
-            "after": calibration_metrics(scaled, labels, num_bins)}
+            "fitted_on": fit_split,
+            "temperature": fit["temperature"],
+            "fit_nll_before": fit["nll_before"],
+            "fit_nll_after": fit["nll_after"],
+            "at_bound": fit["at_bound"],
+            "after": calibration_metrics(scaled, labels, num_bins),
+        }
     return report

@@ -17,6 +17,7 @@ Crash safety (checked against orbax 0.12.8 by experiment, docs/reliability.md):
   there would make every later open fail), so the run metadata is written here instead, atomically, to
   `checkpoints/run_metadata.json`.
 """
+
 import json
 import os
 import shutil
@@ -53,19 +54,27 @@ class Checkpointer:
     def __init__(self, workdir: str, keep_latest: int = 2, metadata: Optional[dict] = None):
         self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
         self._is_primary = jax.process_index() == 0
-        preservation = policies.AnyPreservationPolicy([
-            policies.LatestN(keep_latest),
-            policies.BestN(get_metric_fn=_rank, n=1, keep_checkpoints_without_metrics=False),
-        ])
+        preservation = policies.AnyPreservationPolicy(
+            [
+                policies.LatestN(keep_latest),
+                policies.BestN(get_metric_fn=_rank, n=1, keep_checkpoints_without_metrics=False),
+            ]
+        )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation, best_fn=_rank, best_mode="max", create=True,
-            enable_async_checkpointing=True, todelete_subdir=TRASH_SUBDIR)
+            preservation_policy=preservation,
+            best_fn=_rank,
+            best_mode="max",
+            create=True,
+            enable_async_checkpointing=True,
+            todelete_subdir=TRASH_SUBDIR,
+        )
         # Explicit handlers (not just item names) so that `item_metadata` can describe a stored checkpoint
         # when a restore fails.
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options,
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "data_iter": grain.checkpoint.CheckpointHandler()})
+            self.directory,
+            options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "data_iter": grain.checkpoint.CheckpointHandler()},
+        )
         self._empty_trash()
         if metadata is not None:
             self.write_metadata(metadata)
@@ -131,13 +140,20 @@ class Checkpointer:
         except Exception:  # noqa: BLE001 - the metadata itself is unreadable: a truncated checkpoint
             diff = None
         others = [s for s in self.all_steps() if s != step]
-        advice = (f"Remove {path} and rerun to continue from the other checkpoints (steps {others})" if others
-                  else f"Remove {path} and rerun to start this run from scratch")
+        advice = (
+            f"Remove {path} and rerun to continue from the other checkpoints (steps {others})"
+            if others
+            else f"Remove {path} and rerun to start this run from scratch"
+        )
         if diff:
-            return (f"checkpoint {path} does not match the model built from the config ({diff}); it was written "
-                    f"by a different architecture or code version. {advice}, or use another --workdir.")
-        return (f"checkpoint {path} cannot be read ({type(root).__name__}: {first_line}); it is truncated or "
-                f"corrupt. {advice}.")
+            return (
+                f"checkpoint {path} does not match the model built from the config ({diff}); it was written "
+                f"by a different architecture or code version. {advice}, or use another --workdir."
+            )
+        return (
+            f"checkpoint {path} cannot be read ({type(root).__name__}: {first_line}); it is truncated or "
+            f"corrupt. {advice}."
+        )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -173,6 +189,7 @@ class Checkpointer:
 
 def _leaf_shapes(tree: Any) -> dict:
     """'a/b/c' -> shape for every array-like leaf (names normalised across dicts, dataclasses, tuples)."""
+
     def name(key) -> str:
         for attr in ("key", "name", "idx"):
             if hasattr(key, attr):
@@ -195,6 +212,8 @@ def tree_difference(stored: Any, expected: Any, limit: int = 4) -> str:
     if extra:
         parts.append(f"{len(extra)} unexpected leaves in the checkpoint, e.g. {extra[:limit]}")
     if shapes:
-        parts.append(f"{len(shapes)} shape mismatches, e.g. " +
-                     ", ".join(f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in shapes[:limit]))
+        parts.append(
+            f"{len(shapes)} shape mismatches, e.g. "
+            + ", ".join(f"{k}: checkpoint {have[k]} vs model {want[k]}" for k in shapes[:limit])
+        )
     return "; ".join(parts)

@@ -12,6 +12,7 @@ Where the cache lives, first match wins:
     $JAX_COMPILATION_CACHE_DIR       (jax's own variable; launch/sweep.py sets it for its runs)
     $XDG_CACHE_HOME/foprokd_jax/xla  (default ~/.cache/foprokd_jax/xla)
 """
+
 from __future__ import annotations
 
 import os
@@ -63,8 +64,10 @@ def enable(directory: Optional[str] = None) -> Optional[str]:
     problem = _usable_directory(path)
     if problem is not None:
         if explicit:
-            raise ValueError(f"--compilation_cache={directory}: {problem}. Give a writable folder, or '' to "
-                             "train without the persistent compilation cache.")
+            raise ValueError(
+                f"--compilation_cache={directory}: {problem}. Give a writable folder, or '' to "
+                "train without the persistent compilation cache."
+            )
         logging.warning("Persistent compilation cache off: %s: %s", path, problem)
         jax.config.update("jax_compilation_cache_dir", None)
         return None

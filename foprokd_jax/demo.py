@@ -3,6 +3,7 @@
 Everything it writes is made by the same code paths a real run uses: JPEGs and split CSVs in the official
 layout, the tfds array_record copy, a teacher artifact with its sha256 sidecar, Orbax checkpoints.
 """
+
 import json
 import os
 
@@ -41,10 +42,18 @@ def ensure_demo_teacher(config) -> None:
     module = ResNet(**DEMO_TEACHER)
     size = config.input.image_size
     variables = jax.jit(lambda rng: module.init(rng, jnp.zeros((1, size, size, 3)), train=False))(
-        jax.random.PRNGKey(1234))
-    artifact.save_artifact(path, jax.device_get(variables), {
-        "arch": config.teacher.arch, "feature_dim": module.feature_dim, "source": "random init (demo only)",
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_TEACHER.items()}})
+        jax.random.PRNGKey(1234)
+    )
+    artifact.save_artifact(
+        path,
+        jax.device_get(variables),
+        {
+            "arch": config.teacher.arch,
+            "feature_dim": module.feature_dim,
+            "source": "random init (demo only)",
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_TEACHER.items()},
+        },
+    )
     logging.info("Wrote the demo teacher (random init) to %s", path)
 
 
@@ -53,8 +62,11 @@ def config_for_method(config, method: str) -> ml_collections.ConfigDict:
     run's config.json holds only keys it reads (the demo config carries FoPro-KD's, a superset of EKD's and
     BSM's)."""
     foreign = methods.keys_of_other_methods(method)
-    flat = {key: value for key, value in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()
-            if key not in foreign}
+    flat = {
+        key: value
+        for key, value in flax.traverse_util.flatten_dict(config.to_dict(), sep=".").items()
+        if key not in foreign
+    }
     run_config = ml_collections.ConfigDict(flax.traverse_util.unflatten_dict(flat, sep="."))
     run_config.method = method
     run_config.lock()
@@ -81,13 +93,16 @@ def _write_comparison(summary: dict, workdir: str) -> None:
     header = f"{'method':8s}" + "".join(f"{k:>15s}" for k in keys)
     lines = [header, "-" * len(header)]
     for method, report in summary.items():
-        lines.append(f"{method:8s}" + "".join(
-            f"{report[k]:15.4f}" if isinstance(report.get(k), float) else f"{'-':>15s}" for k in keys))
+        lines.append(
+            f"{method:8s}"
+            + "".join(f"{report[k]:15.4f}" if isinstance(report.get(k), float) else f"{'-':>15s}" for k in keys)
+        )
     table = "\n".join(lines)
     print("\nDemo results on the synthetic test split (best checkpoint by validation balanced accuracy):")
     print(table)
     print("Note: the demo teacher is randomly initialised (no pretrained weights offline).\n")
     with open(os.path.join(workdir, "comparison.json"), "w") as f:
         json.dump({m: {k: r.get(k) for k in keys} for m, r in summary.items()}, f, indent=2)
-    plots.plot_method_comparison({m: {k: r.get(k) for k in keys} for m, r in summary.items()},
-                                 os.path.join(workdir, "comparison.png"))
+    plots.plot_method_comparison(
+        {m: {k: r.get(k) for k in keys} for m, r in summary.items()}, os.path.join(workdir, "comparison.png")
+    )

@@ -8,6 +8,7 @@ checkpointing.Checkpointer. `evaluate_run` is what launch/evaluate.py does. Metr
 scaling fitted on another split) and stratified bootstrap intervals (statistics.py) by `uncertainty_report`.
 Docs: docs/evaluation.md.
 """
+
 import csv
 import dataclasses
 import json
@@ -16,8 +17,8 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
-from absl import logging
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from foprokd_jax import calibration, checkpointing, methods, metrics, parallel, plots, statistics
@@ -37,7 +38,8 @@ def predict_split(predict_step, state, source, eval_batch_size: int, mesh):
         global_batch = parallel.host_batch_to_global(batch, mesh)
         out = predict_step(state, global_batch)
         gathered = multihost_utils.process_allgather(
-            {"logits": out, "label": global_batch["label"], "mask": global_batch["mask"]}, tiled=True)
+            {"logits": out, "label": global_batch["label"], "mask": global_batch["mask"]}, tiled=True
+        )
         keep = np.asarray(gathered["mask"]).astype(bool)
         logits.append(np.asarray(gathered["logits"], np.float32)[keep])
         labels.append(np.asarray(gathered["label"], np.int64)[keep])
@@ -70,8 +72,10 @@ def resolve_checkpoint(ckpt: checkpointing.Checkpointer, which: str) -> int:
     if which == "best":
         step = ckpt.best_step()
         if step is None:
-            raise ValueError(f"{ckpt.directory} has no checkpoint ranked by a selection metric; use "
-                             f"--checkpoint=latest or one of {steps}")
+            raise ValueError(
+                f"{ckpt.directory} has no checkpoint ranked by a selection metric; use "
+                f"--checkpoint=latest or one of {steps}"
+            )
         return step
     if which == "latest":
         return ckpt.latest_step()
@@ -87,6 +91,7 @@ def resolve_checkpoint(ckpt: checkpointing.Checkpointer, which: str) -> int:
 @dataclasses.dataclass
 class RestoredRun:
     """A trained run rebuilt from its workdir: what evaluation and prediction need."""
+
     workdir: str
     config: Any
     dataset: registry.LoadedDataset
@@ -113,8 +118,7 @@ def restore_run(workdir: str, checkpoint: str = "best") -> RestoredRun:
     with checkpointing.Checkpointer(workdir) as ckpt:
         step = resolve_checkpoint(ckpt, checkpoint)
         state = ckpt.restore(step, parts.state)
-    return RestoredRun(workdir=workdir, config=config, dataset=dataset, parts=parts, state=state, step=step,
-                       mesh=mesh)
+    return RestoredRun(workdir=workdir, config=config, dataset=dataset, parts=parts, state=state, step=step, mesh=mesh)
 
 
 def split_metrics(predict_step, state, source, dataset, config, mesh) -> dict:
@@ -128,21 +132,35 @@ def restored_split_report(run: RestoredRun, split: str, eval_batch_size: Optiona
     if split not in run.dataset.sources:
         raise ValueError(f"split {split!r} is not in {run.dataset.name} (has {sorted(run.dataset.sources)})")
     batch_size = eval_batch_size or run.config.input.eval_batch_size
-    logits, labels = predict_split(run.parts.predict_step, run.state, run.dataset.sources[split], batch_size,
-                                   run.mesh)
+    logits, labels = predict_split(run.parts.predict_step, run.state, run.dataset.sources[split], batch_size, run.mesh)
     return report_from_logits(logits, labels, run.dataset, run.config), logits, labels
 
 
 def report_from_logits(logits, labels, dataset, config) -> dict:
     """`metrics.full_report` of raw logits (softmax probabilities for AUC, argmax predictions)."""
-    return metrics.full_report(metrics.softmax(logits), labels, dataset.class_names, dataset.train_counts,
-                               config.eval.head_min, config.eval.tail_max, predictions=np.argmax(logits, axis=1))
+    return metrics.full_report(
+        metrics.softmax(logits),
+        labels,
+        dataset.class_names,
+        dataset.train_counts,
+        config.eval.head_min,
+        config.eval.tail_max,
+        predictions=np.argmax(logits, axis=1),
+    )
 
 
-def uncertainty_report(logits, labels, class_names, fit_logits=None, fit_labels=None, fit_split=None,
-                       num_bins: int = calibration.DEFAULT_NUM_BINS,
-                       bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
-                       confidence: float = statistics.DEFAULT_CONFIDENCE) -> dict:
+def uncertainty_report(
+    logits,
+    labels,
+    class_names,
+    fit_logits=None,
+    fit_labels=None,
+    fit_split=None,
+    num_bins: int = calibration.DEFAULT_NUM_BINS,
+    bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
+    confidence: float = statistics.DEFAULT_CONFIDENCE,
+) -> dict:
     """{"calibration": calibration.calibration_report, "bootstrap": statistics.bootstrap_intervals} of one split.
 
     `fit_logits`/`fit_labels` (another split, e.g. val) fit the temperature whose effect is reported on
@@ -151,8 +169,9 @@ def uncertainty_report(logits, labels, class_names, fit_logits=None, fit_labels=
     """
     out = {"calibration": calibration.calibration_report(logits, labels, num_bins, fit_logits, fit_labels, fit_split)}
     if bootstrap_resamples:
-        out["bootstrap"] = statistics.bootstrap_intervals(labels, np.argmax(logits, axis=1), class_names,
-                                                          bootstrap_resamples, bootstrap_seed, confidence)
+        out["bootstrap"] = statistics.bootstrap_intervals(
+            labels, np.argmax(logits, axis=1), class_names, bootstrap_resamples, bootstrap_seed, confidence
+        )
     return out
 
 
@@ -175,17 +194,29 @@ def write_predictions_csv(path: str, ids, labels, probs, class_names, write_labe
     return path
 
 
-def evaluate_run(workdir: str, checkpoint: str = "best", split: str = "test", out_dir: Optional[str] = None,
-                 eval_batch_size: Optional[int] = None, **uncertainty) -> dict:
+def evaluate_run(
+    workdir: str,
+    checkpoint: str = "best",
+    split: str = "test",
+    out_dir: Optional[str] = None,
+    eval_batch_size: Optional[int] = None,
+    **uncertainty,
+) -> dict:
     """launch/evaluate.py: `restore_run` then `write_evaluation` (keyword arguments: its calibration/bootstrap ones)."""
     return write_evaluation(restore_run(workdir, checkpoint), split, out_dir, eval_batch_size, **uncertainty)
 
 
-def write_evaluation(run: RestoredRun, split: str = "test", out_dir: Optional[str] = None,
-                     eval_batch_size: Optional[int] = None, calibrate_on: Optional[str] = "val",
-                     num_bins: int = calibration.DEFAULT_NUM_BINS,
-                     bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES, bootstrap_seed: int = 0,
-                     confidence: float = statistics.DEFAULT_CONFIDENCE) -> dict:
+def write_evaluation(
+    run: RestoredRun,
+    split: str = "test",
+    out_dir: Optional[str] = None,
+    eval_batch_size: Optional[int] = None,
+    calibrate_on: Optional[str] = "val",
+    num_bins: int = calibration.DEFAULT_NUM_BINS,
+    bootstrap_resamples: int = statistics.DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
+    confidence: float = statistics.DEFAULT_CONFIDENCE,
+) -> dict:
     """metrics.json, confusion_matrix.png, per_class_recall.png, reliability_diagram.png, predictions.csv.
 
     Written by process 0 into `out_dir` (default <workdir>/eval/<split>_step<step>). Returns the metrics dict
@@ -207,39 +238,79 @@ def write_evaluation(run: RestoredRun, split: str = "test", out_dir: Optional[st
         skipped = f"{run.dataset.name} has no {calibrate_on!r} split"
     fit_logits = fit_labels = None
     if skipped is None:
-        fit_logits, fit_labels = predict_split(run.parts.predict_step, run.state, run.dataset.sources[calibrate_on],
-                                               eval_batch_size or run.config.input.eval_batch_size, run.mesh)
-    uncertainty = uncertainty_report(logits, labels, names, fit_logits, fit_labels, calibrate_on if skipped is None
-                                     else None, num_bins, bootstrap_resamples, bootstrap_seed, confidence)
+        fit_logits, fit_labels = predict_split(
+            run.parts.predict_step,
+            run.state,
+            run.dataset.sources[calibrate_on],
+            eval_batch_size or run.config.input.eval_batch_size,
+            run.mesh,
+        )
+    uncertainty = uncertainty_report(
+        logits,
+        labels,
+        names,
+        fit_logits,
+        fit_labels,
+        calibrate_on if skipped is None else None,
+        num_bins,
+        bootstrap_resamples,
+        bootstrap_seed,
+        confidence,
+    )
     if skipped is not None:
         uncertainty["calibration"]["temperature_scaling_skipped"] = skipped
-    files = {name: os.path.join(out_dir, name) for name in
-             ("metrics.json", "confusion_matrix.png", "per_class_recall.png", "reliability_diagram.png",
-              "predictions.csv")}
-    result = {"workdir": os.path.abspath(workdir), "split": split, "checkpoint_step": run.step,
-              "dataset": run.dataset.name, "method": run.config.method, "class_names": names, **report,
-              **uncertainty, "files": files}
+    files = {
+        name: os.path.join(out_dir, name)
+        for name in (
+            "metrics.json",
+            "confusion_matrix.png",
+            "per_class_recall.png",
+            "reliability_diagram.png",
+            "predictions.csv",
+        )
+    }
+    result = {
+        "workdir": os.path.abspath(workdir),
+        "split": split,
+        "checkpoint_step": run.step,
+        "dataset": run.dataset.name,
+        "method": run.config.method,
+        "class_names": names,
+        **report,
+        **uncertainty,
+        "files": files,
+    }
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         ids = run.dataset.ids.get(split)
         if ids is None or len(ids) != len(labels):
             ids = np.arange(len(labels))  # a dataset without ids: the row index in the split
         write_predictions_csv(files["predictions.csv"], ids, labels, metrics.softmax(logits), names)
-        plots.plot_confusion_matrix(np.asarray(report["confusion"]), names, files["confusion_matrix.png"],
-                                    title=f"{split}, step {run.step}: balanced accuracy {report['bacc']:.3f}")
+        plots.plot_confusion_matrix(
+            np.asarray(report["confusion"]),
+            names,
+            files["confusion_matrix.png"],
+            title=f"{split}, step {run.step}: balanced accuracy {report['bacc']:.3f}",
+        )
         intervals = uncertainty.get("bootstrap")
-        plots.plot_per_class_recall(report["per_class_recall"], run.dataset.train_counts,
-                                    files["per_class_recall.png"], run.config.eval.head_min,
-                                    run.config.eval.tail_max,
-                                    recall_intervals=intervals["per_class_recall"] if intervals else None,
-                                    interval_label=f"{100 * confidence:g} % stratified bootstrap CI")
+        plots.plot_per_class_recall(
+            report["per_class_recall"],
+            run.dataset.train_counts,
+            files["per_class_recall.png"],
+            run.config.eval.head_min,
+            run.config.eval.tail_max,
+            recall_intervals=intervals["per_class_recall"] if intervals else None,
+            interval_label=f"{100 * confidence:g} % stratified bootstrap CI",
+        )
         calib = uncertainty["calibration"]
         scaling = calib.get("temperature_scaling")
         plots.plot_reliability_diagram(
-            calib["bins"]["width"], files["reliability_diagram.png"],
+            calib["bins"]["width"],
+            files["reliability_diagram.png"],
             title=f"{split}, step {run.step}: reliability ({num_bins} equal-width bins)",
             after=scaling["after"]["bins"]["width"] if scaling else None,
-            after_label=f"T = {scaling['temperature']:.3g} fitted on {calibrate_on}" if scaling else "")
+            after_label=f"T = {scaling['temperature']:.3g} fitted on {calibrate_on}" if scaling else "",
+        )
         with open(files["metrics.json"] + ".tmp", "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, allow_nan=False)
         os.replace(files["metrics.json"] + ".tmp", files["metrics.json"])

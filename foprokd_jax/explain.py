@@ -21,6 +21,7 @@ bilinear resize with half-pixel centres (cv2.resize INTER_LINEAR there, jax.imag
 same min-max scaling once more. tests/test_explain.py checks the maps against that package on the same
 weights converted to torch (porting.resnet_weights.ekd_student_to_torchvision). Docs: docs/evaluation.md.
 """
+
 import functools
 import re
 from typing import Optional, Sequence, Tuple
@@ -31,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 METHODS = ("gradcam", "gradcam_pp")
-GRADCAM_PP_EPS = 1e-6     # the grad-cam package's (and the Grad-CAM++ reference code's) denominator guard
-NORMALIZE_EPS = 1e-7      # grad-cam's scale_cam_image
+GRADCAM_PP_EPS = 1e-6  # the grad-cam package's (and the Grad-CAM++ reference code's) denominator guard
+NORMALIZE_EPS = 1e-7  # grad-cam's scale_cam_image
 _BLOCK_NAME = re.compile(r"^layer(\d+)_(\d+)$")
 
 
@@ -105,8 +106,15 @@ def _vjp_pass(module, target_path, logits_key, apply_items):
 _compiled_vjp_pass = functools.lru_cache(maxsize=8)(_vjp_pass)
 
 
-def activations_and_gradients(module: nn.Module, variables, inputs, target_path: Sequence[str],
-                              target_classes=None, logits_key: Optional[str] = None, **apply_kwargs) -> dict:
+def activations_and_gradients(
+    module: nn.Module,
+    variables,
+    inputs,
+    target_path: Sequence[str],
+    target_classes=None,
+    logits_key: Optional[str] = None,
+    **apply_kwargs,
+) -> dict:
     """Forward and one backward pass: {"logits" (N, C), "classes" (N,), "activations" (N, h, w, K),
     "gradients" (N, h, w, K) = d logits[n, classes[n]] / d activations[n]}.
 
@@ -118,8 +126,10 @@ def activations_and_gradients(module: nn.Module, variables, inputs, target_path:
     target_path = tuple(target_path)
     names = {tuple(p) for p in _module_calls(module, variables, inputs, apply_kwargs)}
     if target_path not in names:
-        raise ValueError(f"no module at path {'/'.join(target_path)!r}; modules called: "
-                         f"{sorted('/'.join(p) for p in names if p)[:40]}")
+        raise ValueError(
+            f"no module at path {'/'.join(target_path)!r}; modules called: "
+            f"{sorted('/'.join(p) for p in names if p)[:40]}"
+        )
     num = int(np.shape(inputs)[0])
     requested = np.full((num,), -1, np.int32) if target_classes is None else np.asarray(target_classes, np.int32)
     if requested.shape != (num,):
@@ -140,7 +150,7 @@ def gradcam_weights(activations: np.ndarray, gradients: np.ndarray, method: str)
     if method == "gradcam":
         return gradients.mean(axis=(1, 2))
     if method == "gradcam_pp":
-        g2 = gradients ** 2
+        g2 = gradients**2
         g3 = g2 * gradients
         total_activation = activations.sum(axis=(1, 2), keepdims=True)
         alpha = g2 / (2.0 * g2 + total_activation * g3 + GRADCAM_PP_EPS)
@@ -167,9 +177,16 @@ def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return _min_max(np.asarray(resized, np.float32))
 
 
-def class_activation_maps(module: nn.Module, variables, inputs, target_path: Optional[Sequence[str]] = None,
-                          target_classes=None, logits_key: Optional[str] = None, methods: Sequence[str] = METHODS,
-                          **apply_kwargs) -> dict:
+def class_activation_maps(
+    module: nn.Module,
+    variables,
+    inputs,
+    target_path: Optional[Sequence[str]] = None,
+    target_classes=None,
+    logits_key: Optional[str] = None,
+    methods: Sequence[str] = METHODS,
+    **apply_kwargs,
+) -> dict:
     """Grad-CAM / Grad-CAM++ maps at the input's resolution.
 
     Returns {"target_path", "logits", "classes", "probs", and per method "<method>" (N, H, W) float32 in [0, 1]
@@ -177,13 +194,18 @@ def class_activation_maps(module: nn.Module, variables, inputs, target_path: Opt
     """
     if target_path is None:
         target_path = last_stage_path(module, variables, inputs, **apply_kwargs)
-    grads = activations_and_gradients(module, variables, inputs, target_path, target_classes, logits_key,
-                                      **apply_kwargs)
+    grads = activations_and_gradients(
+        module, variables, inputs, target_path, target_classes, logits_key, **apply_kwargs
+    )
     size = tuple(np.shape(inputs)[1:3])
     logits = grads["logits"].astype(np.float64)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    out = {"target_path": tuple(target_path), "logits": grads["logits"], "classes": grads["classes"],
-           "probs": probs / probs.sum(axis=1, keepdims=True)}
+    out = {
+        "target_path": tuple(target_path),
+        "logits": grads["logits"],
+        "classes": grads["classes"],
+        "probs": probs / probs.sum(axis=1, keepdims=True),
+    }
     for method in methods:
         raw = raw_maps(grads["activations"], grads["gradients"], method)
         out[f"{method}_raw"] = raw
@@ -217,4 +239,3 @@ def worst_classified(probs: np.ndarray, labels: np.ndarray, per_class: int) -> n
         members = np.flatnonzero(labels == c)
         chosen.extend(members[np.argsort(true_prob[members], kind="stable")[:per_class]].tolist())
     return np.asarray(chosen, np.int64)
-

@@ -11,6 +11,7 @@ arguments, the logits output, the input size and normalisation, the class names 
 training config. `load_student` returns an `InferenceStudent`: the student wrapped to take uint8 images
 and return logits, sharing the student's variable tree (so `variables` is exactly what was trained).
 """
+
 import dataclasses
 import importlib
 import os
@@ -25,8 +26,10 @@ from foprokd_jax import image_norm
 from foprokd_jax.porting import artifact
 
 KIND = "student"
-INPUT_DESCRIPTION = ("uint8 RGB, resized to image_size x image_size (bilinear, antialiased, aspect ignored: "
-                     "data.augment.resize_image), ImageNet mean/std normalisation inside the model")
+INPUT_DESCRIPTION = (
+    "uint8 RGB, resized to image_size x image_size (bilinear, antialiased, aspect ignored: "
+    "data.augment.resize_image), ImageNet mean/std normalisation inside the model"
+)
 # Constructor arguments that only matter in training (synchronised BatchNorm across the data axis).
 TRAINING_ONLY_FIELDS = {"bn_axis_name": None}
 # Only classes of this package are rebuilt from a sidecar, so an artifact cannot import arbitrary code.
@@ -36,17 +39,20 @@ ALLOWED_MODULE_PREFIX = "foprokd_jax."
 @dataclasses.dataclass
 class StudentSpec:
     """The evaluated network of a method: the module, its variables in a state, the logits output key."""
+
     module: nn.Module
-    variables: Callable[[Any], dict]      # state -> {'params': ..., 'batch_stats': ...}
-    logits_key: Optional[str]             # key of the logits in the module's output dict (None: an array)
+    variables: Callable[[Any], dict]  # state -> {'params': ..., 'batch_stats': ...}
+    logits_key: Optional[str]  # key of the logits in the module's output dict (None: an array)
 
 
 def student_spec(run) -> StudentSpec:
     """The evaluated network of a restored run: its method's `MethodParts.export_student`."""
     provided = run.parts.export_student
     if provided is None:
-        raise ValueError(f"method {run.config.method!r} does not say which network to export: give its "
-                         "MethodParts an `export_student` (export.StudentSpec)")
+        raise ValueError(
+            f"method {run.config.method!r} does not say which network to export: give its "
+            "MethodParts an `export_student` (export.StudentSpec)"
+        )
     return provided if isinstance(provided, StudentSpec) else StudentSpec(*provided)
 
 
@@ -72,8 +78,11 @@ def _decode(value):
 def module_description(module: nn.Module) -> dict:
     """{'class': 'package.module:Class', 'kwargs': {...}} rebuilding `module` for inference."""
     cls = type(module)
-    kwargs = {f.name: _encode(f.name, getattr(module, f.name)) for f in dataclasses.fields(module)
-              if f.name not in ("parent", "name")}
+    kwargs = {
+        f.name: _encode(f.name, getattr(module, f.name))
+        for f in dataclasses.fields(module)
+        if f.name not in ("parent", "name")
+    }
     kwargs.update({k: v for k, v in TRAINING_ONLY_FIELDS.items() if k in kwargs})
     return {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": kwargs}
 
@@ -88,6 +97,7 @@ def build_module(description: dict) -> nn.Module:
 
 class InferenceStudent(nn.Module):
     """uint8 NHWC images -> float32 logits of `student` in inference mode, with the student's variable tree."""
+
     student: nn.Module
     logits_key: Optional[str] = None
 
@@ -106,11 +116,20 @@ def export_student(path: str, run, source: Optional[str] = None) -> dict:
     variables = jax.tree.map(np.asarray, jax.device_get(spec.variables(run.state)))
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats") and v}
     config = run.config.to_dict() if hasattr(run.config, "to_dict") else dict(run.config)
-    meta = {"arch": f"{KIND}:{type(spec.module).__name__}", "kind": KIND, "module": module_description(spec.module),
-            "logits_key": spec.logits_key, "class_names": list(run.dataset.class_names),
-            "image_size": int(run.config.input.image_size), "input": INPUT_DESCRIPTION,
-            "method": run.config.method, "dataset": run.dataset.name, "checkpoint_step": int(run.step),
-            "source": source or os.path.abspath(run.workdir), "config": config}
+    meta = {
+        "arch": f"{KIND}:{type(spec.module).__name__}",
+        "kind": KIND,
+        "module": module_description(spec.module),
+        "logits_key": spec.logits_key,
+        "class_names": list(run.dataset.class_names),
+        "image_size": int(run.config.input.image_size),
+        "input": INPUT_DESCRIPTION,
+        "method": run.config.method,
+        "dataset": run.dataset.name,
+        "checkpoint_step": int(run.step),
+        "source": source or os.path.abspath(run.workdir),
+        "config": config,
+    }
     return artifact.save_artifact(path, variables, meta)
 
 
@@ -125,8 +144,9 @@ def load_student_with_meta(path: str) -> Tuple[nn.Module, dict, dict]:
         raise FileNotFoundError(f"exported student {path} not found (made by launch/predict.py --export)")
     variables, meta = artifact.load_artifact(path)
     if meta.get("kind") != KIND:
-        raise ValueError(f"{path} is not an exported student (kind {meta.get('kind')!r}; made by "
-                         "launch/predict.py --export)")
+        raise ValueError(
+            f"{path} is not an exported student (kind {meta.get('kind')!r}; made by launch/predict.py --export)"
+        )
     module = InferenceStudent(build_module(meta["module"]), meta.get("logits_key"))
     variables = jax.tree.map(jnp.asarray, variables)
     return module, variables, meta
@@ -139,9 +159,9 @@ def predict_probs(module: nn.Module, variables: dict, images: np.ndarray, batch_
     apply = jax.jit(lambda v, x: module.apply(v, x))
     outputs = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         pad = batch_size - len(batch)  # one compiled shape for every batch
         padded = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)]) if pad else batch
-        outputs.append(np.asarray(apply(variables, padded))[:len(batch)])
+        outputs.append(np.asarray(apply(variables, padded))[: len(batch)])
     logits = np.concatenate(outputs) if outputs else np.zeros((0, 0), np.float32)
     return metrics.softmax(logits).astype(np.float32)

@@ -5,6 +5,7 @@ FOPROKD_FAULT=<point>@<step> makes the training process kill itself with SIGKILL
 flight; 'eval': after the first batch of the evaluation), send itself SIGTERM ('sigterm': right after the step
 is dispatched), or set every float in the state to NaN before the step ('nan'). Unset in normal runs.
 """
+
 import os
 import signal
 

@@ -1,4 +1,5 @@
 """Every-step NaN/Inf guard of the training loop (docs/reliability.md)."""
+
 from typing import Callable, Optional
 
 import numpy as np
@@ -21,6 +22,7 @@ class FiniteGuard:
     def check(self, step: int, metrics: dict) -> dict:
         if self._fetch is None:
             import jax  # lazily: the rest of this module needs no JAX
+
             self._fetch = jax.device_get
         host = self._fetch(metrics)
         bad = []
@@ -29,8 +31,11 @@ class FiniteGuard:
             if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
                 bad.append(f"{key}={array.tolist()}")
         if bad:
-            since = (f"last finite step {self.last_good_step}" if self.last_good_step is not None
-                     else "no earlier finite step")
+            since = (
+                f"last finite step {self.last_good_step}"
+                if self.last_good_step is not None
+                else "no earlier finite step"
+            )
             raise FloatingPointError(f"non-finite training metrics at step {step}: {', '.join(bad)} ({since})")
         self.last_good_step = step
         return host

@@ -11,6 +11,7 @@ Row order is the FFT order along H (0, 1, ..., -1), not fftshifted. Numpy float6
 under jit; callers cast (float32 everywhere today, so that bins exactly on a band edge fall on the same side in
 every user).
 """
+
 import math
 from typing import Tuple
 

@@ -3,6 +3,7 @@
 torchvision, MoCo-v2 and DINOv2 all expect ImageNet mean/std normalisation (docs/reference_semantics.md §6).
 The input pipeline ships uint8 images; normalisation happens on device, so the Fourier prompt can undo and redo it.
 """
+
 import jax.numpy as jnp
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

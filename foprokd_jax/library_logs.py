@@ -1,4 +1,5 @@
 """Keeps the training log readable: library INFO lines are dropped, their warnings and errors still show."""
+
 import logging as pylogging
 
 

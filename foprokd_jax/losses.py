@@ -9,6 +9,7 @@ Weighted losses (CB, RW, LDAM-DRW) are torch's `CrossEntropyLoss(weight=w)`: per
 the batch loss is `sum(w_y * l) / sum(w_y)` over the GLOBAL batch (not `/ B`). `batch_mean` computes that
 normaliser across devices, so the result does not depend on the device count.
 """
+
 import dataclasses
 from typing import Callable, Optional
 
@@ -25,16 +26,16 @@ def default_config() -> ml_collections.ConfigDict:
     """`config.loss`: the long-tail loss and its parameters, the reference's values (docs/reference_semantics.md
     §5) or, for 'la', Menon et al.'s tau = 1. Each parameter is read only by its loss."""
     c = ml_collections.ConfigDict()
-    c.name = "bsm"           # long-tail loss: 'bsm' (Balanced Softmax, the reference), 'ce', 'focal', 'cb', 'rw',
+    c.name = "bsm"  # long-tail loss: 'bsm' (Balanced Softmax, the reference), 'ce', 'focal', 'cb', 'rw',
     #                          'la', 'ldam' or 'lcc' (docs/long_tail.md)
-    c.focal_gamma = 2.0      # 'focal': -(1 - p_t)^gamma log p_t, p_t detached in the factor (reference)
-    c.cb_beta = 0.9999       # 'cb': class-balanced weights (1 - beta) / (1 - beta^n_c), summing to C
-    c.la_tau = 1.0           # 'la': logit-adjusted CE(z + tau log pi); 0 = CE, 1 = BSM (Menon et al.)
-    c.ldam_max_m = 0.5       # 'ldam': largest margin; m_c ~ n_c^(-1/4)
-    c.ldam_s = 30.0          # 'ldam': logit scale s of CE(s (z - m_y onehot))
-    c.drw_epoch = 80         # 'ldam': DRW from this epoch (reference floor(0.8 x 100 epochs)); < 0 = never
-    c.drw_beta = 0.9999      # 'ldam': class-balanced beta of the DRW weights (before: weight 1)
-    c.lcc_tau = 0.5          # 'lcc': CE(z - tau n_c^(-1/4)) (FedLC-style calibration, reference T)
+    c.focal_gamma = 2.0  # 'focal': -(1 - p_t)^gamma log p_t, p_t detached in the factor (reference)
+    c.cb_beta = 0.9999  # 'cb': class-balanced weights (1 - beta) / (1 - beta^n_c), summing to C
+    c.la_tau = 1.0  # 'la': logit-adjusted CE(z + tau log pi); 0 = CE, 1 = BSM (Menon et al.)
+    c.ldam_max_m = 0.5  # 'ldam': largest margin; m_c ~ n_c^(-1/4)
+    c.ldam_s = 30.0  # 'ldam': logit scale s of CE(s (z - m_y onehot))
+    c.drw_epoch = 80  # 'ldam': DRW from this epoch (reference floor(0.8 x 100 epochs)); < 0 = never
+    c.drw_beta = 0.9999  # 'ldam': class-balanced beta of the DRW weights (before: weight 1)
+    c.lcc_tau = 0.5  # 'lcc': CE(z - tau n_c^(-1/4)) (FedLC-style calibration, reference T)
     # Batch reduction of weighted losses (cb, rw, ldam+DRW): 'weights' = sum(w_y l) / sum(w_y) over the global
     # batch (torch CrossEntropyLoss(weight), the reference); 'batch' = sum(w_y l) / B
     c.weighted_mean = "weights"
@@ -46,10 +47,16 @@ _PARAMETERS = tuple(k for k in default_config().keys() if k != "name")
 
 # ----------------------------------------------------------------------------- class statistics (numpy)
 
+
 def _check_counts(class_counts) -> np.ndarray:
     counts = np.asarray(class_counts, np.float64)
-    if counts.ndim != 1 or counts.size == 0 or np.any(counts < 0) or not np.all(np.isfinite(counts)) \
-            or counts.sum() <= 0:
+    if (
+        counts.ndim != 1
+        or counts.size == 0
+        or np.any(counts < 0)
+        or not np.all(np.isfinite(counts))
+        or counts.sum() <= 0
+    ):
         raise ValueError(f"class_counts must be a non-negative 1-D vector with a positive sum, got {class_counts}")
     return counts
 
@@ -97,6 +104,7 @@ def ldam_margins(class_counts, max_margin: float) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- per-example losses (jax)
+
 
 def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
     """Per-example cross-entropy with integer labels (torch `nn.CrossEntropyLoss(reduction='none')`)."""
@@ -172,11 +180,13 @@ def l2_normalize(v: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
 
 def normalized_feature_distance(student: jnp.ndarray, teacher: jnp.ndarray) -> jnp.ndarray:
     """EKD's distillation term: 2 - 2 cos(p, t), i.e. ||p/|p| - t/|t|||^2 (BYOL-style), per example, float32."""
-    return 2.0 - 2.0 * jnp.sum(l2_normalize(student.astype(jnp.float32)) * l2_normalize(teacher.astype(jnp.float32)),
-                               axis=-1)
+    return 2.0 - 2.0 * jnp.sum(
+        l2_normalize(student.astype(jnp.float32)) * l2_normalize(teacher.astype(jnp.float32)), axis=-1
+    )
 
 
 # ----------------------------------------------------------------------------- the configured loss
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassificationLoss:
@@ -187,6 +197,7 @@ class ClassificationLoss:
       count, int32) lets DRW switch weights at an epoch boundary without recompiling.
     normalize_by_weights: reduce weighted losses as sum(w_y l) / sum(w_y) (torch) rather than / B.
     """
+
     name: str
     num_classes: int
     unweighted: Callable
@@ -195,8 +206,10 @@ class ClassificationLoss:
 
     def _check(self, logits):
         if logits.shape[-1] != self.num_classes:
-            raise ValueError(f"loss {self.name!r} was built for {self.num_classes} classes (train_counts) but got "
-                             f"logits of shape {logits.shape}")
+            raise ValueError(
+                f"loss {self.name!r} was built for {self.num_classes} classes (train_counts) but got "
+                f"logits of shape {logits.shape}"
+            )
 
     def example_weights(self, labels, step=None) -> jnp.ndarray:
         """w_{y_i} per example (ones for an unweighted loss)."""
@@ -223,8 +236,9 @@ def batch_mean(loss_fn: Callable, logits, labels, step=None, axis_name: Optional
     of its gradient) equals the single-device value: the normaliser only depends on the labels.
     """
     per_example = loss_fn(logits, labels, step)
-    if not (isinstance(loss_fn, ClassificationLoss) and loss_fn.class_weights is not None
-            and loss_fn.normalize_by_weights):
+    if not (
+        isinstance(loss_fn, ClassificationLoss) and loss_fn.class_weights is not None and loss_fn.normalize_by_weights
+    ):
         return jnp.mean(per_example)
     total = jnp.sum(jax.lax.stop_gradient(loss_fn.example_weights(labels, step)))
     if axis_name is not None:
@@ -240,8 +254,9 @@ def _loss_params(loss_config) -> tuple:
     try:
         name = loss_config["name"]
     except (KeyError, TypeError, AttributeError):
-        raise ValueError(f"loss config must be a name or a mapping with a 'name' key (config.loss), "
-                         f"got {loss_config!r}") from None
+        raise ValueError(
+            f"loss config must be a name or a mapping with a 'name' key (config.loss), got {loss_config!r}"
+        ) from None
     defaults = default_config()
     return name, {key: loss_config[key] if key in loss_config else defaults[key] for key in _PARAMETERS}
 
@@ -256,8 +271,9 @@ def _drw_weights(counts, params, steps_per_epoch) -> Callable:
     before = jnp.asarray(class_balanced_weights(counts, 0.0))
     after = jnp.asarray(class_balanced_weights(counts, float(params["drw_beta"])))
     if steps_per_epoch is None or int(steps_per_epoch) <= 0:
-        raise ValueError(f"loss 'ldam' with DRW (loss.drw_epoch={drw_epoch}) needs steps_per_epoch > 0, got "
-                         f"{steps_per_epoch}")
+        raise ValueError(
+            f"loss 'ldam' with DRW (loss.drw_epoch={drw_epoch}) needs steps_per_epoch > 0, got {steps_per_epoch}"
+        )
     steps_per_epoch = int(steps_per_epoch)
 
     def weights(step):
@@ -265,6 +281,7 @@ def _drw_weights(counts, params, steps_per_epoch) -> Callable:
             raise ValueError("loss 'ldam' with DRW needs the optimizer step: call loss(logits, labels, step)")
         epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
         return jnp.where(epoch >= drw_epoch, after, before)
+
     return weights
 
 
@@ -285,7 +302,8 @@ def make_classification_loss(loss_config, train_counts, steps_per_epoch: Optiona
     if params["weighted_mean"] not in WEIGHTED_MEANS:
         raise ValueError(f"config.loss.weighted_mean={params['weighted_mean']!r} is not one of {WEIGHTED_MEANS}")
     make = lambda fn, weights=None: ClassificationLoss(  # noqa: E731
-        key, counts.size, fn, weights, params["weighted_mean"] == "weights")
+        key, counts.size, fn, weights, params["weighted_mean"] == "weights"
+    )
     log_prior = jnp.asarray(log_class_prior(counts))
     if key == "ce":
         return make(softmax_cross_entropy)

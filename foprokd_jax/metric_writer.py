@@ -10,6 +10,7 @@ Non-finite values in `metrics.jsonl`: JSON has no NaN/Infinity, so they are writ
 from overflow). `read_metrics_jsonl` turns those strings back into floats. TensorBoard receives the
 float itself.
 """
+
 import json
 import math
 import os
@@ -86,8 +87,10 @@ class MetricWriter:
         self._jsonl.flush()  # line-by-line so that a crash loses nothing already reported
 
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        summary = summary_pb2.Summary(value=[
-            summary_pb2.Summary.Value(tag=name, simple_value=float(value)) for name, value in values.items()])
+
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=name, simple_value=float(value)) for name, value in values.items()]
+        )
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def write_text(self, step: int, tag: str, text: str) -> None:
@@ -95,13 +98,17 @@ class MetricWriter:
         if not self.enabled:
             return
         from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+
         if self._text is None:
             self._text = open(os.path.join(self.workdir, TEXT_FILENAME), "a", encoding="utf-8")
         self._text.write(json.dumps({"step": int(step), "tag": tag, "text": text}) + "\n")
         self._text.flush()
         # The text plugin reads a rank-0 DT_STRING tensor tagged with plugin_name "text".
-        tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[text.encode("utf-8")],
-                                        tensor_shape=tensor_shape_pb2.TensorShapeProto())
+        tensor = tensor_pb2.TensorProto(
+            dtype=types_pb2.DT_STRING,
+            string_val=[text.encode("utf-8")],
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+        )
         metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
         summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, metadata=metadata, tensor=tensor)])
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
@@ -128,8 +135,9 @@ class MetricWriter:
         for tag, array in images.items():
             array = np.asarray(array)
             if array.dtype != np.uint8 or array.ndim not in (3, 4) or array.shape[-1] not in (1, 3, 4):
-                raise ValueError(f"image '{tag}' must be uint8 HWC or NHWC with 1, 3 or 4 channels; "
-                                 f"got {array.dtype} {array.shape}")
+                raise ValueError(
+                    f"image '{tag}' must be uint8 HWC or NHWC with 1, 3 or 4 channels; got {array.dtype} {array.shape}"
+                )
             batch = array[None] if array.ndim == 3 else array
             for index, image in enumerate(batch):
                 suffix = f"_{index}" if len(batch) > 1 else ""
@@ -139,12 +147,15 @@ class MetricWriter:
                 filename = f"{re.sub(r'[^A-Za-z0-9_.-]', '_', tag)}_{int(step)}{suffix}.png"
                 with open(os.path.join(image_dir, filename), "wb") as f:
                     f.write(encoded)
-                summary_image = summary_pb2.Summary.Image(height=image.shape[0], width=image.shape[1],
-                                                          colorspace=image.shape[2], encoded_image_string=encoded)
-                values.append(summary_pb2.Summary.Value(tag=f"{tag}/{index}" if len(batch) > 1 else tag,
-                                                        image=summary_image))
-        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(step),
-                                               summary=summary_pb2.Summary(value=values)))
+                summary_image = summary_pb2.Summary.Image(
+                    height=image.shape[0], width=image.shape[1], colorspace=image.shape[2], encoded_image_string=encoded
+                )
+                values.append(
+                    summary_pb2.Summary.Value(tag=f"{tag}/{index}" if len(batch) > 1 else tag, image=summary_image)
+                )
+        self._events.add_event(
+            event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary_pb2.Summary(value=values))
+        )
 
     def write_hparams(self, hparams: dict) -> None:
         """Writes the run's (flat or nested) hyperparameters to `workdir/hparams.json`."""
@@ -205,11 +216,15 @@ def read_metrics_jsonl(path: str) -> list:
                 raise ValueError("not a JSON object")
         except ValueError as error:
             where = "last line" if line_number == last_content_line else "line"
-            warnings.warn(f"{path}: skipping unreadable {where} {line_number} "
-                          f"(probably truncated by a crash): {error}; content {line[:80]!r}")
+            warnings.warn(
+                f"{path}: skipping unreadable {where} {line_number} "
+                f"(probably truncated by a crash): {error}; content {line[:80]!r}"
+            )
             continue
-        records.append({key: _STRING_TO_NONFINITE.get(value, value) if isinstance(value, str) else value
-                        for key, value in record.items()})
+        records.append(
+            {
+                key: _STRING_TO_NONFINITE.get(value, value) if isinstance(value, str) else value
+                for key, value in record.items()
+            }
+        )
     return records
-
-

@@ -17,6 +17,7 @@ scikit-learn itself is not a dependency of the package (tests compare against it
 precision/recall/specificity, Cohen's kappa (unweighted and quadratic) and the macro one-vs-rest AUC;
 `mean_of_last_evals` gives CRCKD's "mean over the final N evaluations" from a run's metrics.jsonl.
 """
+
 import math
 import warnings
 from typing import Optional, Sequence
@@ -30,8 +31,9 @@ from foprokd_jax.metric_writer import read_metrics_jsonl
 GROUP_ORDER = ("head", "medium", "tail")
 
 
-def confusion_update(confusion: jnp.ndarray, logits_or_preds: jnp.ndarray, labels: jnp.ndarray,
-                     mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+def confusion_update(
+    confusion: jnp.ndarray, logits_or_preds: jnp.ndarray, labels: jnp.ndarray, mask: Optional[jnp.ndarray] = None
+) -> jnp.ndarray:
     """Returns `confusion + counts`, where `counts[true, pred]` counts this batch's unmasked examples.
 
     Args:
@@ -86,15 +88,16 @@ def matthews_corrcoef_from_confusion(confusion: np.ndarray) -> float:
     num_correct = np.trace(confusion)
     num_samples = confusion.sum()
     cov_true_pred = num_correct * num_samples - true_totals @ pred_totals
-    cov_pred_pred = num_samples ** 2 - pred_totals @ pred_totals
-    cov_true_true = num_samples ** 2 - true_totals @ true_totals
+    cov_pred_pred = num_samples**2 - pred_totals @ pred_totals
+    cov_true_true = num_samples**2 - true_totals @ true_totals
     if cov_pred_pred * cov_true_true == 0:
         return 0.0
     return float(cov_true_pred / np.sqrt(cov_true_true * cov_pred_pred))
 
 
-def assign_frequency_groups(train_class_counts, class_names: Sequence[str], head_min: int = 700,
-                            tail_max: int = 70) -> dict:
+def assign_frequency_groups(
+    train_class_counts, class_names: Sequence[str], head_min: int = 700, tail_max: int = 70
+) -> dict:
     """Splits classes by TRAIN frequency: head (> head_min), tail (< tail_max), medium (the rest).
 
     Returns `{group: [class names]}` with only the non-empty groups, in head/medium/tail order.
@@ -111,8 +114,13 @@ def assign_frequency_groups(train_class_counts, class_names: Sequence[str], head
     return {name: members for name, members in groups.items() if members}
 
 
-def classification_report(confusion, train_class_counts=None, class_names: Optional[Sequence[str]] = None,
-                          head_min: int = 700, tail_max: int = 70) -> dict:
+def classification_report(
+    confusion,
+    train_class_counts=None,
+    class_names: Optional[Sequence[str]] = None,
+    head_min: int = 700,
+    tail_max: int = 70,
+) -> dict:
     """All evaluation numbers from a `[true, pred]` confusion matrix, as a JSON-serialisable dict.
 
     Keys: `num_examples`, `accuracy`, `bacc`, `macro_f1`, `mcc`, `per_class_recall`,
@@ -140,8 +148,8 @@ def classification_report(confusion, train_class_counts=None, class_names: Optio
 
     confusion = confusion.astype(np.float64)
     true_positives = np.diag(confusion)
-    support = confusion.sum(axis=1)          # true examples per class
-    predicted = confusion.sum(axis=0)        # predictions per class
+    support = confusion.sum(axis=1)  # true examples per class
+    predicted = confusion.sum(axis=0)  # predictions per class
     present = support > 0
     recall = _safe_divide(true_positives, support)
     precision = _safe_divide(true_positives, predicted)
@@ -161,8 +169,7 @@ def classification_report(confusion, train_class_counts=None, class_names: Optio
         "bacc": float(recall[present].mean()),
         "macro_f1": float(f1[in_true_or_pred].mean()),
         "mcc": matthews_corrcoef_from_confusion(confusion),
-        "per_class_recall": {name: (float(recall[i]) if present[i] else None)
-                             for i, name in enumerate(class_names)},
+        "per_class_recall": {name: (float(recall[i]) if present[i] else None) for i, name in enumerate(class_names)},
         "per_class_precision": {name: float(precision[i]) for i, name in enumerate(class_names)},
         "per_class_f1": {name: float(f1[i]) for i, name in enumerate(class_names)},
         "per_class_support": {name: int(support[i]) for i, name in enumerate(class_names)},
@@ -181,8 +188,21 @@ def classification_report(confusion, train_class_counts=None, class_names: Optio
 
 
 # Scalars written to metrics.jsonl / TensorBoard after each evaluation, when the report has them.
-SCALAR_KEYS = ("accuracy", "bacc", "macro_f1", "mcc", "head_recall", "medium_recall", "tail_recall",
-               "macro_precision", "macro_recall", "macro_specificity", "kappa", "kappa_quadratic", "auc")
+SCALAR_KEYS = (
+    "accuracy",
+    "bacc",
+    "macro_f1",
+    "mcc",
+    "head_recall",
+    "medium_recall",
+    "tail_recall",
+    "macro_precision",
+    "macro_recall",
+    "macro_specificity",
+    "kappa",
+    "kappa_quadratic",
+    "auc",
+)
 
 
 def report_scalars(report: dict, prefix: str = "val/") -> dict:
@@ -251,8 +271,10 @@ def one_vs_rest_auc(probs, labels, class_names: Sequence[str]):
         per_class[str(name)] = binary_auc(probs[:, c], labels == c)
     undefined = [name for name, value in per_class.items() if value is None]
     if undefined:
-        warnings.warn(f"one-vs-rest AUC is undefined for classes absent from the labels (or holding all of "
-                      f"them), left out of the macro AUC: {undefined}")
+        warnings.warn(
+            f"one-vs-rest AUC is undefined for classes absent from the labels (or holding all of "
+            f"them), left out of the macro AUC: {undefined}"
+        )
     defined = [value for value in per_class.values() if value is not None]
     return (float(np.mean(defined)) if defined else None), per_class
 
@@ -286,8 +308,9 @@ def _check_probs_and_labels(probs, labels, class_names) -> tuple:
     probs = np.asarray(probs)
     labels = np.asarray(labels)
     if probs.ndim != 2 or probs.shape[1] != len(class_names):
-        raise ValueError(f"probs must have shape (N, {len(class_names)}) for {len(class_names)} classes, "
-                         f"got {probs.shape}")
+        raise ValueError(
+            f"probs must have shape (N, {len(class_names)}) for {len(class_names)} classes, got {probs.shape}"
+        )
     if labels.shape != (probs.shape[0],):
         raise ValueError(f"labels must have shape ({probs.shape[0]},) to match probs, got {labels.shape}")
     if probs.shape[0] == 0:
@@ -302,13 +325,22 @@ def _check_probs_and_labels(probs, labels, class_names) -> tuple:
     worst = int(np.argmax(np.abs(row_sums - 1.0)))
     if probs.min() < 0 or abs(row_sums[worst] - 1.0) > 1e-3:
         # AUC ranks each class column, and the softmax does not preserve a column's order of logits.
-        raise ValueError(f"probs must be probabilities (softmax of the logits): row {worst} sums to "
-                         f"{row_sums[worst]:.6g}, min value {probs.min():.6g}")
+        raise ValueError(
+            f"probs must be probabilities (softmax of the logits): row {worst} sums to "
+            f"{row_sums[worst]:.6g}, min value {probs.min():.6g}"
+        )
     return probs, labels.astype(np.int64)
 
 
-def full_report(probs, labels, class_names: Sequence[str], train_counts=None, head_min: int = 700,
-                tail_max: int = 70, predictions=None) -> dict:
+def full_report(
+    probs,
+    labels,
+    class_names: Sequence[str],
+    train_counts=None,
+    head_min: int = 700,
+    tail_max: int = 70,
+    predictions=None,
+) -> dict:
     """Every evaluation number of FoPro-KD (docs/reference_semantics.md §9) and CRCKD (docs/crckd.md §R9),
     JSON-serialisable.
 
@@ -346,18 +378,20 @@ def full_report(probs, labels, class_names: Sequence[str], train_counts=None, he
     recall = _safe_divide(true_positives, support)
     precision = _safe_divide(true_positives, predicted)
     auc, per_class_auc = one_vs_rest_auc(probs, labels, class_names)
-    report.update({
-        "confusion": confusion.tolist(),
-        "macro_precision": float(precision[in_true_or_pred].mean()),
-        "macro_recall": float(recall[in_true_or_pred].mean()),
-        "macro_specificity": float(specificity[in_true_or_pred].mean()),
-        "per_class_specificity": {name: float(specificity[i]) for i, name in enumerate(class_names)},
-        "kappa": cohen_kappa_from_confusion(confusion),
-        "kappa_quadratic": cohen_kappa_from_confusion(confusion, "quadratic"),
-        "auc": auc,
-        "per_class_auc": per_class_auc,
-        "auc_undefined_classes": [name for name, value in per_class_auc.items() if value is None],
-    })
+    report.update(
+        {
+            "confusion": confusion.tolist(),
+            "macro_precision": float(precision[in_true_or_pred].mean()),
+            "macro_recall": float(recall[in_true_or_pred].mean()),
+            "macro_specificity": float(specificity[in_true_or_pred].mean()),
+            "per_class_specificity": {name: float(specificity[i]) for i, name in enumerate(class_names)},
+            "kappa": cohen_kappa_from_confusion(confusion),
+            "kappa_quadratic": cohen_kappa_from_confusion(confusion, "quadratic"),
+            "auc": auc,
+            "per_class_auc": per_class_auc,
+            "auc_undefined_classes": [name for name, value in per_class_auc.items() if value is None],
+        }
+    )
     return report
 
 
@@ -375,15 +409,17 @@ def mean_of_last_evals(metrics_jsonl_path: str, split_prefix: str, n: int) -> di
     prefix = split_prefix if split_prefix.endswith("/") else split_prefix + "/"
     by_step = {}
     for record in read_metrics_jsonl(metrics_jsonl_path):
-        values = {key[len(prefix):]: value for key, value in record.items() if key.startswith(prefix)}
+        values = {key[len(prefix) :]: value for key, value in record.items() if key.startswith(prefix)}
         if values and "step" in record:
             by_step.setdefault(int(record["step"]), {}).update(values)
     if not by_step:
         raise ValueError(f"{metrics_jsonl_path} holds no evaluation records with prefix {prefix!r}")
     steps = sorted(by_step)[-n:]
     if len(steps) < n:
-        warnings.warn(f"{metrics_jsonl_path}: only {len(steps)} '{prefix}' evaluations, fewer than the {n} "
-                      "asked for; averaging all of them")
+        warnings.warn(
+            f"{metrics_jsonl_path}: only {len(steps)} '{prefix}' evaluations, fewer than the {n} "
+            "asked for; averaging all of them"
+        )
     sums, counts = {}, {}
     for step in steps:
         for key, value in by_step[step].items():

@@ -4,6 +4,7 @@ checkpoint), so that the one `error:` line explaining the failure is not buried 
 `checkpointing.Checkpointer.restore` installs them when a restore fails; nothing else in the project touches
 sys.stderr, sys.unraisablehook or the asyncio logger.
 """
+
 import logging as pylogging
 import sys
 from typing import Optional
@@ -62,8 +63,14 @@ class ClosedLoopReportFilter:
     already closed asyncio loop, and each callback prints that traceback to sys.stderr (about a hundred of
     them), burying the one line that explains the failure. Everything else passes through unchanged.
     """
-    _NOISE = ("Traceback (most recent call last):", "asyncio/base_events.py", "self._check_closed()",
-              "raise RuntimeError('Event loop is closed')", "RuntimeError: Event loop is closed")
+
+    _NOISE = (
+        "Traceback (most recent call last):",
+        "asyncio/base_events.py",
+        "self._check_closed()",
+        "raise RuntimeError('Event loop is closed')",
+        "RuntimeError: Event loop is closed",
+    )
 
     def __init__(self, stream):
         self._stream = stream

@@ -6,13 +6,15 @@ every device holds an equal slice and every average is an equal-weight mean over
 not depend on the device count (tested: 1 vs 8 devices). `jax.pmap` itself is legacy since JAX 0.8 and
 is implemented this way (JAX 0.8.0 changelog; https://docs.jax.dev/en/latest/_autosummary/jax.pmap.html).
 """
+
 import os
 from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -51,8 +53,12 @@ def maybe_initialize_distributed(environ=None) -> None:
     if env.get("JAX_PROCESS_ID"):
         kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
     jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed initialised: process %d of %d, %d global devices",
-                 jax.process_index(), jax.process_count(), jax.device_count())
+    logging.info(
+        "jax.distributed initialised: process %d of %d, %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.device_count(),
+    )
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -77,8 +83,10 @@ def check_global_batch(global_batch_size: int, mesh: Mesh, name: str = "config.i
     """Each device (and each process) must get an equal slice of the global batch."""
     n = mesh.devices.size
     if global_batch_size % n:
-        raise ValueError(f"{name}={global_batch_size} is not divisible by the {n} devices of the mesh; "
-                         f"choose a multiple of {n} (or set config.num_devices).")
+        raise ValueError(
+            f"{name}={global_batch_size} is not divisible by the {n} devices of the mesh; "
+            f"choose a multiple of {n} (or set config.num_devices)."
+        )
     if global_batch_size % jax.process_count():
         raise ValueError(f"{name}={global_batch_size} is not divisible by the {jax.process_count()} processes.")
 
@@ -87,6 +95,7 @@ def sync_processes(name: str) -> None:
     """Barrier across the processes of a multi-host job (no-op for a single process)."""
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices(name)
 
 
@@ -105,8 +114,9 @@ def host_batch_to_global(batch: dict, mesh: Mesh) -> dict:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-def data_parallel(per_device_fn: Callable, mesh: Mesh, *, num_replicated: int, num_sharded: int,
-                  donate_first: bool = False) -> Callable:
+def data_parallel(
+    per_device_fn: Callable, mesh: Mesh, *, num_replicated: int, num_sharded: int, donate_first: bool = False
+) -> Callable:
     """Compiles `per_device_fn(*replicated_args, *sharded_args)` as a jitted shard_map over 'data'.
 
     Replicated args (state, teacher variables) enter whole on every device; sharded args (the batch) are
@@ -133,8 +143,10 @@ def psum(tree: Any) -> Any:
 
 def device_count_summary(mesh: Mesh) -> str:
     kinds = sorted({d.device_kind for d in mesh.devices.flat})
-    return (f"{mesh.devices.size} devices ({', '.join(kinds)}) across {jax.process_count()} process(es); "
-            f"this is process {jax.process_index()}")
+    return (
+        f"{mesh.devices.size} devices ({', '.join(kinds)}) across {jax.process_count()} process(es); "
+        f"this is process {jax.process_index()}"
+    )
 
 
 def to_host(tree: Any) -> Any:
@@ -142,5 +154,16 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
-__all__ = ["DATA_AXIS", "make_mesh", "replicate", "host_batch_to_global", "data_parallel", "pmean", "psum",
-           "maybe_initialize_distributed", "check_global_batch", "sync_processes", "to_host"]
+__all__ = [
+    "DATA_AXIS",
+    "make_mesh",
+    "replicate",
+    "host_batch_to_global",
+    "data_parallel",
+    "pmean",
+    "psum",
+    "maybe_initialize_distributed",
+    "check_global_batch",
+    "sync_processes",
+    "to_host",
+]

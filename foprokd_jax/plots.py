@@ -4,6 +4,7 @@ Figures are built with `matplotlib.figure.Figure` and saved through the Agg canv
 nothing needs a display and the global backend of a notebook importing this module is left alone.
 Each function writes one PNG and returns its path.
 """
+
 import math
 import os
 from typing import Optional, Sequence
@@ -85,8 +86,15 @@ def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> str:
         finite = np.isfinite(values)
         if finite.any():
             is_bacc = key.endswith("bacc")
-            quality_axis.plot(steps[finite], values[finite], label=key, marker="o", markersize=3,
-                              linewidth=2.2 if is_bacc else 1.0, alpha=1.0 if is_bacc else 0.75)
+            quality_axis.plot(
+                steps[finite],
+                values[finite],
+                label=key,
+                marker="o",
+                markersize=3,
+                linewidth=2.2 if is_bacc else 1.0,
+                alpha=1.0 if is_bacc else 0.75,
+            )
     if quality_axis.lines:
         quality_axis.set_xlabel("step")
         quality_axis.set_ylabel("score")
@@ -100,8 +108,9 @@ def plot_training_curves(metrics_jsonl_path: str, out_png: str) -> str:
     return _save(figure, out_png)
 
 
-def plot_confusion_matrix(confusion, class_names: Sequence[str], out_png: str, normalize: bool = True,
-                          title: Optional[str] = None) -> str:
+def plot_confusion_matrix(
+    confusion, class_names: Sequence[str], out_png: str, normalize: bool = True, title: Optional[str] = None
+) -> str:
     """Confusion matrix, rows = true class, columns = predicted class.
 
     With `normalize` the colour and the large number are the row-normalised fraction (the diagonal is
@@ -135,8 +144,9 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str], out_png: str, n
                 continue  # empty off-diagonal cells stay blank so the errors that exist stand out
             dark = value > 0.6 * vmax
             text = f"{value:.2f}\n({count})" if normalize else f"{count}"
-            axis.text(pred_index, true_index, text, ha="center", va="center", fontsize=7,
-                      color="white" if dark else "black")
+            axis.text(
+                pred_index, true_index, text, ha="center", va="center", fontsize=7, color="white" if dark else "black"
+            )
 
     axis.set_xticks(range(num_classes))
     axis.set_yticks(range(num_classes))
@@ -153,10 +163,16 @@ def plot_confusion_matrix(confusion, class_names: Sequence[str], out_png: str, n
     return _save(figure, out_png)
 
 
-def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, head_min: int = 700,
-                          tail_max: int = 70, title: str = "Per-class recall along the long tail",
-                          recall_intervals: Optional[dict] = None,
-                          interval_label: str = "95 % bootstrap CI") -> str:
+def plot_per_class_recall(
+    per_class_recall: dict,
+    train_counts,
+    out_png: str,
+    head_min: int = 700,
+    tail_max: int = 70,
+    title: str = "Per-class recall along the long tail",
+    recall_intervals: Optional[dict] = None,
+    interval_label: str = "95 % bootstrap CI",
+) -> str:
     """Recall bars from head to tail (sorted by train count), train counts on a log secondary axis.
 
     `train_counts` is a dict by class name or a sequence in the order of `per_class_recall`. Bars are
@@ -188,8 +204,16 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
         intervals = [recall_intervals.get(name) for name in names]
         lower = [h - ci["low"] if ci else 0.0 for h, ci in zip(heights, intervals)]
         upper = [ci["high"] - h if ci else 0.0 for h, ci in zip(heights, intervals)]
-        axis.errorbar(positions, heights, yerr=[np.maximum(lower, 0), np.maximum(upper, 0)], fmt="none",
-                      ecolor="0.15", elinewidth=1.0, capsize=3, zorder=3)
+        axis.errorbar(
+            positions,
+            heights,
+            yerr=[np.maximum(lower, 0), np.maximum(upper, 0)],
+            fmt="none",
+            ecolor="0.15",
+            elinewidth=1.0,
+            capsize=3,
+            zorder=3,
+        )
     axis.set_ylim(0, 1.1)
     axis.set_ylabel("recall (eval)")
     axis.set_xticks(positions)
@@ -199,8 +223,9 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
     axis.grid(True, axis="y", alpha=0.3, zorder=0)
 
     count_axis = axis.twinx()
-    count_axis.plot(positions, counts, color="0.25", marker="D", markersize=4, linewidth=1.0,
-                    linestyle="--", label="train count")
+    count_axis.plot(
+        positions, counts, color="0.25", marker="D", markersize=4, linewidth=1.0, linestyle="--", label="train count"
+    )
     if np.all(counts > 0):
         count_axis.set_yscale("log")
     count_axis.set_ylabel("training images (log scale)")
@@ -213,26 +238,45 @@ def plot_per_class_recall(per_class_recall: dict, train_counts, out_png: str, he
         interval = (recall_intervals or {}).get(name) if recall is not None else None
         if interval:
             height = max(height, interval["high"] + 0.015)  # above the error bar
-        count_axis.text(center, height, text, transform=axis.transData, ha="center", va="bottom", fontsize=8,
-                        color="gray" if recall is None else "black", zorder=5,
-                        bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85))
+        count_axis.text(
+            center,
+            height,
+            text,
+            transform=axis.transData,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="gray" if recall is None else "black",
+            zorder=5,
+            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.85),
+        )
 
     # One legend for both axes: the group colours and the count line.
     from matplotlib.patches import Patch
-    group_labels = {"head": f"head (>{head_min})", "medium": f"medium ({tail_max}-{head_min})",
-                    "tail": f"tail (<{tail_max})"}
+
+    group_labels = {
+        "head": f"head (>{head_min})",
+        "medium": f"medium ({tail_max}-{head_min})",
+        "tail": f"tail (<{tail_max})",
+    }
     handles = [Patch(color=_GROUP_COLORS[g], label=group_labels[g]) for g in ("head", "medium", "tail") if g in groups]
     handles += count_axis.get_lines()[:1]
     # Below the axes: inside, it would hide the bars whenever tail recall is high.
-    axis.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22),
-                ncol=len(handles), frameon=False)
+    axis.legend(
+        handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(handles), frameon=False
+    )
     axis.set_title(f"{title} (error bars: {interval_label})" if recall_intervals else title, fontsize=10)
     figure.tight_layout()
     return _save(figure, out_png)
 
 
-def plot_reliability_diagram(bins: dict, out_png: str, title: Optional[str] = None, after: Optional[dict] = None,
-                             after_label: str = "after temperature scaling") -> str:
+def plot_reliability_diagram(
+    bins: dict,
+    out_png: str,
+    title: Optional[str] = None,
+    after: Optional[dict] = None,
+    after_label: str = "after temperature scaling",
+) -> str:
     """Reliability diagram of `calibration.reliability_bins` output: accuracy vs confidence per bin.
 
     Top: one bar per non-empty bin at its mean confidence (width = the bin's width), height = the bin's
@@ -248,17 +292,44 @@ def plot_reliability_diagram(bins: dict, out_png: str, title: Optional[str] = No
     lefts, widths = edges[:-1], np.diff(edges)
     accuracy = [bins["accuracy"][i] for i in nonempty]
     confidence = [bins["confidence"][i] for i in nonempty]
-    axis.bar([lefts[i] for i in nonempty], accuracy, width=[widths[i] for i in nonempty], align="edge",
-             color="#4c72b0", edgecolor="white", linewidth=0.6, alpha=0.85, zorder=2,
-             label=f"accuracy ({bins['binning']} bins), ECE {100 * bins['ece']:.2f} %")
-    axis.bar([lefts[i] for i in nonempty], np.subtract(confidence, accuracy), bottom=accuracy,
-             width=[widths[i] for i in nonempty], align="edge", color="#c44e52", alpha=0.35, zorder=2,
-             hatch="//", edgecolor="#c44e52", linewidth=0.0, label="gap to mean confidence")
+    axis.bar(
+        [lefts[i] for i in nonempty],
+        accuracy,
+        width=[widths[i] for i in nonempty],
+        align="edge",
+        color="#4c72b0",
+        edgecolor="white",
+        linewidth=0.6,
+        alpha=0.85,
+        zorder=2,
+        label=f"accuracy ({bins['binning']} bins), ECE {100 * bins['ece']:.2f} %",
+    )
+    axis.bar(
+        [lefts[i] for i in nonempty],
+        np.subtract(confidence, accuracy),
+        bottom=accuracy,
+        width=[widths[i] for i in nonempty],
+        align="edge",
+        color="#c44e52",
+        alpha=0.35,
+        zorder=2,
+        hatch="//",
+        edgecolor="#c44e52",
+        linewidth=0.0,
+        label="gap to mean confidence",
+    )
     if after is not None:
         kept = [i for i, n in enumerate(after["count"]) if n > 0]
-        axis.plot([after["confidence"][i] for i in kept], [after["accuracy"][i] for i in kept], marker="o",
-                  markersize=4, color="#dd8452", linewidth=1.4, zorder=3,
-                  label=f"{after_label}, ECE {100 * after['ece']:.2f} %")
+        axis.plot(
+            [after["confidence"][i] for i in kept],
+            [after["accuracy"][i] for i in kept],
+            marker="o",
+            markersize=4,
+            color="#dd8452",
+            linewidth=1.4,
+            zorder=3,
+            label=f"{after_label}, ECE {100 * after['ece']:.2f} %",
+        )
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.set_ylabel("accuracy")
@@ -266,8 +337,7 @@ def plot_reliability_diagram(bins: dict, out_png: str, title: Optional[str] = No
     axis.legend(fontsize=7, loc="upper left")
     axis.set_title(title or "Reliability diagram (top-label confidence)", fontsize=10)
     total = max(counts.sum(), 1.0)
-    hist_axis.bar(lefts, counts / total, width=widths, align="edge", color="0.5", edgecolor="white",
-                  linewidth=0.6)
+    hist_axis.bar(lefts, counts / total, width=widths, align="edge", color="0.5", edgecolor="white", linewidth=0.6)
     hist_axis.set_xlabel("confidence (max probability)")
     hist_axis.set_ylabel("share")
     hist_axis.grid(True, axis="y", alpha=0.3)
@@ -275,8 +345,9 @@ def plot_reliability_diagram(bins: dict, out_png: str, title: Optional[str] = No
     return _save(figure, out_png)
 
 
-def plot_method_comparison(scores_by_method: dict, out_png: str,
-                           title: str = "Methods compared (best checkpoint)") -> str:
+def plot_method_comparison(
+    scores_by_method: dict, out_png: str, title: str = "Methods compared (best checkpoint)"
+) -> str:
     """Grouped bars: one group per metric (e.g. bacc, macro_f1, tail_recall), one bar per method.
 
     `scores_by_method` is `{method: {metric: value}}`; None/NaN values (e.g. a group that a split does
@@ -305,23 +376,29 @@ def plot_method_comparison(scores_by_method: dict, out_png: str,
         bars = axis.bar(offsets, [h if h is not None else 0.0 for h in heights], width, label=method, zorder=2)
         for bar, height in zip(bars, heights):
             if height is not None:
-                axis.text(bar.get_x() + bar.get_width() / 2, max(height, 0.0) + 0.01, f"{height:.2f}",
-                          ha="center", va="bottom", fontsize=6)
+                axis.text(
+                    bar.get_x() + bar.get_width() / 2,
+                    max(height, 0.0) + 0.01,
+                    f"{height:.2f}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                )
     axis.set_xticks(positions)
     axis.set_xticklabels(metric_names, rotation=20, ha="right")
     lowest = min(value(m, n) for m in methods for n in metric_names if value(m, n) is not None)
     axis.set_ylim(min(0.0, lowest - 0.05), 1.08)  # MCC can be negative
     axis.set_ylabel("score")
     axis.grid(True, axis="y", alpha=0.3, zorder=0)
-    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(methods), 5),
-                frameon=False)
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(methods), 5), frameon=False)
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
     return _save(figure, out_png)
 
 
-def plot_metric_vs_imbalance(series: dict, out_png: str, metric_label: str = "tail-class recall",
-                             title: Optional[str] = None) -> str:
+def plot_metric_vs_imbalance(
+    series: dict, out_png: str, metric_label: str = "tail-class recall", title: Optional[str] = None
+) -> str:
     """One line per method: a metric's mean ± std (error bars) against the imbalance ratio 1 / imb.
 
     `series` is `{method label: [(imb, mean, std, n), ...]}` with `imb` the imbalance factor (0.01 ->
@@ -342,8 +419,14 @@ def plot_metric_vs_imbalance(series: dict, out_png: str, metric_label: str = "ta
         line = axis.errorbar(x, y, yerr=err, marker="o", markersize=4, capsize=3, linewidth=1.4, label=label)
         for xi, yi, p in zip(x, y, points):
             if np.isfinite(yi):
-                axis.annotate(f"n={p[3]}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=6,
-                              color=line[0].get_color())
+                axis.annotate(
+                    f"n={p[3]}",
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=6,
+                    color=line[0].get_color(),
+                )
     if not axis.lines:
         _empty_panel(axis, f"no {metric_label} to plot")
         return _save(figure, out_png)

@@ -1,4 +1,5 @@
 """SIGTERM (the usual preemption notice) -> a checkpoint at the next step boundary (docs/reliability.md)."""
+
 import signal
 import threading
 
@@ -35,6 +36,7 @@ class PreemptionWatch:
     def requested(self, step: int) -> bool:
         if self._multi:
             from jax.experimental import multihost_utils
+
             try:
                 return bool(multihost_utils.reached_preemption_sync_point(step))
             except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)

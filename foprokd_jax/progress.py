@@ -1,4 +1,5 @@
 """Progress and ETA of a long run: steps/s over a sliding window, formatted durations."""
+
 import math
 import time
 from typing import Callable, Optional
@@ -36,8 +37,8 @@ class ProgressMeter:
         self.total_steps = int(total_steps)
         self.start_step = int(start_step)
         self._clock = clock
-        self._first = None   # (step, time) of the reference call
-        self._last = None    # (step, time) of the latest call
+        self._first = None  # (step, time) of the reference call
+        self._last = None  # (step, time) of the latest call
         self._stats = None
 
     def update(self, step: int) -> dict:
@@ -75,8 +76,10 @@ class ProgressMeter:
         stats = self._stats
         rate = stats["steps_per_sec"]
         rate_text = f"{rate:.2f} steps/s" if rate is not None else "-- steps/s"
-        return (f"step {stats['step']}/{stats['total_steps']} ({stats['percent']:.1f}%) | {rate_text} | "
-                f"ETA {format_duration(stats['eta_seconds'])}")
+        return (
+            f"step {stats['step']}/{stats['total_steps']} ({stats['percent']:.1f}%) | {rate_text} | "
+            f"ETA {format_duration(stats['eta_seconds'])}"
+        )
 
 
 def _rate(steps: int, seconds: float) -> Optional[float]:

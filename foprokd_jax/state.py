@@ -3,6 +3,7 @@
 Frozen teachers are deliberately absent: they never change, so they are passed to the step as a separate
 replicated argument and never checkpointed (their artifact path and sha256 are recorded instead).
 """
+
 from typing import Any
 
 import flax
@@ -13,9 +14,9 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    step: jnp.ndarray          # int32 scalar: optimizer steps taken so far
-    params: Any                # student parameters
-    batch_stats: Any           # student BatchNorm running statistics
+    step: jnp.ndarray  # int32 scalar: optimizer steps taken so far
+    params: Any  # student parameters
+    batch_stats: Any  # student BatchNorm running statistics
     opt_state: optax.OptState  # optimizer state (Adam moments and count)
     # FoPro-KD only (empty otherwise): Fourier prompt + explore-head parameters and their optimizer.
     fpg_params: Any = flax.struct.field(default_factory=dict)
@@ -41,11 +42,16 @@ def make_optimizer(optim_config) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def create_train_state(variables: dict, optimizer: optax.GradientTransformation,
-                       fpg_params: Any = None, fpg_optimizer: Any = None) -> TrainState:
+def create_train_state(
+    variables: dict, optimizer: optax.GradientTransformation, fpg_params: Any = None, fpg_optimizer: Any = None
+) -> TrainState:
     params = variables["params"]
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get("batch_stats", {}), opt_state=optimizer.init(params))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=optimizer.init(params),
+    )
     if fpg_params is not None:
         state = state.replace(fpg_params=fpg_params, fpg_opt_state=fpg_optimizer.init(fpg_params))
     return state

@@ -25,6 +25,7 @@ Paired tests over matched folds/seeds, d_i = a_i - b_i (method minus baseline):
     With no ties this is scipy.stats.wilcoxon(method='exact'); with ties it is scipy's default ('auto'), the
     exact permutation distribution. The reported statistic is min(W+, W-), as scipy reports it.
 """
+
 import math
 from typing import Optional, Sequence
 
@@ -40,6 +41,7 @@ WILCOXON_MAX_N = 400
 
 
 # ---------------------------------------------------------------- bootstrap ----
+
 
 def stratified_bootstrap_samples(labels, n_resamples: int, seed: int):
     """Yields `n_resamples` index arrays, each resampling every class's examples with replacement.
@@ -72,8 +74,14 @@ def _interval(values: np.ndarray, estimate: float, confidence: float) -> dict:
     return {"estimate": float(estimate), "low": float(low), "high": float(high), "std": float(np.std(values, ddof=1))}
 
 
-def bootstrap_intervals(labels, predictions, class_names: Sequence[str], n_resamples: int = DEFAULT_RESAMPLES,
-                        seed: int = 0, confidence: float = DEFAULT_CONFIDENCE) -> dict:
+def bootstrap_intervals(
+    labels,
+    predictions,
+    class_names: Sequence[str],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    confidence: float = DEFAULT_CONFIDENCE,
+) -> dict:
     """Stratified percentile-bootstrap intervals of balanced accuracy, macro-F1 and each class's recall.
 
     Returns {"method", "n_resamples", "seed", "confidence", "bacc": {estimate, low, high, std}, "macro_f1":
@@ -92,18 +100,26 @@ def bootstrap_intervals(labels, predictions, class_names: Sequence[str], n_resam
     codes = labels * num_classes + predictions
     baccs, f1s, recalls = np.empty(n_resamples), np.empty(n_resamples), np.empty((n_resamples, num_classes))
     for b, index in enumerate(stratified_bootstrap_samples(labels, n_resamples, seed)):
-        confusion = np.bincount(codes[index], minlength=num_classes ** 2).reshape(num_classes, num_classes)
+        confusion = np.bincount(codes[index], minlength=num_classes**2).reshape(num_classes, num_classes)
         baccs[b], f1s[b], recalls[b] = _replicate_scores(confusion)
     bacc, macro_f1, recall = _replicate_scores(metrics.confusion_from_vectors(labels, predictions, num_classes))
     present = np.bincount(labels, minlength=num_classes) > 0
-    return {"method": "percentile bootstrap, stratified by class", "n_resamples": int(n_resamples),
-            "seed": int(seed), "confidence": float(confidence),
-            "bacc": _interval(baccs, bacc, confidence), "macro_f1": _interval(f1s, macro_f1, confidence),
-            "per_class_recall": {str(name): (_interval(recalls[:, c], recall[c], confidence) if present[c] else None)
-                                 for c, name in enumerate(class_names)}}
+    return {
+        "method": "percentile bootstrap, stratified by class",
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "confidence": float(confidence),
+        "bacc": _interval(baccs, bacc, confidence),
+        "macro_f1": _interval(f1s, macro_f1, confidence),
+        "per_class_recall": {
+            str(name): (_interval(recalls[:, c], recall[c], confidence) if present[c] else None)
+            for c, name in enumerate(class_names)
+        },
+    }
 
 
 # ---------------------------------------------------------------- Student's t ----
+
 
 def _betacf(a: float, b: float, x: float) -> float:
     """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes §6.4)."""
@@ -140,7 +156,7 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     # The continued fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry beyond.
     if x < (a + 1.0) / (a + b + 2.0):
         return math.exp(log_front) * _betacf(a, b, x) / a
@@ -162,9 +178,14 @@ def paired_t_test(a, b) -> dict:
     """
     diff = np.asarray(a, np.float64) - np.asarray(b, np.float64)
     n = diff.size
-    out = {"n": int(n), "mean_diff": float(diff.mean()) if n else None,
-           "std_diff": float(diff.std(ddof=1)) if n > 1 else None, "t": None, "df": n - 1 if n > 1 else None,
-           "p": None}
+    out = {
+        "n": int(n),
+        "mean_diff": float(diff.mean()) if n else None,
+        "std_diff": float(diff.std(ddof=1)) if n > 1 else None,
+        "t": None,
+        "df": n - 1 if n > 1 else None,
+        "p": None,
+    }
     if n < 2:
         return out
     mean, std = diff.mean(), diff.std(ddof=1)
@@ -179,6 +200,7 @@ def paired_t_test(a, b) -> dict:
 
 # ---------------------------------------------------------------- Wilcoxon ----
 
+
 def _signed_rank_null(doubled_ranks: np.ndarray) -> np.ndarray:
     """P(2 W+ = k) for k = 0..sum(doubled_ranks), each rank's sign + or - with probability 1/2."""
     distribution = np.zeros(int(doubled_ranks.sum()) + 1)
@@ -187,7 +209,7 @@ def _signed_rank_null(doubled_ranks: np.ndarray) -> np.ndarray:
     for r in doubled_ranks:
         r = int(r)
         shifted = np.zeros_like(distribution)
-        shifted[r:top + r + 1] = distribution[:top + 1]
+        shifted[r : top + r + 1] = distribution[: top + 1]
         distribution = 0.5 * (distribution + shifted)
         top += r
     return distribution
@@ -212,8 +234,12 @@ def wilcoxon_signed_rank(a, b=None, zero_method: str = "wilcox") -> dict:
         ranks = metrics._average_ranks(np.abs(diff)) if diff.size else np.zeros(0)
         keep = diff != 0.0
         diff, ranks = diff[keep], ranks[keep]
-    out = {"n": int(n), "n_used": int(diff.size), "zero_method": zero_method,
-           "ties": bool(diff.size and len(np.unique(np.abs(diff))) < diff.size)}
+    out = {
+        "n": int(n),
+        "n_used": int(diff.size),
+        "zero_method": zero_method,
+        "ties": bool(diff.size and len(np.unique(np.abs(diff))) < diff.size),
+    }
     w_plus, w_minus = float(ranks[diff > 0].sum()), float(ranks[diff < 0].sum())
     out.update(w_plus=w_plus, w_minus=w_minus, statistic=min(w_plus, w_minus), p=None)
     if diff.size == 0:
@@ -224,7 +250,7 @@ def wilcoxon_signed_rank(a, b=None, zero_method: str = "wilcox") -> dict:
     doubled = np.rint(2.0 * ranks).astype(np.int64)
     null = _signed_rank_null(doubled)
     observed = int(np.rint(2.0 * w_plus))
-    lower, upper = null[:observed + 1].sum(), null[observed:].sum()
+    lower, upper = null[: observed + 1].sum(), null[observed:].sum()
     out["p"] = float(min(1.0, 2.0 * min(lower, upper)))
     return out
 
@@ -235,15 +261,24 @@ def paired_comparison(method_values, baseline_values) -> dict:
     method_values = np.asarray(method_values, np.float64)
     baseline_values = np.asarray(baseline_values, np.float64)
     if method_values.shape != baseline_values.shape or method_values.ndim != 1:
-        raise ValueError(f"paired values must be two equal-length vectors, got {method_values.shape} and "
-                         f"{baseline_values.shape}")
+        raise ValueError(
+            f"paired values must be two equal-length vectors, got {method_values.shape} and {baseline_values.shape}"
+        )
     t_test = paired_t_test(method_values, baseline_values)
     wilcoxon = wilcoxon_signed_rank(method_values, baseline_values)
-    return {"n": t_test["n"], "mean_diff": t_test["mean_diff"], "std_diff": t_test["std_diff"], "t": t_test["t"],
-            "df": t_test["df"], "p_t": t_test["p"], "wilcoxon_statistic": wilcoxon["statistic"],
-            "p_wilcoxon": wilcoxon["p"], "wilcoxon_n_used": wilcoxon["n_used"]}
+    return {
+        "n": t_test["n"],
+        "mean_diff": t_test["mean_diff"],
+        "std_diff": t_test["std_diff"],
+        "t": t_test["t"],
+        "df": t_test["df"],
+        "p_t": t_test["p"],
+        "wilcoxon_statistic": wilcoxon["statistic"],
+        "p_wilcoxon": wilcoxon["p"],
+        "wilcoxon_n_used": wilcoxon["n_used"],
+    }
 
 
 def min_wilcoxon_p(n: int) -> Optional[float]:
     """Smallest two-sided exact p a Wilcoxon test of n untied non-zero pairs can reach: 2 / 2^n (n = 5: 0.0625)."""
-    return None if n < 1 else min(1.0, 2.0 / 2 ** n)
+    return None if n < 1 else min(1.0, 2.0 / 2**n)

@@ -14,6 +14,7 @@ to resume, bitwise identical on CPU); SIGTERM saves a checkpoint at the next ste
 `TrainingPreempted`; a non-finite loss or gradient stops training before anything non-finite is saved.
 Everything that can be checked is checked before the workdir is touched.
 """
+
 import json
 import os
 import time
@@ -23,8 +24,19 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from foprokd_jax import (checkpointing, evaluation, fault_injection, finite_guard, methods, metric_writer, metrics,
-                         parallel, plots, preemption, progress)
+from foprokd_jax import (
+    checkpointing,
+    evaluation,
+    fault_injection,
+    finite_guard,
+    methods,
+    metric_writer,
+    metrics,
+    parallel,
+    plots,
+    preemption,
+    progress,
+)
 from foprokd_jax.data import device_prefetch, pipeline, registry
 
 # eval.protocol -> (split monitored during training and used for checkpoint selection, split reported).
@@ -44,8 +56,10 @@ class TrainingPreempted(Exception):
     """SIGTERM arrived; a checkpoint of `step` was saved and training stopped. Rerun the command to resume."""
 
     def __init__(self, step: int, workdir: str):
-        super().__init__(f"preempted (SIGTERM): checkpoint of step {step} saved in {workdir}/checkpoints; "
-                         "rerun the same command to resume")
+        super().__init__(
+            f"preempted (SIGTERM): checkpoint of step {step} saved in {workdir}/checkpoints; "
+            "rerun the same command to resume"
+        )
         self.step = step
 
 
@@ -80,8 +94,10 @@ def check_workdir(config, workdir: str, overwrite: bool = False) -> str:
         return "new"  # an existing folder with unrelated files: the run's files go beside them
     if overwrite:
         return "replace"
-    raise WorkdirConflictError(f"{workdir} {reason}. Resume with the same config, choose a new --workdir, or pass "
-                               "--overwrite to move the old run aside (it is renamed, not deleted).")
+    raise WorkdirConflictError(
+        f"{workdir} {reason}. Resume with the same config, choose a new --workdir, or pass "
+        "--overwrite to move the old run aside (it is renamed, not deleted)."
+    )
 
 
 def prepare_workdir(config, workdir: str, status: str) -> None:
@@ -135,7 +151,8 @@ def check_protocol(config, dataset) -> tuple:
             raise ValueError(
                 f"config.eval.protocol={config.eval.protocol!r} needs a {split!r} split, but {dataset.name} has "
                 f"only {sorted(dataset.sources)}. Use eval.protocol='test_last' (the CRCKD protocol) or carve "
-                "a validation set from the training fold (input.val_fraction > 0).")
+                "a validation set from the training fold (input.val_fraction > 0)."
+            )
     return selection_split, report_split
 
 
@@ -187,25 +204,59 @@ def train_and_evaluate(config, workdir: str, overwrite: bool = False) -> dict:
         start = int(jax.device_get(state.step))
         if start < total_steps:
             try:
-                state = _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, start,
-                                    total_steps, steps_per_epoch, eval_every, selection_split, is_chief)
+                state = _train_loop(
+                    config,
+                    parts,
+                    state,
+                    train_iter,
+                    ckpt,
+                    dataset,
+                    mesh,
+                    workdir,
+                    start,
+                    total_steps,
+                    steps_per_epoch,
+                    eval_every,
+                    selection_split,
+                    is_chief,
+                )
             except FloatingPointError as e:
                 ckpt.wait()
                 last = ckpt.latest_step()
-                kept = (f"the last good checkpoint, step {last} ({ckpt.step_dir(last)}), is kept unchanged and a "
-                        "rerun resumes from it" if last is not None else "no checkpoint had been saved yet")
-                raise FloatingPointError(f"{e}. Training stopped; {kept}. Lower the learning rate or check "
-                                         "the inputs.") from None
+                kept = (
+                    f"the last good checkpoint, step {last} ({ckpt.step_dir(last)}), is kept unchanged and a "
+                    "rerun resumes from it"
+                    if last is not None
+                    else "no checkpoint had been saved yet"
+                )
+                raise FloatingPointError(
+                    f"{e}. Training stopped; {kept}. Lower the learning rate or check the inputs."
+                ) from None
         ckpt.wait()
         # 'test_last' reports the final model (no selection on the test split); otherwise the best one.
         final_step = ckpt.latest_step() if config.eval.protocol == "test_last" else ckpt.best_step()
         state = ckpt.restore(final_step, state)
-    return final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
-                        is_chief)
+    return final_report(
+        parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir, is_chief
+    )
 
 
-def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, start, total_steps,
-                steps_per_epoch, eval_every, selection_split, is_chief):
+def _train_loop(
+    config,
+    parts,
+    state,
+    train_iter,
+    ckpt,
+    dataset,
+    mesh,
+    workdir,
+    start,
+    total_steps,
+    steps_per_epoch,
+    eval_every,
+    selection_split,
+    is_chief,
+):
     """Steps start+1..total_steps with logging, evaluation + checkpoint every `eval_every`, NaN guard, SIGTERM.
 
     The finite check of a step's metrics (a handful of scalars, one transfer) runs after the next step is
@@ -216,10 +267,14 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
     meter = progress.ProgressMeter(total_steps, start_step=start)
     pending = None  # (step, device metrics) not checked yet
     # The prefetcher's position is the one checkpointed: that of the last batch it handed to the step.
-    batches = device_prefetch.DevicePrefetcher(train_iter, lambda b: parallel.host_batch_to_global(b, mesh),
-                                               size=config.input.prefetch_to_device)
-    with metric_writer.MetricWriter(workdir, enabled=is_chief) as writer, \
-            preemption.PreemptionWatch() as sigterm, batches:
+    batches = device_prefetch.DevicePrefetcher(
+        train_iter, lambda b: parallel.host_batch_to_global(b, mesh), size=config.input.prefetch_to_device
+    )
+    with (
+        metric_writer.MetricWriter(workdir, enabled=is_chief) as writer,
+        preemption.PreemptionWatch() as sigterm,
+        batches,
+    ):
         for step in range(start + 1, total_steps + 1):
             batch = next(batches)
             if fault_injection.armed("nan", step):  # NaN parameters, as a diverged update would leave them
@@ -241,8 +296,9 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
                 _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metrics)
             if is_eval:
                 predict_step = _finite_predictions(parts.predict_step, selection_split, step)
-                report = evaluation.split_metrics(predict_step, state, dataset.sources[selection_split], dataset,
-                                                  config, mesh)
+                report = evaluation.split_metrics(
+                    predict_step, state, dataset.sources[selection_split], dataset, config, mesh
+                )
                 writer.write_scalars(step, metrics.report_scalars(report, prefix=f"{selection_split}/"))
                 logging.info("step %d: %s balanced accuracy %.4f", step, selection_split, report["bacc"])
                 if parts.on_eval is not None and is_chief:
@@ -261,11 +317,14 @@ def _train_loop(config, parts, state, train_iter, ckpt, dataset, mesh, workdir, 
 def _finite_predictions(predict_step, split: str, step: int):
     """`predict_step` that raises FloatingPointError on non-finite logits (eval-mode outputs can overflow
     while the training metrics are still finite), so a model that diverged is never checkpointed."""
+
     def checked(*args):
         logits = predict_step(*args)
         if not bool(jnp.all(jnp.isfinite(logits))):
-            raise FloatingPointError(f"non-finite logits in the {split} evaluation at step {step} (the training "
-                                     "metrics of that step were finite)")
+            raise FloatingPointError(
+                f"non-finite logits in the {split} evaluation at step {step} (the training "
+                "metrics of that step were finite)"
+            )
         fault_injection.maybe_inject("eval", step)
         return logits
 
@@ -285,56 +344,87 @@ def _write_train_scalars(writer, meter, config, step, steps_per_epoch, host_metr
     logging.info("%s | loss %.4f", meter.format(step), scalars["train/loss"])
 
 
-def final_report(parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir,
-                 is_chief) -> dict:
+def final_report(
+    parts, state, dataset, config, mesh, final_step, selection_split, report_split, workdir, is_chief
+) -> dict:
     """Evaluates the chosen checkpoint on both splits and writes results.json plus figures.
 
     The report split also gets calibration (ECE, Brier, NLL; temperature scaling fitted on the selection split
     when that is another split) and stratified bootstrap intervals (`evaluation.uncertainty_report`).
     """
-    evaluated = {split: evaluation.predict_split(parts.predict_step, state, dataset.sources[split],
-                                                 config.input.eval_batch_size, mesh)
-                 for split in dict.fromkeys((selection_split, report_split))}
+    evaluated = {
+        split: evaluation.predict_split(
+            parts.predict_step, state, dataset.sources[split], config.input.eval_batch_size, mesh
+        )
+        for split in dict.fromkeys((selection_split, report_split))
+    }
     reports = {split: evaluation.report_from_logits(*evaluated[split], dataset, config) for split in evaluated}
     fit = evaluated[selection_split] if selection_split != report_split else (None, None)
-    reports[report_split].update(evaluation.uncertainty_report(
-        *evaluated[report_split], list(dataset.class_names), *fit,
-        fit_split=selection_split if selection_split != report_split else None))
+    reports[report_split].update(
+        evaluation.uncertainty_report(
+            *evaluated[report_split],
+            list(dataset.class_names),
+            *fit,
+            fit_split=selection_split if selection_split != report_split else None,
+        )
+    )
     teacher = parts.meta.get("teacher")
     results = {
-        "method": config.method, "dataset": dataset.name, "fold": config.input.fold,
+        "method": config.method,
+        "dataset": dataset.name,
+        "fold": config.input.fold,
         "imb": config.input.imb if dataset.name == "isic2019_lt" else None,
-        "teacher": config.teacher.name if teacher else None, "seed": config.seed,
+        "teacher": config.teacher.name if teacher else None,
+        "seed": config.seed,
         "protocol": {"select_on": selection_split, "report_on": report_split, "name": config.eval.protocol},
-        "best_step": final_step, "class_names": list(dataset.class_names),
-        "train_class_counts": dataset.train_counts.tolist(), "dataset_info": dataset.describe,
-        "method_info": parts.meta, "report": reports[report_split], "selection": reports[selection_split],
+        "best_step": final_step,
+        "class_names": list(dataset.class_names),
+        "train_class_counts": dataset.train_counts.tolist(),
+        "dataset_info": dataset.describe,
+        "method_info": parts.meta,
+        "report": reports[report_split],
+        "selection": reports[selection_split],
     }
     last_n = last_evals_to_average(parts, config)
     if last_n and is_chief:
         # CRCKD's reported number (docs/crckd.md §R9): each metric averaged over the final evaluations of the
         # monitored split, beside the single chosen checkpoint.
-        results["last_evals_mean"] = metrics.mean_of_last_evals(os.path.join(workdir, "metrics.jsonl"),
-                                                                selection_split, last_n)
+        results["last_evals_mean"] = metrics.mean_of_last_evals(
+            os.path.join(workdir, "metrics.jsonl"), selection_split, last_n
+        )
     if is_chief:
         path = os.path.join(workdir, "results.json")
         with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
         plots.plot_training_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
-        plots.plot_confusion_matrix(np.asarray(reports[report_split]["confusion"]), dataset.class_names,
-                                    os.path.join(workdir, "confusion_matrix.png"))
+        plots.plot_confusion_matrix(
+            np.asarray(reports[report_split]["confusion"]),
+            dataset.class_names,
+            os.path.join(workdir, "confusion_matrix.png"),
+        )
         report = reports[report_split]
-        plots.plot_per_class_recall(report["per_class_recall"], dataset.train_counts,
-                                    os.path.join(workdir, "per_class_recall.png"), config.eval.head_min,
-                                    config.eval.tail_max,
-                                    recall_intervals=report["bootstrap"]["per_class_recall"])
+        plots.plot_per_class_recall(
+            report["per_class_recall"],
+            dataset.train_counts,
+            os.path.join(workdir, "per_class_recall.png"),
+            config.eval.head_min,
+            config.eval.tail_max,
+            recall_intervals=report["bootstrap"]["per_class_recall"],
+        )
         scaling = report["calibration"].get("temperature_scaling")
-        plots.plot_reliability_diagram(report["calibration"]["bins"]["width"],
-                                       os.path.join(workdir, "reliability_diagram.png"),
-                                       after=scaling["after"]["bins"]["width"] if scaling else None)
-        logging.info("Step %d | %s balanced accuracy %.4f | results in %s", final_step, report_split,
-                     reports[report_split]["bacc"], path)
+        plots.plot_reliability_diagram(
+            report["calibration"]["bins"]["width"],
+            os.path.join(workdir, "reliability_diagram.png"),
+            after=scaling["after"]["bins"]["width"] if scaling else None,
+        )
+        logging.info(
+            "Step %d | %s balanced accuracy %.4f | results in %s",
+            final_step,
+            report_split,
+            reports[report_split]["bacc"],
+            path,
+        )
     return results
 
 

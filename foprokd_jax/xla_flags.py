@@ -24,6 +24,7 @@ says so). Rules:
 
 Measured effect and the numerical check against default flags: docs/performance.md, tests/test_xla_flags.py.
 """
+
 import glob
 import importlib.util
 import logging
@@ -39,9 +40,18 @@ CPU_DEFAULT_FLAGS = (
 )
 OPT_OUT_ENV = "FOPROKD_XLA_CPU_DEFAULTS"
 # Importable modules whose presence means JAX will pick an accelerator by default.
-ACCELERATOR_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin",
-                       "libtpu", "jax_plugins.xla_cuda12", "jax_plugins.xla_cuda13",
-                       "jax_plugins.xla_rocm60", "jax_plugins.xla_rocm7", "jax_plugins.xla_tpu")
+ACCELERATOR_MODULES = (
+    "jax_cuda12_plugin",
+    "jax_cuda13_plugin",
+    "jax_rocm60_plugin",
+    "jax_rocm7_plugin",
+    "libtpu",
+    "jax_plugins.xla_cuda12",
+    "jax_plugins.xla_cuda13",
+    "jax_plugins.xla_rocm60",
+    "jax_plugins.xla_rocm7",
+    "jax_plugins.xla_tpu",
+)
 
 
 def flag_name(flag: str) -> str:
@@ -98,6 +108,7 @@ def backends_initialized() -> bool:
         return False
     try:
         from jax._src import xla_bridge  # private, but stable since 2022; absent means "cannot tell"
+
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):
         return False
@@ -112,8 +123,11 @@ def jaxlib_knows_flags(defaults: Sequence[str] = CPU_DEFAULT_FLAGS) -> bool:
     if spec is None or not spec.submodule_search_locations:
         return False
     wanted = [flag_name(f).encode() for f in defaults]
-    libraries = [path for location in spec.submodule_search_locations
-                 for path in glob.glob(os.path.join(location, "**", "*.so"), recursive=True)]
+    libraries = [
+        path
+        for location in spec.submodule_search_locations
+        for path in glob.glob(os.path.join(location, "**", "*.so"), recursive=True)
+    ]
     for path in sorted(libraries, key=os.path.getsize, reverse=True):  # the flag registry is the big one
         try:
             with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
@@ -138,12 +152,15 @@ def apply_cpu_defaults(environ: Optional[MutableMapping[str, str]] = None) -> bo
     if merged == existing or not will_be_cpu(env):
         return False
     if environ is None and backends_initialized():
-        logging.warning("apply_cpu_defaults() called after JAX initialised its backends; XLA_FLAGS is "
-                        "already read, so the CPU convolution defaults are not applied. Call it first.")
+        logging.warning(
+            "apply_cpu_defaults() called after JAX initialised its backends; XLA_FLAGS is "
+            "already read, so the CPU convolution defaults are not applied. Call it first."
+        )
         return False
     if not jaxlib_knows_flags():
-        logging.warning("The installed jaxlib does not know %s; CPU convolution defaults not applied.",
-                        " ".join(CPU_DEFAULT_FLAGS))
+        logging.warning(
+            "The installed jaxlib does not know %s; CPU convolution defaults not applied.", " ".join(CPU_DEFAULT_FLAGS)
+        )
         return False
     env["XLA_FLAGS"] = merged
     return True
@@ -177,5 +194,8 @@ def count_conv_backends(optimized_hlo: str) -> dict:
             if '"__ynn_fusion"' in line and called and convs.get(called.group(1)):
                 ynn_bodies.add(called.group(1))
     onednn = sum(1 for line in optimized_hlo.splitlines() if "__onednn$convolution" in line)
-    return {"ynnpack": sum(convs[name] for name in ynn_bodies), "onednn": onednn,
-            "eigen": sum(n for name, n in convs.items() if name not in ynn_bodies)}
+    return {
+        "ynnpack": sum(convs[name] for name in ynn_bodies),
+        "onednn": onednn,
+        "eigen": sum(n for name, n in convs.items() if name not in ynn_bodies),
+    }

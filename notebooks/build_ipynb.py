@@ -1,4 +1,5 @@
 """Regenerates reproduce_isic.ipynb from its py:percent twin (no jupytext needed): `python notebooks/build_ipynb.py`."""
+
 import json
 import os
 import sys
@@ -15,8 +16,14 @@ def percent_to_cells(text):
         body = "\n".join(lines).strip("\n")
         if kind == "markdown":
             body = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in body.splitlines())
-        cells.append({"cell_type": kind, "metadata": {}, "source": body.splitlines(True),
-                      **({"execution_count": None, "outputs": []} if kind == "code" else {})})
+        cells.append(
+            {
+                "cell_type": kind,
+                "metadata": {},
+                "source": body.splitlines(True),
+                **({"execution_count": None, "outputs": []} if kind == "code" else {}),
+            }
+        )
 
     for line in text.splitlines():
         if line.startswith("# %%"):
@@ -33,9 +40,16 @@ def percent_to_cells(text):
 def build(py_path):
     with open(py_path) as f:
         cells = percent_to_cells(f.read())
-    return {"cells": cells, "nbformat": 4, "nbformat_minor": 5,
-            "metadata": {"accelerator": "GPU", "kernelspec": {"display_name": "Python 3", "name": "python3"},
-                         "language_info": {"name": "python"}}}
+    return {
+        "cells": cells,
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "accelerator": "GPU",
+            "kernelspec": {"display_name": "Python 3", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+    }
 
 
 if __name__ == "__main__":

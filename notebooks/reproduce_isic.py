@@ -49,32 +49,44 @@ if importlib.util.find_spec("foprokd_jax") is None:
     if before is not None and before[1] != "cpu":
         # Keep the accelerator jax that is already here: pin it (and its jaxlib / plugins) while installing.
         frozen = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
-        pins = [line for line in frozen.splitlines() if "==" in line and (
-            line.split("==")[0].lower().replace("_", "-") in ("jax", "jaxlib")
-            or line.lower().replace("_", "-").startswith(("jax-cuda", "libtpu")))]
+        pins = [
+            line
+            for line in frozen.splitlines()
+            if "==" in line
+            and (
+                line.split("==")[0].lower().replace("_", "-") in ("jax", "jaxlib")
+                or line.lower().replace("_", "-").startswith(("jax-cuda", "libtpu"))
+            )
+        ]
         print("keeping the installed accelerator jax:", ", ".join(pins))
         with open("/tmp/jax_constraints.txt", "w") as f:
             f.write("\n".join(pins) + "\n")
         pip += ["-c", "/tmp/jax_constraints.txt"]
     elif cuda is not None:
         # A GPU but no GPU jax: the package's [gpu] extra is jax[cuda12], which runs on CUDA 12 and newer drivers.
-        print(f"GPU runtime (driver CUDA {cuda}) without a GPU build of jax: installing jax[cuda12] "
-              "(the [gpu] extra); by hand: pip install 'jax[cuda12]>=0.10.2,<0.13'")
+        print(
+            f"GPU runtime (driver CUDA {cuda}) without a GPU build of jax: installing jax[cuda12] "
+            "(the [gpu] extra); by hand: pip install 'jax[cuda12]>=0.10.2,<0.13'"
+        )
         target = f"foprokd-jax[gpu] @ git+{REPO_URL}"
     r = subprocess.run(pip + [target])
     if r.returncode != 0:
-        raise RuntimeError(f"pip could not install {target}. If it says the jax pin conflicts, this runtime's jax "
-                         f"{before[0] if before else ''} is outside foprokd-jax's range (jax>=0.10.2,<0.13): "
-                         "install a matching one first, e.g. pip install -U 'jax[cuda12]>=0.10.2,<0.13' on a "
-                         "GPU runtime, then re-run this cell.")
+        raise RuntimeError(
+            f"pip could not install {target}. If it says the jax pin conflicts, this runtime's jax "
+            f"{before[0] if before else ''} is outside foprokd-jax's range (jax>=0.10.2,<0.13): "
+            "install a matching one first, e.g. pip install -U 'jax[cuda12]>=0.10.2,<0.13' on a "
+            "GPU runtime, then re-run this cell."
+        )
     importlib.invalidate_caches()
     after = jax_state()
     print("jax before:", before, "after:", after)
     if before is not None and before[1] != "cpu" and after != before:
         raise RuntimeError(f"installing changed jax from {before} to {after}; restart the runtime and report this.")
     if cuda is not None and (after is None or after[1] != "gpu"):
-        print(f"WARNING: a GPU is visible (CUDA {cuda}) but jax runs on {after and after[1]}. Install "
-              "pip install -U 'jax[cuda12]>=0.10.2,<0.13' and restart the runtime.")
+        print(
+            f"WARNING: a GPU is visible (CUDA {cuda}) but jax runs on {after and after[1]}. Install "
+            "pip install -U 'jax[cuda12]>=0.10.2,<0.13' and restart the runtime."
+        )
 
 # Data, the converted teacher and workdirs: on Google Drive in Colab (they survive a disconnect), else here.
 if IN_COLAB:

@@ -1,4 +1,5 @@
 """Test set-up: 8 fake CPU devices (for the 1-vs-8-device tests) before JAX initialises its backend."""
+
 import os
 
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "8")

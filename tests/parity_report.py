@@ -1,4 +1,5 @@
 """Shared by the porting parity tests: print and return how far our features are from the reference."""
+
 import numpy as np
 
 
@@ -10,6 +11,8 @@ def parity_report(name, ours, reference):
     scale = float(np.abs(reference).max())
     significant = np.abs(reference) > 1e-3 * scale
     max_rel = float((diff[significant] / np.abs(reference[significant])).max())
-    print(f"\n[parity] {name}: max|ref|={scale:.4g} max_abs={diff.max():.3e} "
-          f"max_abs/scale={diff.max() / scale:.3e} max_rel(|ref|>1e-3*scale)={max_rel:.3e}")
+    print(
+        f"\n[parity] {name}: max|ref|={scale:.4g} max_abs={diff.max():.3e} "
+        f"max_abs/scale={diff.max() / scale:.3e} max_rel(|ref|>1e-3*scale)={max_rel:.3e}"
+    )
     return float(diff.max()), float(diff.max() / scale)

@@ -1,5 +1,6 @@
 """The benchmark's bookkeeping (no timing assertions): /proc contention arithmetic, tables, target checks,
 and the PyTorch EKD reference step running."""
+
 import pytest
 
 from benchmarks import cpu_contention, report
@@ -47,14 +48,28 @@ def test_live_snapshot_reads_this_process():
 
 
 def _step(framework, method, step_ms, contended=False, size=224, foreign=0.02, compile_s=20.0):
-    return {"framework": framework, "method": method, "image_size": size, "batch_size": 32, "config": "c",
-            "img_per_s": 32 / (step_ms / 1e3), "step_ms": step_ms, "cpu_ms": step_ms * 2, "compile_s": compile_s,
-            "peak_rss_mib": 2048.0, "foreign_share": foreign, "contended": contended}
+    return {
+        "framework": framework,
+        "method": method,
+        "image_size": size,
+        "batch_size": 32,
+        "config": "c",
+        "img_per_s": 32 / (step_ms / 1e3),
+        "step_ms": step_ms,
+        "cpu_ms": step_ms * 2,
+        "compile_s": compile_s,
+        "peak_rss_mib": 2048.0,
+        "foreign_share": foreign,
+        "contended": contended,
+    }
 
 
 def test_step_table_ratios_and_contention_marks():
-    rows = [_step("jax", "ekd", 4000.0), _step("torch", "ekd", 5000.0, contended=True, foreign=0.5),
-            _step("jax", "fopro", 6000.0)]
+    rows = [
+        _step("jax", "ekd", 4000.0),
+        _step("torch", "ekd", 5000.0, contended=True, foreign=0.5),
+        _step("jax", "fopro", 6000.0),
+    ]
     lines = report.step_table(rows).splitlines()
     assert lines[0].startswith("| step | config |") and len(lines) == 2 + len(rows)
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
@@ -64,11 +79,24 @@ def test_step_table_ratios_and_contention_marks():
 
 
 def test_target_checks_pass_fail_and_flag_contended_runs():
-    steps = [_step("jax", "ekd", 3000.0), _step("torch", "ekd", 5000.0), _step("jax", "fopro", 6000.0),
-             _step("jax", "ekd", 900.0, size=112, contended=True, compile_s=70.0),
-             _step("torch", "ekd", 1000.0, size=112)]
-    pipes = [{"image_size": 224, "batch_size": 32, "img_per_s": 25.0, "cores": 1.0, "img_per_s_per_core": 25.0,
-              "foreign_share": 0.0, "contended": False}]
+    steps = [
+        _step("jax", "ekd", 3000.0),
+        _step("torch", "ekd", 5000.0),
+        _step("jax", "fopro", 6000.0),
+        _step("jax", "ekd", 900.0, size=112, contended=True, compile_s=70.0),
+        _step("torch", "ekd", 1000.0, size=112),
+    ]
+    pipes = [
+        {
+            "image_size": 224,
+            "batch_size": 32,
+            "img_per_s": 25.0,
+            "cores": 1.0,
+            "img_per_s_per_core": 25.0,
+            "foreign_share": 0.0,
+            "contended": False,
+        }
+    ]
     checks = report.target_checks(steps, pipes)
     text = "\n".join(checks)
     assert "224px bs32: EKD step / PyTorch EKD step = 0.600 (target <= 0.8): PASS" in text
@@ -85,6 +113,7 @@ def test_target_checks_pass_fail_and_flag_contended_runs():
 def test_torch_ekd_reference_step_runs_and_learns():
     pytest.importorskip("torch")
     from benchmarks import torch_ekd
+
     step, info = torch_ekd.build_ekd_step(image_size=32, batch_size=4, threads=1)
     assert info["memory_format"] == "channels_last" and info["threads"] == 1
     losses = [step() for _ in range(4)]  # one fixed batch: Adam must bring the EKD loss down
@@ -117,6 +146,7 @@ ENTRY %main (x: f32[8,10,10,64], w: f32[3,3,64,16], t: f32[64,10,10,8]) -> f32[8
 
 def test_hlo_categories_split_convolutions_by_direction_model_and_library():
     from benchmarks import hlo_index
+
     cats = hlo_index.classify(_HLO, batch_per_device=8)
     assert cats["fwd"] == "conv fwd student [Eigen]"
     assert cats["tfwd"] == "conv fwd teacher [Eigen]"
@@ -138,6 +168,7 @@ def test_fopro_rows_with_a_sparse_fpg_are_labelled_and_never_taken_for_the_fopro
 
 def test_time_step_reports_the_mean_call_of_whole_cycles():
     from benchmarks import timing
+
     calls = []
     timed = timing.time_step(lambda: calls.append(1), steps=3, warmup=1, calls_per_step=4)
     assert len(calls) == 1 + 4 + 3 * 4 and len(timed.step_s) == 3

@@ -1,5 +1,6 @@
 """The HAM10000, APTOS and Hyper-Kvasir configs: every method builds, bad arguments are refused, and CRCKD
 trains through the real CLI on synthetic data written in each benchmark's on-disk layout."""
+
 import json
 import os
 import subprocess
@@ -13,9 +14,11 @@ from foprokd_jax.data import synthetic_benchmarks
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module,method", [(m, method) for m in (ham10000, aptos)
-                                           for method in ("crckd", "fopro", "ekd", "bsm")]
-                         + [(hyperkvasir, method) for method in ("fopro", "ekd", "bsm")])
+@pytest.mark.parametrize(
+    "module,method",
+    [(m, method) for m in (ham10000, aptos) for method in ("crckd", "fopro", "ekd", "bsm")]
+    + [(hyperkvasir, method) for method in ("fopro", "ekd", "bsm")],
+)
 def test_config_builds_for_every_method(module, method):
     config = module.get_config(f"method={method},fold=2")
     assert config.method == method and config.input.fold == 2
@@ -28,13 +31,21 @@ def test_config_builds_for_every_method(module, method):
 
 
 def test_protocol_follows_the_validation_split():
-    assert aptos.get_config("").eval.protocol == "test_last"      # the reference: no validation set
+    assert aptos.get_config("").eval.protocol == "test_last"  # the reference: no validation set
     assert aptos.get_config("val=0.1").eval.protocol == "val_test"
-    assert ham10000.get_config("").eval.protocol == "val_test"     # 70/10/20 by default
+    assert ham10000.get_config("").eval.protocol == "val_test"  # 70/10/20 by default
 
 
-@pytest.mark.parametrize("module,arg", [(aptos, "fold=0"), (aptos, "method=ldam"), (ham10000, "split=patient"),
-                                        (ham10000, "variant=foo"), (hyperkvasir, "method=crckd")])
+@pytest.mark.parametrize(
+    "module,arg",
+    [
+        (aptos, "fold=0"),
+        (aptos, "method=ldam"),
+        (ham10000, "split=patient"),
+        (ham10000, "variant=foo"),
+        (hyperkvasir, "method=crckd"),
+    ],
+)
 def test_bad_arguments_are_refused(module, arg):
     with pytest.raises((KeyError, ValueError)):
         module.get_config(arg)
@@ -46,11 +57,20 @@ def test_crckd_trains_through_the_cli(dataset, module, tmp_path):
     synthetic_benchmarks.write_synthetic(dataset, root)
     workdir = str(tmp_path / "work")
     r = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-         f"--config={os.path.join(ROOT, 'configs', module + '.py')}:method=crckd,runlocal",
-         f"--config.input.image_root={root}", f"--config.input.prepared_dir={tmp_path / 'tfds'}",
-         "--config.num_devices=2", f"--workdir={workdir}"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT)
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "train.py"),
+            f"--config={os.path.join(ROOT, 'configs', module + '.py')}:method=crckd,runlocal",
+            f"--config.input.image_root={root}",
+            f"--config.input.prepared_dir={tmp_path / 'tfds'}",
+            "--config.num_devices=2",
+            f"--workdir={workdir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)

@@ -1,4 +1,5 @@
 """foprokd_jax.calibration against scikit-learn, scipy and hand computations: ECE bins, Brier, NLL, temperature."""
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -59,9 +60,11 @@ def test_brier_and_nll_equal_sklearn():
     logits, labels = _logits(rng, n=300, c=4)
     probs = scipy.special.softmax(logits, axis=1)
     assert calibration.brier_score(probs, labels) == pytest.approx(
-        brier_score_loss(labels, probs, labels=[0, 1, 2, 3], scale_by_half=False), abs=1e-12)
+        brier_score_loss(labels, probs, labels=[0, 1, 2, 3], scale_by_half=False), abs=1e-12
+    )
     assert calibration.negative_log_likelihood(logits, labels) == pytest.approx(
-        log_loss(labels, probs, labels=[0, 1, 2, 3]), rel=1e-9)
+        log_loss(labels, probs, labels=[0, 1, 2, 3]), rel=1e-9
+    )
     # Far beyond float32 probabilities: the log-sum-exp form stays exact where probabilities underflow.
     extreme = np.array([[800.0, 0.0], [0.0, 900.0]])
     assert calibration.negative_log_likelihood(extreme, np.array([1, 0])) == pytest.approx(850.0)
@@ -75,11 +78,12 @@ def test_temperature_equals_scipy_minimiser_and_keeps_accuracy():
     def nll(t):
         return -np.mean(scipy.special.log_softmax(logits / t, axis=1)[np.arange(len(labels)), labels])
 
-    ref = scipy.optimize.minimize_scalar(nll, bounds=(0.01, 100.0), method="bounded",
-                                         options={"xatol": 1e-10})
+    ref = scipy.optimize.minimize_scalar(nll, bounds=(0.01, 100.0), method="bounded", options={"xatol": 1e-10})
     assert fit["temperature"] == pytest.approx(ref.x, rel=1e-6)
     assert fit["temperature"] > 1.0  # the synthetic logits are over-confident
-    assert fit["nll_after"] == pytest.approx(nll(fit["temperature"]), rel=1e-12) and fit["nll_after"] < fit["nll_before"]
+    assert (
+        fit["nll_after"] == pytest.approx(nll(fit["temperature"]), rel=1e-12) and fit["nll_after"] < fit["nll_before"]
+    )
     val, test = slice(0, 250), slice(250, 500)
     report = calibration.calibration_report(logits[test], labels[test], 15, logits[val], labels[val], "val")
     scaling = report["temperature_scaling"]

@@ -6,6 +6,7 @@ futures are collected. Which kind of future reports depends on timing, so the pr
 carrying real Orbax exceptions, and the installed filter on futures abandoned on purpose in a subprocess; the
 end-to-end check (a truncated checkpoint given to launch/train.py) is tests/test_cli_bad_inputs.py.
 """
+
 import logging
 import os
 import subprocess
@@ -58,9 +59,11 @@ def test_gathering_future_reports_of_orbax_reads_are_recognised(tmp_path):
 
 
 def test_task_reports_name_the_orbax_coroutine_and_other_reports_pass(tmp_path):
-    task = ("Task exception was never retrieved\nfuture: <Task finished name='Task-7' "
-            "coro=<_read_array_index_and_device_put() done, defined at "
-            "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py:300>>")
+    task = (
+        "Task exception was never retrieved\nfuture: <Task finished name='Task-7' "
+        "coro=<_read_array_index_and_device_put() done, defined at "
+        "/venv/site-packages/orbax/checkpoint/_src/serialization/serialization.py:300>>"
+    )
     assert orbax_noise.is_abandoned_orbax_read(_record(task, _plain_error()))
     # Other asyncio messages are never dropped, even with an Orbax exception attached.
     error = _orbax_error(tmp_path)
@@ -68,7 +71,7 @@ def test_task_reports_name_the_orbax_coroutine_and_other_reports_pass(tmp_path):
     assert not orbax_noise.is_abandoned_orbax_read(_record("Executing <Task ...> took 0.2 seconds"))
 
 
-_ABANDONED_FUTURES = r'''
+_ABANDONED_FUTURES = r"""
 import asyncio, gc, sys, tempfile
 import orbax.checkpoint as ocp
 from foprokd_jax import orbax_noise
@@ -89,13 +92,18 @@ asyncio.run(abandon(orbax_read))
 asyncio.run(abandon(other_read))
 gc.collect()
 print("done")
-'''
+"""
 
 
 @pytest.mark.parametrize("mode", ["silenced", "default"])
 def test_abandoned_gathering_futures_are_dropped_only_for_orbax(mode):
-    run = subprocess.run([sys.executable, "-c", _ABANDONED_FUTURES, mode], capture_output=True, text=True,
-                         timeout=120, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = subprocess.run(
+        [sys.executable, "-c", _ABANDONED_FUTURES, mode],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert run.returncode == 0 and "done" in run.stdout, run.stderr[-2000:]
     reports = [line for line in run.stderr.splitlines() if "exception was never retrieved" in line]
     # Without the filter asyncio reports both abandoned futures (so this test can see the difference).

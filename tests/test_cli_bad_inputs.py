@@ -4,6 +4,7 @@ Each case must end in one `error: ...` line that names the thing at fault, a non
 traceback, and nothing written or changed in the workdir. The dataset's own bad inputs (missing or corrupt
 images, bad CSVs, leakage) are tested in test_data_bad_inputs.py.
 """
+
 import hashlib
 import json
 import os
@@ -27,13 +28,22 @@ DEVICES = 2
 def dataset(tmp_path_factory):
     return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_bad_inputs")))
 
+
 def _env(tmp_path_factory):
     return cli_runs.cli_env(tmp_path_factory, DEVICES)
 
+
 def _train(env, dataset, workdir, *extra, config="configs/isic.py:method=bsm,runlocal"):
-    command = [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config}",
-               f"--config.input.image_root={dataset}", f"--config.input.split_dir={dataset}/splits",
-               f"--config.input.prepared_dir={dataset}/tfds", f"--workdir={workdir}", *extra]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        f"--config={config}",
+        f"--config.input.image_root={dataset}",
+        f"--config.input.split_dir={dataset}/splits",
+        f"--config.input.prepared_dir={dataset}/tfds",
+        f"--workdir={workdir}",
+        *extra,
+    ]
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
@@ -58,18 +68,25 @@ def _snapshot(folder):
     return digests
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--config=configs/isic.py:methd=bsm"], "Unknown config argument 'methd'"),
-    (["--config.input.bach_size=8"], 'Did you mean "batch_size"'),
-    (["--config=configs/no_such_config.py"], "configs/no_such_config.py"),
-    (["--config.input.batch_size=7"], "config.input.batch_size=7 is not divisible by the 2 devices"),
-])
-def test_bad_command_lines_are_refused_before_the_workdir_exists(args, needle, dataset, tmp_path,
-                                                                 tmp_path_factory):
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config=configs/isic.py:methd=bsm"], "Unknown config argument 'methd'"),
+        (["--config.input.bach_size=8"], 'Did you mean "batch_size"'),
+        (["--config=configs/no_such_config.py"], "configs/no_such_config.py"),
+        (["--config.input.batch_size=7"], "config.input.batch_size=7 is not divisible by the 2 devices"),
+    ],
+)
+def test_bad_command_lines_are_refused_before_the_workdir_exists(args, needle, dataset, tmp_path, tmp_path_factory):
     workdir = tmp_path / "w"
     config_args = [a for a in args if a.startswith("--config=")]
-    run = _train(_env(tmp_path_factory), dataset, workdir, *[a for a in args if a not in config_args],
-                 **({"config": config_args[0][len("--config="):]} if config_args else {}))
+    run = _train(
+        _env(tmp_path_factory),
+        dataset,
+        workdir,
+        *[a for a in args if a not in config_args],
+        **({"config": config_args[0][len("--config=") :]} if config_args else {}),
+    )
     _assert_clean_error(run, needle)
     assert not workdir.exists()
 
@@ -89,10 +106,14 @@ def diverged_run(dataset, tmp_path_factory):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(diverged_run, dataset):
     workdir, flags, env, run = diverged_run
     checkpoints = os.path.join(workdir, "checkpoints")
-    line = _assert_clean_error(run, f"non-finite training metrics at step {NAN_STEP}: ", "loss=nan",
-                               "grad_norm=nan",  # every offending term is named
-                               f"(last finite step {NAN_STEP - 1})",
-                               f"last good checkpoint, step {NAN_STEP - 1} ({os.path.join(checkpoints, '2')})")
+    line = _assert_clean_error(
+        run,
+        f"non-finite training metrics at step {NAN_STEP}: ",
+        "loss=nan",
+        "grad_norm=nan",  # every offending term is named
+        f"(last finite step {NAN_STEP - 1})",
+        f"last good checkpoint, step {NAN_STEP - 1} ({os.path.join(checkpoints, '2')})",
+    )
     assert sorted(d for d in os.listdir(checkpoints) if d.isdigit()) == ["1", "2"]  # nothing after the bad step
     assert not [d for d in os.listdir(checkpoints) if "tmp" in d]
     assert not os.path.exists(os.path.join(workdir, "results.json"))
@@ -130,13 +151,13 @@ def _restore_state(path):
     stored = checkpointer.metadata(path)
     stored = getattr(getattr(stored, "item_metadata", stored), "tree", stored)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored,
-                          is_leaf=lambda m: hasattr(m, "shape"))
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored, is_leaf=lambda m: hasattr(m, "shape")
+    )
     return jax.tree.map(np.asarray, checkpointer.restore(path, target))
 
 
-def test_wrong_architecture_and_truncated_checkpoints_are_refused(diverged_run, dataset, tmp_path,
-                                                                  tmp_path_factory):
+def test_wrong_architecture_and_truncated_checkpoints_are_refused(diverged_run, dataset, tmp_path, tmp_path_factory):
     source, flags, env, _ = diverged_run
     # A checkpoint written by another architecture (here: a classifier with one more input feature).
     workdir = str(tmp_path / "other_arch")
@@ -152,17 +173,24 @@ def test_wrong_architecture_and_truncated_checkpoints_are_refused(diverged_run, 
     checkpointer.wait_until_finished()
     before = _snapshot(workdir)
     run = _train(env, dataset, workdir, *flags)
-    _assert_clean_error(run, os.path.join(workdir, "checkpoints", latest), "does not match the model",
-                        f"params/fc/kernel: checkpoint {(kernel.shape[0] + 1, kernel.shape[1])} vs model "
-                        f"{tuple(kernel.shape)}")
+    _assert_clean_error(
+        run,
+        os.path.join(workdir, "checkpoints", latest),
+        "does not match the model",
+        f"params/fc/kernel: checkpoint {(kernel.shape[0] + 1, kernel.shape[1])} vs model {tuple(kernel.shape)}",
+    )
     assert _snapshot(workdir) == before
 
     # A truncated checkpoint (a data file cut short, as by a full disk).
     workdir = str(tmp_path / "truncated")
     shutil.copytree(source, workdir)
     step_dir = os.path.join(workdir, "checkpoints", latest)  # the one a rerun restores
-    data_files = [os.path.join(parent, name) for parent, _, names in os.walk(step_dir)
-                  for name in names if os.sep + "d" + os.sep in os.path.join(parent, name) + os.sep]
+    data_files = [
+        os.path.join(parent, name)
+        for parent, _, names in os.walk(step_dir)
+        for name in names
+        if os.sep + "d" + os.sep in os.path.join(parent, name) + os.sep
+    ]
     largest = max(data_files, key=os.path.getsize)
     with open(largest, "r+b") as f:
         f.truncate(os.path.getsize(largest) // 2)
@@ -214,11 +242,23 @@ class _RunsCodeWhenUnpickled:
 
 def test_convert_teacher_refuses_a_pickle_that_would_run_code(tmp_path):
     import torch
+
     src, out, marker = tmp_path / "evil.pth", tmp_path / "teacher.npz", tmp_path / "code_ran"
     torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "payload": _RunsCodeWhenUnpickled(str(marker))}, src)
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "convert_teacher.py"), f"--src={src}",
-                          f"--out={out}", "--arch=resnet18"], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    run = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "convert_teacher.py"),
+            f"--src={src}",
+            f"--out={out}",
+            "--arch=resnet18",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert f"refusing to load {src}" in run.stderr and "arbitrary Python code" in run.stderr
     assert not marker.exists() and not out.exists() and not os.path.exists(f"{out}.json")

@@ -1,5 +1,6 @@
 """The persistent compilation cache: where it goes, that a second process loads the executable instead of
 compiling, and that a bad --compilation_cache is a clear error with nothing written."""
+
 import os
 import subprocess
 import sys
@@ -31,8 +32,9 @@ print("HITS", events.count("/jax/compilation_cache/cache_hits"),
 def _child(arg: str, **env_extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
     env.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **env_extra)
-    out = subprocess.run([sys.executable, "-c", _CHILD, arg], env=env, cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, arg], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     words = " ".join(line for line in out.stdout.splitlines() if line.startswith(("DIR", "HITS"))).split()
     return {"dir": words[1], "hits": int(words[3]), "misses": int(words[5])}
@@ -48,8 +50,9 @@ def test_second_process_loads_the_executable_from_the_cache(tmp_path):
 
 
 def test_default_directory_follows_env_then_xdg(tmp_path):
-    via_env = _child("DEFAULT", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "from_env"),
-                     XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    via_env = _child(
+        "DEFAULT", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "from_env"), XDG_CACHE_HOME=str(tmp_path / "xdg")
+    )
     assert via_env["dir"] == str(tmp_path / "from_env")
     via_xdg = _child("DEFAULT", XDG_CACHE_HOME=str(tmp_path / "xdg"))
     assert via_xdg["dir"] == str(tmp_path / "xdg" / "foprokd_jax" / "xla")
@@ -80,9 +83,14 @@ def test_cli_refuses_a_bad_cache_folder_before_writing_anything(tmp_path):
     workdir = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "FOPROKD_FAULT"}
     env.update(JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "launch/train.py", f"--workdir={workdir}",
-                          f"--compilation_cache={a_file}"], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "launch/train.py", f"--workdir={workdir}", f"--compilation_cache={a_file}"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1, out.stderr[-2000:]
     assert f"error: --compilation_cache={a_file}: it exists and is not a directory" in out.stderr
     assert not workdir.exists()

@@ -1,4 +1,5 @@
 """Every config builds for each `:arg` combination, is locked, and rejects typos and bad values."""
+
 import itertools
 
 import pytest
@@ -6,8 +7,9 @@ import pytest
 from configs import common, demo, isic
 
 
-@pytest.mark.parametrize("method,imb,fold", list(itertools.product(
-    ["fopro", "ekd", "bsm"], ["0.01", "0.005", "0.002"], [1, 2, 3, 4, 5])))
+@pytest.mark.parametrize(
+    "method,imb,fold", list(itertools.product(["fopro", "ekd", "bsm"], ["0.01", "0.005", "0.002"], [1, 2, 3, 4, 5]))
+)
 def test_isic_config_builds_for_every_split(method, imb, fold):
     config = isic.get_config(f"method={method},imb={imb},fold={fold}")
     assert (config.method, config.input.imb, config.input.fold) == (method, imb, fold)
@@ -16,8 +18,11 @@ def test_isic_config_builds_for_every_split(method, imb, fold):
     assert config.input.batch_size == 32 and config.input.image_size == 224 and config.total_epochs == 100
     assert config.loss.name == "bsm"
     # Exactly the subtrees the method reads (foprokd_jax/methods/<method>/config.py).
-    expected = {"bsm": {"student", "loss", "optim"}, "ekd": {"student", "loss", "optim", "teacher"},
-                "fopro": {"student", "loss", "optim", "teacher", "fpg"}}[method]
+    expected = {
+        "bsm": {"student", "loss", "optim"},
+        "ekd": {"student", "loss", "optim", "teacher"},
+        "fopro": {"student", "loss", "optim", "teacher", "fpg"},
+    }[method]
     subtrees = {key for key in config.keys() if hasattr(config[key], "keys")} - {"input", "eval"}
     assert subtrees == expected
     assert ("free_u" in config.loss) == (method != "bsm")
@@ -27,9 +32,14 @@ def test_isic_config_builds_for_every_split(method, imb, fold):
         config.input.bach_size = 8  # locked: typos fail instead of silently adding a key
 
 
-@pytest.mark.parametrize("arg,variant,lambda_adv", [("method=fopro", "spectrum", 1.0),
-                                                    ("fpg=radial,akd=False", "radial", 0.0),
-                                                    ("fpg=conditional", "conditional", 1.0)])
+@pytest.mark.parametrize(
+    "arg,variant,lambda_adv",
+    [
+        ("method=fopro", "spectrum", 1.0),
+        ("fpg=radial,akd=False", "radial", 0.0),
+        ("fpg=conditional", "conditional", 1.0),
+    ],
+)
 def test_fopro_ablation_arguments(arg, variant, lambda_adv):
     config = isic.get_config(arg)
     assert config.method == "fopro" and config.fpg.variant == variant and config.fpg.lambda_adv == lambda_adv
@@ -40,8 +50,9 @@ def test_runlocal_shrinks_everything():
     assert config.input.image_size <= 64 and config.total_steps > 0 and config.student.width < 64
 
 
-@pytest.mark.parametrize("arg", ["imb=0.3", "fold=6", "method=foo", "teacher=clip", "folds=1", "fold",
-                                 "fpg=phase", "akd=maybe"])
+@pytest.mark.parametrize(
+    "arg", ["imb=0.3", "fold=6", "method=foo", "teacher=clip", "folds=1", "fold", "fpg=phase", "akd=maybe"]
+)
 def test_isic_config_rejects_bad_arguments(arg):
     with pytest.raises((KeyError, ValueError)):
         isic.get_config(arg)
@@ -54,10 +65,12 @@ def test_demo_config_and_parse_arg_types():
     assert (parsed.a, parsed.b, parsed.c, parsed.d) == (3, 0.5, "x", True)
 
 
-@pytest.mark.parametrize("key,value", [("input.augment", "flamby"), ("eval.protocol", "test_test"),
-                                       ("teacher.dtype", "float16")])
+@pytest.mark.parametrize(
+    "key,value", [("input.augment", "flamby"), ("eval.protocol", "test_test"), ("teacher.dtype", "float16")]
+)
 def test_training_refuses_unknown_choices_before_touching_the_workdir(key, value, tmp_path):
     from foprokd_jax import train
+
     config = isic.get_config("runlocal")
     section, name = key.split(".")
     config[section][name] = value
@@ -69,6 +82,7 @@ def test_training_refuses_unknown_choices_before_touching_the_workdir(key, value
 def test_every_method_config_holds_only_its_own_keys():
     from configs import aptos
     from foprokd_jax import methods
+
     crckd = aptos.get_config("method=crckd")
     assert "crckd" in crckd and not {"student", "teacher", "loss", "optim", "fpg"} & set(crckd.keys())
     assert "augment" not in crckd.input  # CRCKD's two-view augmentation is crckd.augment*

@@ -1,4 +1,5 @@
 """CRCKD loss terms and memory bank against NumPy transcriptions of the reference code (docs/crckd.md §R3-§R6)."""
+
 import math
 
 import jax
@@ -17,7 +18,7 @@ def _reference_contrast_loss(x, P, n_data, eps=1e-7):
     m, Pn = N, 1 / float(n_data)
     P_pos = x[:, :P]
     log_D1 = np.log(P_pos / (P_pos + m * Pn + eps))
-    P_neg = x[:, P:P + N]
+    P_neg = x[:, P : P + N]
     log_D0 = np.log(np.full_like(P_neg, m * Pn) / (P_neg + m * Pn + eps))
     return -((log_D1.squeeze().sum(0) + np.repeat(log_D0.reshape(-1, 1), P, axis=1).sum(0)) / bsz).sum(0) / P
 
@@ -62,7 +63,7 @@ def test_crp_matches_a_numpy_transcription():
     rng = np.random.default_rng(1)
     num_classes, tau = 4, 0.07
     labels = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 0, 2, 1])
-    mem_s, mem_t = rng.normal(size=(14, 6)), rng.normal(size=(14, 6))   # 2 rows past N_train: no class
+    mem_s, mem_t = rng.normal(size=(14, 6)), rng.normal(size=(14, 6))  # 2 rows past N_train: no class
     g_s = rng.normal(size=(5, 6))
     g_t = rng.normal(size=(5, 6))
     g_s /= np.linalg.norm(g_s, axis=1, keepdims=True)
@@ -74,11 +75,16 @@ def test_crp_matches_a_numpy_transcription():
         np.testing.assert_allclose(np.asarray(got_c), c_s, rtol=1e-5, atol=1e-6)
         r_s, r_t = g_s @ c_s.T / tau, g_t @ c_t.T / tau
         # F.kl_div(log_softmax(r_s), softmax(r_t), reduction='batchmean')
-        expected = torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(r_s), 1),
-                                              torch.softmax(torch.tensor(r_t), 1), reduction="batchmean").item()
-        got = losses.crp_loss_per_example(jnp.asarray(g_s), jnp.asarray(g_t), got_c,
-                                          losses.class_centroids(jnp.asarray(mem_t), jnp.asarray(labels),
-                                                                 num_classes, relu=relu), tau)
+        expected = torch.nn.functional.kl_div(
+            torch.log_softmax(torch.tensor(r_s), 1), torch.softmax(torch.tensor(r_t), 1), reduction="batchmean"
+        ).item()
+        got = losses.crp_loss_per_example(
+            jnp.asarray(g_s),
+            jnp.asarray(g_t),
+            got_c,
+            losses.class_centroids(jnp.asarray(mem_t), jnp.asarray(labels), num_classes, relu=relu),
+            tau,
+        )
         np.testing.assert_allclose(float(jnp.mean(got)), expected, rtol=1e-4)
 
 
@@ -86,8 +92,14 @@ def test_mean_teacher_kl_matches_softmax_kl_loss():
     rng = np.random.default_rng(2)
     logit_s, logit_t = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     # torch.sum(softmax_kl_loss(logit_s, logit_t)) / batch_size (utils/losses.py, train_CRCKD.py).
-    expected = torch.nn.functional.kl_div(torch.log_softmax(torch.tensor(logit_s), 1),
-                                          torch.softmax(torch.tensor(logit_t), 1), reduction="none").sum().item() / 6
+    expected = (
+        torch.nn.functional.kl_div(
+            torch.log_softmax(torch.tensor(logit_s), 1), torch.softmax(torch.tensor(logit_t), 1), reduction="none"
+        )
+        .sum()
+        .item()
+        / 6
+    )
     got = losses.mean_teacher_kl_per_example(jnp.asarray(logit_s), jnp.asarray(logit_t))
     np.testing.assert_allclose(float(jnp.mean(got)), expected, rtol=1e-5)
 
@@ -99,7 +111,8 @@ def test_weighted_ce_is_torch_weighted_mean():
     rng = np.random.default_rng(3)
     logits, labels = rng.normal(size=(9, 5)).astype(np.float32), rng.integers(0, 5, 9)
     expected = torch.nn.CrossEntropyLoss(weight=torch.tensor(np.asarray(weights)))(
-        torch.tensor(logits), torch.tensor(labels)).item()
+        torch.tensor(logits), torch.tensor(labels)
+    ).item()
     num, den = losses.weighted_ce_terms(jnp.asarray(logits), jnp.asarray(labels), weights)
     np.testing.assert_allclose(float(num.sum() / den.sum()), expected, rtol=1e-5)
 
@@ -123,10 +136,10 @@ def test_memory_init_and_momentum_update():
 def test_duplicate_indices_last_occurrence_wins():
     memory = np.eye(5, 3, dtype=np.float32) + 0.1
     new = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32)
-    indices = jnp.array([3, 1, 3, 1])       # positions 2 and 3 are the last occurrences of 3 and 1
+    indices = jnp.array([3, 1, 3, 1])  # positions 2 and 3 are the last occurrences of 3 and 1
     np.testing.assert_array_equal(np.asarray(memory_bank.last_occurrence_mask(indices)), [False, False, True, True])
     out = np.asarray(memory_bank.momentum_update(jnp.asarray(memory), indices, jnp.asarray(new), 0.5))
-    for i, row in ((3, new[2]), (1, new[3])):   # from the PRE-step row, not chained
+    for i, row in ((3, new[2]), (1, new[3])):  # from the PRE-step row, not chained
         v = 0.5 * memory[i] + 0.5 * row
         np.testing.assert_allclose(out[i], v / np.linalg.norm(v), rtol=1e-6)
     np.testing.assert_array_equal(out[[0, 2, 4]], memory[[0, 2, 4]])

@@ -1,4 +1,5 @@
 """CRCKD schedules and optimiser against the reference formulas and torch (OneCycleLR, Adam(weight_decay))."""
+
 import math
 
 import jax
@@ -17,12 +18,12 @@ def test_ema_alpha_reaches_the_decay_after_100_steps():
     alpha = np.asarray(jax.vmap(lambda s: schedule.ema_alpha(s, 0.99))(steps))
     expected = np.minimum(1 - 1 / (steps + 1), 0.99)
     np.testing.assert_allclose(alpha, expected, rtol=1e-6, atol=1e-7)
-    assert alpha[0] == 0.0                      # the teacher copies the student after the first step
+    assert alpha[0] == 0.0  # the teacher copies the student after the first step
     assert alpha[98] < 0.99 and alpha[99] == pytest.approx(0.99)
 
 
 def test_staged_loss_weights_per_epoch():
-    weights = schedule.LossWeights()           # the code's effective values (docs/crckd.md §R6)
+    weights = schedule.LossWeights()  # the code's effective values (docs/crckd.md §R6)
     w19, w20, w25, w30, w79 = (jax.device_get(weights(e)) for e in (19, 20, 25, 30, 79))
     # Epochs 0-19: CE + 0.1 CCD only.
     assert (w19["ce"], w19["ccd"], w19["kl"], w19["crp"]) == (1.0, pytest.approx(0.1), 0.0, 0.0)
@@ -48,7 +49,7 @@ def _torch_one_cycle_trace(total_steps, steps_per_epoch=None, reset_lr=None):
         opt.step()
         sch.step()
         if reset_lr is not None and (step + 1) % steps_per_epoch == 0:
-            for group in opt.param_groups:    # train_CRCKD.py:439-440, at each epoch's end
+            for group in opt.param_groups:  # train_CRCKD.py:439-440, at each epoch's end
                 group["lr"] = reset_lr
     return np.asarray(lrs), np.asarray(betas)
 
@@ -100,8 +101,9 @@ def test_coupled_l2_adam_with_one_cycle_matches_torch_adam():
             opt.param_groups[0]["lr"] = 1e-4
         updates, opt_state = update(params, opt_state)
         params = optax.apply_updates(params, updates)
-        np.testing.assert_allclose(np.asarray(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=2e-6,
-                                   err_msg=f"step {step}")
+        np.testing.assert_allclose(
+            np.asarray(params["w"]), tw.detach().numpy(), rtol=1e-5, atol=2e-6, err_msg=f"step {step}"
+        )
     np.testing.assert_allclose(np.asarray(params["b"]), tb.detach().numpy(), rtol=1e-5, atol=2e-6)
     # The parameters moved by many learning rates: the comparison is not trivially satisfied.
     assert np.abs(np.asarray(params["w"]) - w0).max() > 5e-3

@@ -4,6 +4,7 @@ Covers missing listed images, corrupt/truncated JPEG/PNG (policies 'fail' and 's
 unknown label or a missing column, leakage between splits, bad Hyper-Kvasir trees, bad config values, and
 interrupted preparations (Ctrl-C and SIGKILL).
 """
+
 import csv
 import glob
 import json
@@ -18,26 +19,49 @@ import numpy as np
 import pytest
 
 from configs import common
-from foprokd_jax.data import (aptos, cv_splits, ham10000, hyperkvasir, image_folder_tfds, isic_splits, label_csv,
-                              registry, synthetic, synthetic_benchmarks, tfds_isic)
+from foprokd_jax.data import (
+    aptos,
+    cv_splits,
+    ham10000,
+    hyperkvasir,
+    image_folder_tfds,
+    isic_splits,
+    label_csv,
+    registry,
+    synthetic,
+    synthetic_benchmarks,
+    tfds_isic,
+)
 
 SIZE = 16
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILDERS = {"ham10000": ham10000.Ham10000Resized, "aptos": aptos.AptosResized,
-            "hyperkvasir": hyperkvasir.HyperKvasirResized, "isic2019_lt": tfds_isic.IsicResized}
+BUILDERS = {
+    "ham10000": ham10000.Ham10000Resized,
+    "aptos": aptos.AptosResized,
+    "hyperkvasir": hyperkvasir.HyperKvasirResized,
+    "isic2019_lt": tfds_isic.IsicResized,
+}
 
 
 def write(name, root, **kwargs):
     if name == "isic2019_lt":
-        return synthetic.write_synthetic_isic(str(root), n_max=8, val_per_class=1, test_per_class=2,
-                                              image_sizes=((24, 18),), folds=(1,), imbs=("0.01",))
+        return synthetic.write_synthetic_isic(
+            str(root), n_max=8, val_per_class=1, test_per_class=2, image_sizes=((24, 18),), folds=(1,), imbs=("0.01",)
+        )
     return synthetic_benchmarks.write_synthetic(name, str(root), image_size=(24, 18), **kwargs)
 
 
 def input_config(name, root, **overrides):
     inp = common.base_config().input
-    inp.update(dict(dataset=name, image_root=str(root), split_dir=os.path.join(str(root), "splits"),
-                    prepared_dir=os.path.join(str(root), "tfds"), image_size=SIZE))
+    inp.update(
+        dict(
+            dataset=name,
+            image_root=str(root),
+            split_dir=os.path.join(str(root), "splits"),
+            prepared_dir=os.path.join(str(root), "tfds"),
+            image_size=SIZE,
+        )
+    )
     inp.update(overrides)
     return inp
 
@@ -68,6 +92,7 @@ def listed_image(name, root, row):
 
 # ----------------------------------------------------------------------------- image files
 
+
 @pytest.mark.parametrize("name,csv_name", [("ham10000", "HAM10000_metadata.csv"), ("aptos", "train.csv")])
 def test_missing_listed_image_names_csv_line_and_id(tmp_path, name, csv_name):
     write(name, tmp_path)
@@ -85,7 +110,7 @@ def corrupt(tmp_path, name):
     second_id, second = listed_image(name, tmp_path, row=7)
     data = open(first, "rb").read()
     with open(first, "wb") as f:
-        f.write(data[:len(data) // 2])  # truncated
+        f.write(data[: len(data) // 2])  # truncated
     with open(second, "wb") as f:
         f.write(b"not an image at all")
     return {first_id, second_id}
@@ -140,34 +165,41 @@ def test_skipped_images_that_empty_trailing_parts(tmp_path, monkeypatch):
 
 # ----------------------------------------------------------------------------- label files and splits
 
+
 def _set_cell(column, row, value):
     def edit(header, rows):
         rows[row][header.index(column)] = value
         return header, rows
+
     return edit
 
 
 def _drop_column(column):
     def edit(header, rows):
         k = header.index(column)
-        return header[:k] + header[k + 1:], [r[:k] + r[k + 1:] for r in rows]
+        return header[:k] + header[k + 1 :], [r[:k] + r[k + 1 :] for r in rows]
+
     return edit
 
 
 def _duplicate_row(row):
     def edit(header, rows):
         return header, rows + [rows[row]]
+
     return edit
 
 
-@pytest.mark.parametrize("name,csv_name,edit,match", [
-    ("ham10000", "HAM10000_metadata.csv", _set_cell("dx", 2, "melanoma"), r"line 4: unknown dx 'melanoma'"),
-    ("ham10000", "HAM10000_metadata.csv", _drop_column("lesion_id"), r"no 'lesion_id' column"),
-    ("ham10000", "HAM10000_metadata.csv", _duplicate_row(3), r"image_id 'ISIC_\d+' is listed again .*line 5"),
-    ("aptos", "train.csv", _set_cell("diagnosis", 0, "7"), r"line 2: diagnosis '7' is not an integer in \[0, 5\)"),
-    ("aptos", "train.csv", _set_cell("diagnosis", 5, "2.0"), r"line 7: diagnosis '2.0'"),
-    ("aptos", "train.csv", _drop_column("diagnosis"), r"no 'diagnosis' column"),
-])
+@pytest.mark.parametrize(
+    "name,csv_name,edit,match",
+    [
+        ("ham10000", "HAM10000_metadata.csv", _set_cell("dx", 2, "melanoma"), r"line 4: unknown dx 'melanoma'"),
+        ("ham10000", "HAM10000_metadata.csv", _drop_column("lesion_id"), r"no 'lesion_id' column"),
+        ("ham10000", "HAM10000_metadata.csv", _duplicate_row(3), r"image_id 'ISIC_\d+' is listed again .*line 5"),
+        ("aptos", "train.csv", _set_cell("diagnosis", 0, "7"), r"line 2: diagnosis '7' is not an integer in \[0, 5\)"),
+        ("aptos", "train.csv", _set_cell("diagnosis", 5, "2.0"), r"line 7: diagnosis '2.0'"),
+        ("aptos", "train.csv", _drop_column("diagnosis"), r"no 'diagnosis' column"),
+    ],
+)
 def test_label_csv_errors_name_file_line_and_value(tmp_path, name, csv_name, edit, match):
     write(name, tmp_path)
     rewrite_csv(str(tmp_path / csv_name), edit)
@@ -184,8 +216,11 @@ def test_isic_unknown_label_and_leakage_are_refused(tmp_path):
         leaked = f.read().splitlines()[1]
     with open(test_csv, "a") as f:
         f.write(leaked + "\n")
-    with pytest.raises(cv_splits.LeakageError, match=r"1 image\(s\) are in both the 'train' split .*train_skin1_0.01"
-                                                     r".*test_skin1_0.01.*" + leaked.split(",")[0]):
+    with pytest.raises(
+        cv_splits.LeakageError,
+        match=r"1 image\(s\) are in both the 'train' split .*train_skin1_0.01"
+        r".*test_skin1_0.01.*" + leaked.split(",")[0],
+    ):
         registry.load_dataset(input_config("isic2019_lt", tmp_path))
     rewrite_csv(test_csv, _set_cell("finding", 0, "8"))
     with pytest.raises(isic_splits.SplitFileError, match="outside"):
@@ -196,8 +231,7 @@ def test_isic_unknown_label_and_leakage_are_refused(tmp_path):
 def test_check_disjoint_names_both_splits():
     cv_splits.check_disjoint({"train": ["a", "b"], "test": ["c"]}, {})
     with pytest.raises(cv_splits.LeakageError, match=r"'val' split \(v.csv\) and the 'test' split \(t.csv\).*'c'"):
-        cv_splits.check_disjoint({"train": ["a"], "val": ["c"], "test": ["c", "d"]},
-                                 {"val": "v.csv", "test": "t.csv"})
+        cv_splits.check_disjoint({"train": ["a"], "val": ["c"], "test": ["c", "d"]}, {"val": "v.csv", "test": "t.csv"})
 
 
 def test_lesion_with_two_diagnoses_and_id_naming_two_files(tmp_path):
@@ -207,14 +241,18 @@ def test_lesion_with_two_diagnoses_and_id_naming_two_files(tmp_path):
     second_row = [k for k, g in enumerate(table.groups) if g == lesion][1]
     other = "df" if table.labels[second_row] != ham10000.DX_CODES.index("df") else "nv"
     rewrite_csv(str(tmp_path / ham10000.METADATA_CSV), _set_cell("dx", second_row, other))
-    with pytest.raises(label_csv.LabelFileError, match=rf"HAM10000_metadata.csv line {second_row + 2}: lesion "
-                                                       rf"'{lesion}' has dx '{other}' here"):
+    with pytest.raises(
+        label_csv.LabelFileError,
+        match=rf"HAM10000_metadata.csv line {second_row + 2}: lesion "
+        rf"'{lesion}' has dx '{other}' here",
+    ):
         registry.load_dataset(input_config("ham10000", tmp_path))
     with pytest.raises(ValueError, match=r"group 'L1' has rows with different labels \(\[0, 1\]\)"):
         cv_splits.stratified_group_kfold_test_folds([0, 1, 1], ["L1", "L1", "L2"])
     with pytest.raises(image_folder_tfds.ImageFileError, match=r"1 image id\(s\) name several files.*\['a'\]"):
-        image_folder_tfds.prepare_images(aptos.AptosResized, [("a", "x.png"), ("a", "y.png"), ("b", "z.png")],
-                                         str(tmp_path / "tfds"), SIZE)
+        image_folder_tfds.prepare_images(
+            aptos.AptosResized, [("a", "x.png"), ("a", "y.png"), ("b", "z.png")], str(tmp_path / "tfds"), SIZE
+        )
     assert_nothing_prepared(tmp_path, "ham10000")
 
 
@@ -235,14 +273,17 @@ def test_hyperkvasir_tree_errors(tmp_path):
     assert_nothing_prepared(tmp_path, "hyperkvasir")
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("dataset", "kvasir", r"'kvasir' is not one of \('isic2019_lt', 'ham10000', 'aptos', 'hyperkvasir'\)"),
-    ("split_mode", "patient", r"split_mode='patient'"),
-    ("bad_image_policy", "ignore", r"bad_image_policy='ignore'"),
-    ("val_fraction", 0.85, r"val_fraction=0.85"),
-    ("fold", 6, r"fold=6 must be in 1..5"),
-    ("fold", 0, r"fold=0 must be in 1..5"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("dataset", "kvasir", r"'kvasir' is not one of \('isic2019_lt', 'ham10000', 'aptos', 'hyperkvasir'\)"),
+        ("split_mode", "patient", r"split_mode='patient'"),
+        ("bad_image_policy", "ignore", r"bad_image_policy='ignore'"),
+        ("val_fraction", 0.85, r"val_fraction=0.85"),
+        ("fold", 6, r"fold=6 must be in 1..5"),
+        ("fold", 0, r"fold=0 must be in 1..5"),
+    ],
+)
 def test_bad_config_values(tmp_path, key, value, match):
     write("ham10000", tmp_path)
     with pytest.raises(ValueError, match=match):
@@ -251,6 +292,7 @@ def test_bad_config_values(tmp_path, key, value, match):
 
 
 # ----------------------------------------------------------------------------- interrupted preparation
+
 
 def test_ctrl_c_during_preparation_leaves_nothing(tmp_path, monkeypatch):
     write("aptos", tmp_path)
@@ -261,6 +303,7 @@ def test_ctrl_c_during_preparation_leaves_nothing(tmp_path, monkeypatch):
         if len(calls) == 10:
             raise KeyboardInterrupt
         return real_load(path, size)
+
     monkeypatch.setattr(image_folder_tfds, "PREPARE_WORKERS", 1)
     monkeypatch.setattr(image_folder_tfds, "_try_load", interrupted_load)
     with pytest.raises(KeyboardInterrupt):
@@ -283,9 +326,11 @@ def test_killed_preparation_never_looks_complete(tmp_path):
         "inp = common.base_config().input\n"
         "inp.update(dict(dataset='aptos', image_root=sys.argv[1], prepared_dir=sys.argv[1] + '/tfds',\n"
         "                image_size=16))\n"
-        "registry.load_dataset(inp)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+        "registry.load_dataset(inp)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
     try:
         decoded = 0
         while decoded < 5:  # well inside the preparation (TFDS prints its own lines too)
@@ -306,10 +351,16 @@ def test_train_launcher_exits_nonzero_with_the_message(tmp_path):
     write("aptos", tmp_path, scale=0.003)  # 5 x 10 images
     image_id, path = listed_image("aptos", tmp_path, row=0)
     os.remove(path)
-    args = [sys.executable, os.path.join(REPO, "launch", "train.py"), "--config=configs/isic.py:runlocal,method=bsm",
-            "--config.input.dataset=aptos", f"--config.input.image_root={tmp_path}",
-            f"--config.input.prepared_dir={tmp_path / 'tfds'}", "--config.eval.protocol=test_last",
-            f"--workdir={tmp_path / 'work'}"]
+    args = [
+        sys.executable,
+        os.path.join(REPO, "launch", "train.py"),
+        "--config=configs/isic.py:runlocal,method=bsm",
+        "--config.input.dataset=aptos",
+        f"--config.input.image_root={tmp_path}",
+        f"--config.input.prepared_dir={tmp_path / 'tfds'}",
+        "--config.eval.protocol=test_last",
+        f"--workdir={tmp_path / 'work'}",
+    ]
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 1, result.stderr[-2000:]

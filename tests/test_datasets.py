@@ -1,4 +1,5 @@
 """Benchmark registry: split rules (sklearn parity, lesion grouping, Hyper-Kvasir groups), loaders, writers."""
+
 import json
 import os
 import subprocess
@@ -7,9 +8,20 @@ import sys
 import numpy as np
 import pytest
 
-from configs import common, hyperkvasir as hyperkvasir_config
-from foprokd_jax.data import (aptos, cv_splits, ham10000, hyperkvasir, image_folder_tfds, isic_splits, label_csv,
-                              registry, synthetic_benchmarks, tfds_isic)
+from configs import common
+from configs import hyperkvasir as hyperkvasir_config
+from foprokd_jax.data import (
+    aptos,
+    cv_splits,
+    ham10000,
+    hyperkvasir,
+    image_folder_tfds,
+    isic_splits,
+    label_csv,
+    registry,
+    synthetic_benchmarks,
+    tfds_isic,
+)
 
 SIZE = 16
 SMALL = dict(image_size=(24, 18))
@@ -18,6 +30,7 @@ ISIC_SMALL = dict(n_max=12, val_per_class=2, test_per_class=3, image_sizes=((24,
 
 def sklearn_test_folds(labels, seed, n_splits=5):
     from sklearn.model_selection import StratifiedKFold
+
     folds = np.full(len(labels), -1)
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels)):
@@ -50,13 +63,15 @@ def datasets(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- split rules
 
+
 @pytest.mark.parametrize("n,num_classes,seed", [(97, 3, 2020), (240, 5, 0), (400, 23, 7)])
 def test_stratified_kfold_matches_sklearn(n, num_classes, seed):
     rng = np.random.default_rng(n)
     labels = rng.integers(0, num_classes, n)
     labels[rng.random(n) < 0.4] = num_classes - 1  # imbalanced; class codes first appear out of order
-    np.testing.assert_array_equal(cv_splits.stratified_kfold_test_folds(labels, 5, seed),
-                                  sklearn_test_folds(labels, seed))
+    np.testing.assert_array_equal(
+        cv_splits.stratified_kfold_test_folds(labels, 5, seed), sklearn_test_folds(labels, seed)
+    )
 
 
 def test_aptos_reference_fold_sizes():
@@ -84,8 +99,12 @@ def lesion_table(seed=0, num_lesions=900):
     groups = np.repeat([f"HAM_{i:07d}" for i in range(num_lesions)], sizes)
     labels = np.repeat(lesion_labels, sizes).astype(np.int32)
     order = rng.permutation(labels.size)
-    return label_csv.LabelTable(image_ids=tuple(f"ISIC_{i:07d}" for i in range(labels.size)), labels=labels[order],
-                                origin="metadata.csv", groups=tuple(groups[order]))
+    return label_csv.LabelTable(
+        image_ids=tuple(f"ISIC_{i:07d}" for i in range(labels.size)),
+        labels=labels[order],
+        origin="metadata.csv",
+        groups=tuple(groups[order]),
+    )
 
 
 def test_ham_lesion_split_is_grouped_stratified_and_70_10_20():
@@ -144,24 +163,44 @@ def test_hyperkvasir_classes_and_head_medium_tail_groups():
         splits = hyperkvasir.make_splits(table, fold, seed=2020)
         assert set(np.unique(labels[splits["test"]])) == set(range(23))  # even hemorrhoids (6 images)
         groups = hyperkvasir.class_groups(np.bincount(labels[splits["train"]], minlength=23))
-        assert set(groups["head"]) == {"bbps-2-3", "cecum", "dyed-lifted-polyps", "dyed-resection-margins",
-                                       "polyps", "pylorus", "z-line"}
-        assert set(groups["tail"]) == {"barretts", "barretts-short-segment", "hemorrhoids", "ileum",
-                                       "ulcerative-colitis-grade-0-1", "ulcerative-colitis-grade-1-2",
-                                       "ulcerative-colitis-grade-2-3"}
+        assert set(groups["head"]) == {
+            "bbps-2-3",
+            "cecum",
+            "dyed-lifted-polyps",
+            "dyed-resection-margins",
+            "polyps",
+            "pylorus",
+            "z-line",
+        }
+        assert set(groups["tail"]) == {
+            "barretts",
+            "barretts-short-segment",
+            "hemorrhoids",
+            "ileum",
+            "ulcerative-colitis-grade-0-1",
+            "ulcerative-colitis-grade-1-2",
+            "ulcerative-colitis-grade-2-3",
+        }
         assert len(groups["medium"]) == 9
         from foprokd_jax import metrics
-        assert metrics.assign_frequency_groups(np.bincount(labels[splits["train"]], minlength=23),
-                                               hyperkvasir.CLASS_NAMES) == {k: v for k, v in groups.items() if v}
+
+        assert metrics.assign_frequency_groups(
+            np.bincount(labels[splits["train"]], minlength=23), hyperkvasir.CLASS_NAMES
+        ) == {k: v for k, v in groups.items() if v}
 
 
 # ----------------------------------------------------------------------------- loaders
 
+
 @pytest.mark.parametrize("name", registry.DATASETS)
 def test_load_dataset_sources_ids_and_describe(datasets, name):
     root, summary, ds = datasets[name]
-    expected_splits = {"isic2019_lt": {"train", "val", "test"}, "ham10000": {"train", "val", "test"},
-                       "aptos": {"train", "test"}, "hyperkvasir": {"train", "test"}}[name]
+    expected_splits = {
+        "isic2019_lt": {"train", "val", "test"},
+        "ham10000": {"train", "val", "test"},
+        "aptos": {"train", "test"},
+        "hyperkvasir": {"train", "test"},
+    }[name]
     assert ds.name == name and set(ds.sources) == expected_splits == set(ds.ids)
     assert ds.num_classes == len(summary["class_names"])
     total = sum(len(s) for s in ds.sources.values())
@@ -209,8 +248,11 @@ def test_synthetic_signal_is_learnable(datasets):
     _, _, ds = datasets["hyperkvasir"]
 
     def arrays(source):
-        return (np.stack([source[i]["image"] for i in range(len(source))]).reshape(len(source), -1) / 255.0,
-                source.labels)
+        return (
+            np.stack([source[i]["image"] for i in range(len(source))]).reshape(len(source), -1) / 255.0,
+            source.labels,
+        )
+
     x_train, y_train = arrays(ds.sources["train"])
     x_test, y_test = arrays(ds.sources["test"])
     means = np.stack([x_train[y_train == c].mean(0) for c in range(ds.num_classes)])
@@ -223,8 +265,9 @@ def test_writers_are_deterministic_and_use_the_real_layouts(datasets, tmp_path):
         root, summary, _ = datasets[name]
         again = synthetic_benchmarks.write_synthetic(name, str(tmp_path / name), **SMALL)
         paths = {"image_root", "label_csv"}
-        assert {k: v for k, v in again.items() if k not in paths} == {k: v for k, v in summary.items()
-                                                                      if k not in paths}
+        assert {k: v for k, v in again.items() if k not in paths} == {
+            k: v for k, v in summary.items() if k not in paths
+        }
         for rel in relpaths:
             assert (root / rel).read_bytes() == (tmp_path / name / rel).read_bytes()
     root, _, ds = datasets["ham10000"]
@@ -239,14 +282,22 @@ def test_writers_are_deterministic_and_use_the_real_layouts(datasets, tmp_path):
 
 def test_make_synthetic_dataset_cli(tmp_path):
     launcher = os.path.join(os.path.dirname(__file__), "..", "launch", "make_synthetic_dataset.py")
-    r = subprocess.run([sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}", "--scale=0.003",
-                        "--image_size=20x16"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}", "--scale=0.003", "--image_size=20x16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout)
     assert summary["class_counts"] == [10, 10, 10, 10, 10] and summary["config"]["input.dataset"] == "aptos"
     assert len(os.listdir(tmp_path / "train_images")) == 50 and summary["num_images"] == 50
-    bad = subprocess.run([sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}/b", "--image_size=20"],
-                         capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [sys.executable, launcher, "--dataset=aptos", f"--out={tmp_path}/b", "--image_size=20"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error: --image_size='20'")
 
 

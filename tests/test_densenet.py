@@ -6,6 +6,7 @@ BN affine parameters, running statistics and classifier bias are randomised (tor
 them at 1/0/0/1/0, where a wrong mapping would not show). DenseNet-121 itself runs forward once (2x64x64,
 eval); train-mode BN, odd-size pooling and cross-device BN use reduced DenseNets.
 """
+
 import copy
 import os
 import re
@@ -17,12 +18,12 @@ import pytest
 import torch
 
 from foprokd_jax import parallel
+from foprokd_jax.cli import convert_teacher
 from foprokd_jax.models import teachers
 from foprokd_jax.models.densenet import DenseNet, densenet121
 from foprokd_jax.porting import artifact, densenet_weights
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
-from foprokd_jax.cli import convert_teacher
 from tests.parity_report import parity_report
 
 torchvision = import_torchvision()
@@ -71,8 +72,7 @@ def _torch_outputs(model, images_nchw):
     """(pooled features, logits) exactly as torchvision's DenseNet.forward computes them."""
     with torch.no_grad():
         x = torch.from_numpy(images_nchw)
-        features = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(
-            torch.relu(model.features(x)), (1, 1)), 1)
+        features = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(torch.relu(model.features(x)), (1, 1)), 1)
         return features.numpy(), model.classifier(features).numpy()
 
 
@@ -102,12 +102,10 @@ def _torch_tiny(seed=3, num_classes=5):
 def test_densenet121_eval_parity(torch_densenet121, densenet121_state_dict):
     variables = densenet_weights.torch_to_flax(densenet121_state_dict)
     images = _images(2, 64, seed=0)
-    ours = jax.jit(lambda v, x: densenet121(num_classes=1000).apply(v, x, train=False))(
-        variables, _nhwc(images))
+    ours = jax.jit(lambda v, x: densenet121(num_classes=1000).apply(v, x, train=False))(variables, _nhwc(images))
     features, logits = _torch_outputs(torch_densenet121, images)
     assert ours["features"].shape == (2, 1024)
-    _, feature_error = parity_report("torchvision DenseNet-121 features 2x3x64x64 (eval)",
-                                     ours["features"], features)
+    _, feature_error = parity_report("torchvision DenseNet-121 features 2x3x64x64 (eval)", ours["features"], features)
     _, logit_error = parity_report("torchvision DenseNet-121 logits 2x3x64x64 (eval)", ours["logits"], logits)
     assert feature_error < 1e-4 and logit_error < 1e-4
 
@@ -193,7 +191,8 @@ def test_converter_reads_legacy_keys_end_to_end(tmp_path, densenet121_state_dict
         np.testing.assert_array_equal(leaf, flat_direct[path])
     np.testing.assert_array_equal(
         loaded["params"]["features"]["denseblock3"]["denselayer7"]["conv2"]["kernel"],
-        legacy["features.denseblock3.denselayer7.conv.2.weight"].transpose(2, 3, 1, 0))
+        legacy["features.denseblock3.denselayer7.conv.2.weight"].transpose(2, 3, 1, 0),
+    )
     np.testing.assert_array_equal(loaded["params"]["classifier"]["kernel"], legacy["classifier.weight"].T)
 
     headless = densenet_weights.load_densenet_variables(out, keep_classifier=False)
@@ -265,15 +264,18 @@ def test_cross_device_batchnorm_matches_full_batch():
             out, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
             gathered = jax.tree.map(lambda a: jax.lax.all_gather(a, parallel.DATA_AXIS, tiled=True), out)
             return gathered, parallel.pmean(updates["batch_stats"])
+
         return parallel.data_parallel(per_device, mesh, num_replicated=1, num_sharded=1)(variables, images)
 
-    reference, reference_updates = jax.jit(
-        lambda v, x: local.apply(v, x, train=True, mutable=["batch_stats"]))(variables, images)
+    reference, reference_updates = jax.jit(lambda v, x: local.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, images
+    )
     out, stats = run(synced)
     for key in ("features", "logits"):
         np.testing.assert_allclose(out[key], reference[key], rtol=1e-4, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 stats, reference_updates["batch_stats"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), stats, reference_updates["batch_stats"]
+    )
     # Without the axis each device normalises its 2 images by their own statistics: visibly different.
     unsynced, _ = run(local)
     assert np.abs(np.asarray(unsynced["features"]) - np.asarray(reference["features"])).max() > 1e-2

@@ -1,5 +1,6 @@
 """DevicePrefetcher: the same batches as the plain loop, a checkpointed position that never runs ahead of the
 consumer, a checkpoint format interchangeable with grain's own, and errors raised at the right batch."""
+
 import json
 
 import numpy as np
@@ -128,6 +129,7 @@ def test_bad_size_is_named(size):
 def test_config_check_fails_before_any_data_is_prepared():
     from configs import isic
     from foprokd_jax import train
+
     config = isic.get_config("method=bsm,runlocal")
     config.unlock()
     config.input.prefetch_to_device = -2

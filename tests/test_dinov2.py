@@ -6,6 +6,7 @@ official ``dinov2`` package (PyPI 0.0.1.dev2, installed with --no-deps) the way 
 LayerScale, LayerNorm, bias and the 37x37 positional embedding perturbed so that a wrong mapping or
 a wrong pos-embed resize shows up in the features.
 """
+
 import math
 import os
 import subprocess
@@ -19,11 +20,11 @@ import torch
 from dinov2.models.vision_transformer import DinoVisionTransformer, vit_base, vit_small
 from safetensors.numpy import save_file
 
+from foprokd_jax.cli import convert_teacher
 from foprokd_jax.models.vit import dinov2_vit
 from foprokd_jax.porting import dinov2_weights
 from foprokd_jax.porting.artifact import load_artifact, sha256_file
 from tests.parity_report import parity_report
-from foprokd_jax.cli import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFICIAL_KWARGS = dict(patch_size=14, img_size=518, init_values=1.0, block_chunks=0)
@@ -38,8 +39,7 @@ class RegisterDinoViT(DinoVisionTransformer):
     and True for the ``_reg`` models).
     """
 
-    def __init__(self, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True,
-                 **kwargs):
+    def __init__(self, num_register_tokens=4, interpolate_offset=0.0, interpolate_antialias=True, **kwargs):
         super().__init__(**kwargs)
         self.num_register_tokens = num_register_tokens
         self.interpolate_offset = interpolate_offset
@@ -53,13 +53,17 @@ class RegisterDinoViT(DinoVisionTransformer):
         pos_embed = self.pos_embed.float()
         w0, h0, m = w // self.patch_size, h // self.patch_size, int(math.sqrt(n))
         if self.interpolate_offset:
-            kwargs = {"scale_factor": (float(w0 + self.interpolate_offset) / m,
-                                       float(h0 + self.interpolate_offset) / m)}
+            kwargs = {
+                "scale_factor": (float(w0 + self.interpolate_offset) / m, float(h0 + self.interpolate_offset) / m)
+            }
         else:
             kwargs = {"size": (w0, h0)}
         patch = torch.nn.functional.interpolate(
-            pos_embed[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2), mode="bicubic",
-            antialias=self.interpolate_antialias, **kwargs)
+            pos_embed[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2),
+            mode="bicubic",
+            antialias=self.interpolate_antialias,
+            **kwargs,
+        )
         assert (w0, h0) == patch.shape[-2:]
         patch = patch.permute(0, 2, 3, 1).reshape(1, -1, x.shape[-1])
         return torch.cat((pos_embed[:, :1], patch), dim=1).to(x.dtype)
@@ -72,7 +76,7 @@ class RegisterDinoViT(DinoVisionTransformer):
     def forward_features(self, x, masks=None):
         out = super().forward_features(x, masks)
         x_norm = self.norm(out["x_prenorm"])
-        out["x_norm_patchtokens"] = x_norm[:, self.num_register_tokens + 1:]
+        out["x_norm_patchtokens"] = x_norm[:, self.num_register_tokens + 1 :]
         return out
 
 
@@ -131,11 +135,16 @@ def _to_hf_layout(state_dict):
     hf = {}
     for key, value in state_dict.items():
         value = np.ascontiguousarray(value.numpy())
-        top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
-               "mask_token": "embeddings.mask_token", "register_tokens": "embeddings.register_tokens",
-               "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-               "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-               "norm.weight": "layernorm.weight", "norm.bias": "layernorm.bias"}
+        top = {
+            "cls_token": "embeddings.cls_token",
+            "pos_embed": "embeddings.position_embeddings",
+            "mask_token": "embeddings.mask_token",
+            "register_tokens": "embeddings.register_tokens",
+            "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+            "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+            "norm.weight": "layernorm.weight",
+            "norm.bias": "layernorm.bias",
+        }
         if key in top:
             hf[top[key]] = value
             continue
@@ -146,8 +155,11 @@ def _to_hf_layout(state_dict):
             for name, part in zip(("query", "key", "value"), np.split(value, 3, axis=0)):
                 hf[f"{prefix}attention.attention.{name}.{field}"] = np.ascontiguousarray(part)
             continue
-        rest = (rest.replace("attn.proj.", "attention.output.dense.")
-                .replace("ls1.gamma", "layer_scale1.lambda1").replace("ls2.gamma", "layer_scale2.lambda1"))
+        rest = (
+            rest.replace("attn.proj.", "attention.output.dense.")
+            .replace("ls1.gamma", "layer_scale1.lambda1")
+            .replace("ls2.gamma", "layer_scale2.lambda1")
+        )
         hf[prefix + rest] = value
     return hf
 
@@ -217,10 +229,13 @@ def test_official_vitb14_parity(tmp_path):
 def test_pos_embed_resize_matches_torch(grid, offset, antialias):
     m, dim = 37, 6
     pos = np.random.default_rng(grid).standard_normal((1, 1 + m * m, dim)).astype(np.float32)
-    kwargs = ({"scale_factor": ((grid + offset) / m,) * 2} if offset else {"size": (grid, grid)})
+    kwargs = {"scale_factor": ((grid + offset) / m,) * 2} if offset else {"size": (grid, grid)}
     patch = torch.nn.functional.interpolate(
-        torch.from_numpy(pos[:, 1:]).reshape(1, m, m, dim).permute(0, 3, 1, 2), mode="bicubic",
-        antialias=antialias, **kwargs)
+        torch.from_numpy(pos[:, 1:]).reshape(1, m, m, dim).permute(0, 3, 1, 2),
+        mode="bicubic",
+        antialias=antialias,
+        **kwargs,
+    )
     reference = np.concatenate([pos[:, :1], patch.permute(0, 2, 3, 1).reshape(1, -1, dim).numpy()], 1)
     ours = dinov2_weights.resize_pos_embed(pos, grid, offset, antialias)
     assert ours.shape == (1, 1 + grid * grid, dim)
@@ -286,8 +301,7 @@ def test_wrong_arch_and_missing_keys_are_listed(vit_s, tmp_path):
 
 def test_image_size_must_be_a_multiple_of_14(vit_s_pth, tmp_path):
     with pytest.raises(ValueError, match="multiple of the DINOv2 patch size 14"):
-        convert_teacher.convert(vit_s_pth, str(tmp_path / "t.npz"), arch="dinov2_vits14",
-                                fmt="dinov2", image_size=200)
+        convert_teacher.convert(vit_s_pth, str(tmp_path / "t.npz"), arch="dinov2_vits14", fmt="dinov2", image_size=200)
     with pytest.raises(ValueError, match="multiple of 14"):
         dinov2_vit("dinov2_vits14", image_size=200)
     model = dinov2_vit("dinov2_vits14", image_size=112)
@@ -295,8 +309,19 @@ def test_image_size_must_be_a_multiple_of_14(vit_s_pth, tmp_path):
         jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
 
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch", "convert_teacher.py"), f"--src={vit_s_pth}",
-         f"--out={tmp_path / 't.npz'}", "--arch=dinov2_vits14", "--format=dinov2",
-         "--image_size=200"], capture_output=True, text=True, cwd=str(tmp_path), timeout=120,
-        check=False)
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "convert_teacher.py"),
+            f"--src={vit_s_pth}",
+            f"--out={tmp_path / 't.npz'}",
+            "--arch=dinov2_vits14",
+            "--format=dinov2",
+            "--image_size=200",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+    )
     assert result.returncode != 0 and "multiple of the DINOv2 patch size" in result.stderr

@@ -1,6 +1,7 @@
 """The evaluation stack end to end on a real mini sweep (launch/sweep.py --mode=local, 2 methods x 2 folds x
 2 imbalance factors): launch/report.py against the results files, launch/evaluate.py against results.json,
 launch/predict.py from a workdir vs from the exported student; plus evaluation.predict_split on a toy model."""
+
 import csv
 import json
 import os
@@ -16,13 +17,14 @@ from jax.sharding import PartitionSpec as P
 
 from configs import isic
 from foprokd_jax import calibration, checkpointing, demo, evaluation, export, metrics, parallel
-from foprokd_jax.data import synthetic
 from foprokd_jax.cli import predict, report, sweep
+from foprokd_jax.data import synthetic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ---- predict_split on a toy model ----
+
 
 class _ToySource:
     """13 random 4x4 images; label = index % 3 (so the source order is visible in the labels)."""
@@ -40,13 +42,17 @@ class _ToySource:
 
 def _toy_predict_step(mesh, sharded_output):
     """Logits = per-channel mean pixel of each image: replicated (all_gather) or left sharded on 'data'."""
+
     def per_device(state, batch):
         logits = jnp.mean(batch["image"].astype(jnp.float32), axis=(1, 2)) * state
         return jax.lax.all_gather(logits, parallel.DATA_AXIS, tiled=True) if not sharded_output else logits
 
     out_specs = P(parallel.DATA_AXIS) if sharded_output else P()
-    return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)), out_specs=out_specs,
-                                 check_vma=False))
+    return jax.jit(
+        jax.shard_map(
+            per_device, mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS)), out_specs=out_specs, check_vma=False
+        )
+    )
 
 
 @pytest.mark.parametrize("sharded_output", [False, True])
@@ -55,8 +61,9 @@ def test_predict_split_keeps_source_order_and_drops_padding(sharded_output):
     expected = source.images.astype(np.float32).mean(axis=(1, 2)) * 2.0
     for num_devices in (1, 8):
         mesh = parallel.make_mesh(num_devices)
-        logits, labels = evaluation.predict_split(_toy_predict_step(mesh, sharded_output), jnp.float32(2.0), source,
-                                                  8, mesh)  # 13 examples in 2 global batches of 8: 3 padded
+        logits, labels = evaluation.predict_split(
+            _toy_predict_step(mesh, sharded_output), jnp.float32(2.0), source, 8, mesh
+        )  # 13 examples in 2 global batches of 8: 3 padded
         assert logits.dtype == np.float32 and logits.shape == (13, 3)
         np.testing.assert_allclose(logits, expected, rtol=1e-6)
         np.testing.assert_array_equal(labels, np.arange(13) % 3)
@@ -69,7 +76,9 @@ def test_predict_split_keeps_source_order_and_drops_padding(sharded_output):
 METRICS = ("bacc", "macro_f1", "tail_recall", "mcc")
 CHILD_ENV = {  # one CPU device in the child processes (8 fake ones only cost compile time here), and every
     "XLA_FLAGS": "--xla_force_host_platform_device_count=1",  # compilation cached, small ones included
-    "JAX_NUM_CPU_DEVICES": "1", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    "JAX_NUM_CPU_DEVICES": "1",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,24 +87,43 @@ def mini_sweep(tmp_path_factory):
     data = os.path.join(root, "isic")
     # n_max=1: one training image per class at every factor, so every run has the same Balanced-Softmax prior
     # and the children reuse each other's compiled steps from the shared compilation cache.
-    synthetic.write_synthetic_isic(data, n_max=1, val_per_class=1, test_per_class=2,
-                                   image_sizes=((20, 16), (16, 16)), folds=(1, 2), imbs=("0.01", "0.002"), seed=0)
+    synthetic.write_synthetic_isic(
+        data,
+        n_max=1,
+        val_per_class=1,
+        test_per_class=2,
+        image_sizes=((20, 16), (16, 16)),
+        folds=(1, 2),
+        imbs=("0.01", "0.002"),
+        seed=0,
+    )
     teacher_config = isic.get_config("method=ekd,runlocal")
     teacher_config.unlock()
     teacher_config.input.image_size = 16
     teacher_config.teacher.update(artifact=os.path.join(data, "teacher.npz"), arch="demo_random_resnet")
     demo.ensure_demo_teacher(teacher_config)
-    overrides = [f"input.image_root={data}", f"input.split_dir={data}/splits", f"input.prepared_dir={data}/tfds",
-                 "input.image_size=16", "total_steps=2", "eval_every_steps=1", "num_devices=1",
-                 f"teacher.artifact={data}/teacher.npz", "teacher.arch=demo_random_resnet"]
-    kwargs = dict(config=f"{os.path.join(ROOT, 'configs', 'isic.py')}:runlocal", sweep_root=os.path.join(root, "sweep"),
-                  overrides=overrides, compilation_cache=os.path.join(root, "jax_cache"))
+    overrides = [
+        f"input.image_root={data}",
+        f"input.split_dir={data}/splits",
+        f"input.prepared_dir={data}/tfds",
+        "input.image_size=16",
+        "total_steps=2",
+        "eval_every_steps=1",
+        "num_devices=1",
+        f"teacher.artifact={data}/teacher.npz",
+        "teacher.arch=demo_random_resnet",
+    ]
+    kwargs = dict(
+        config=f"{os.path.join(ROOT, 'configs', 'isic.py')}:runlocal",
+        sweep_root=os.path.join(root, "sweep"),
+        overrides=overrides,
+        compilation_cache=os.path.join(root, "jax_cache"),
+    )
     lines = []
     with pytest.MonkeyPatch.context() as mp:
         for key, value in CHILD_ENV.items():
             mp.setenv(key, value)
-        status = sweep.sweep(methods=["bsm", "ekd"], folds=[1, 2], imbs=["0.01", "0.002"], echo=lines.append,
-                             **kwargs)
+        status = sweep.sweep(methods=["bsm", "ekd"], folds=[1, 2], imbs=["0.01", "0.002"], echo=lines.append, **kwargs)
     assert status == 0, "\n".join(lines)
     with open(os.path.join(kwargs["sweep_root"], "sweep.json")) as f:
         runs = {run["name"]: run for run in json.load(f)["runs"]}
@@ -104,8 +132,16 @@ def mini_sweep(tmp_path_factory):
         with open(os.path.join(run["workdir"], "results.json")) as f:
             results[name] = json.load(f)
     ekd = "ekd_imb0.01_fold1"
-    return {"root": root, "data": data, "runs": runs, "results": results, "lines": lines, "kwargs": kwargs,
-            "workdir": runs[ekd]["workdir"], "ekd_results": results[ekd]}
+    return {
+        "root": root,
+        "data": data,
+        "runs": runs,
+        "results": results,
+        "lines": lines,
+        "kwargs": kwargs,
+        "workdir": runs[ekd]["workdir"],
+        "ekd_results": results[ekd],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +166,7 @@ def test_mini_sweep_report_equals_the_results_files(mini_sweep):
             for metric in METRICS:
                 values = [r[metric] for r in cell]
                 assert float(rows[label][f"imb={imb}/{metric}/mean"]) == pytest.approx(np.mean(values), abs=1e-12)
-                assert float(rows[label][f"imb={imb}/{metric}/std"]) == pytest.approx(np.std(values, ddof=1),
-                                                                                      abs=1e-12)
+                assert float(rows[label][f"imb={imb}/{metric}/std"]) == pytest.approx(np.std(values, ddof=1), abs=1e-12)
                 assert f"{100 * np.mean(values):.2f} ± {100 * np.std(values, ddof=1):.2f}" in out["markdown"]
     assert out["paths"]["plots"] == [os.path.join(sweep_root, "report", "tail_recall_vs_imbalance_isic2019_lt.png")]
 
@@ -159,16 +194,16 @@ def test_evaluate_reproduces_results_json(mini_sweep, restored):
     assert [row["image_id"] for row in rows] == test_ids
     probs = np.array([[float(row[f"p_{name}"]) for name in results["class_names"]] for row in rows])
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    confusion = metrics.confusion_from_vectors([int(r["label"]) for r in rows], [int(r["prediction"]) for r in rows],
-                                               len(results["class_names"]))
+    confusion = metrics.confusion_from_vectors(
+        [int(r["label"]) for r in rows], [int(r["prediction"]) for r in rows], len(results["class_names"])
+    )
     assert confusion.tolist() == saved["confusion"]
     for name in ("confusion_matrix.png", "per_class_recall.png", "reliability_diagram.png"):
         assert os.path.getsize(out["files"][name]) > 0
     # Calibration of the same probabilities the CSV holds (6 significant digits), the temperature fitted on
     # val, and bootstrap intervals around the report's own numbers.
     labels = np.array([int(r["label"]) for r in rows])
-    assert out["calibration"]["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])),
-                                                      rel=1e-4)
+    assert out["calibration"]["nll"] == pytest.approx(-np.mean(np.log(probs[np.arange(len(labels)), labels])), rel=1e-4)
     assert out["calibration"]["ece"] == pytest.approx(calibration.expected_calibration_error(probs, labels), abs=1e-4)
     scaling = out["calibration"]["temperature_scaling"]
     assert scaling["fitted_on"] == "val" and scaling["temperature"] > 0
@@ -182,11 +217,21 @@ def test_evaluate_reproduces_results_json(mini_sweep, restored):
 def test_evaluate_cli_selection_split_and_errors(mini_sweep, restored, tmp_path):
     results = mini_sweep["ekd_results"]
     # The sweep's compilation cache and device count: the CLI then finds the compiled model ready.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=mini_sweep["kwargs"]["compilation_cache"],
-               **CHILD_ENV)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=mini_sweep["kwargs"]["compilation_cache"],
+        **CHILD_ENV,
+    )
     cli = [sys.executable, os.path.join(ROOT, "launch", "evaluate.py"), f"--workdir={mini_sweep['workdir']}"]
-    r = subprocess.run(cli + [f"--split={results['protocol']['select_on']}", f"--out_dir={tmp_path}/sel"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        cli + [f"--split={results['protocol']['select_on']}", f"--out_dir={tmp_path}/sel"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     with open(tmp_path / "sel" / "metrics.json") as f:
         out = json.load(f)
@@ -221,14 +266,20 @@ def test_predict_from_workdir_equals_exported_artifact(mini_sweep, restored, tmp
     for image_id in test_ids[:4]:
         shutil.copy(os.path.join(source_dir, image_id + ".jpg"), images / (image_id + ".jpg"))
     from PIL import Image
+
     with Image.open(os.path.join(source_dir, test_ids[4] + ".jpg")) as img:
         img.convert("L").save(images / (test_ids[4] + ".png"))  # a grey PNG: converted to RGB like training
     (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (images / "notes.txt").write_text("ignored: not an image extension")
 
     artifact_path = str(tmp_path / "student.npz")
-    from_run = predict.predict(str(images), str(tmp_path / "run.csv"), workdir=mini_sweep["workdir"],
-                               export_path=artifact_path, restored=restored)
+    from_run = predict.predict(
+        str(images),
+        str(tmp_path / "run.csv"),
+        workdir=mini_sweep["workdir"],
+        export_path=artifact_path,
+        restored=restored,
+    )
     assert [os.path.basename(p) for p, _ in from_run["skipped"]] == ["broken.jpg"]
     assert len(from_run["paths"]) == 5
     with open(tmp_path / "run.csv.skipped.csv") as f:
@@ -284,11 +335,13 @@ def test_explain_worst_classified_test_images_of_a_run(mini_sweep, restored, tmp
     from foprokd_jax import explain
     from foprokd_jax.cli import explain as explain_cli
 
-    out = explain_cli.explain(str(tmp_path / "cams"), workdir=mini_sweep["workdir"], worst_per_class=1,
-                              target="label", restored=restored)
+    out = explain_cli.explain(
+        str(tmp_path / "cams"), workdir=mini_sweep["workdir"], worst_per_class=1, target="label", restored=restored
+    )
     source = restored.dataset.sources["test"]
-    logits, labels = evaluation.predict_split(restored.parts.predict_step, restored.state, source,
-                                              restored.config.input.eval_batch_size, restored.mesh)
+    logits, labels = evaluation.predict_split(
+        restored.parts.predict_step, restored.state, source, restored.config.input.eval_batch_size, restored.mesh
+    )
     probs = metrics.softmax(logits)
     chosen = explain.worst_classified(probs, labels, 1)
     assert len(chosen) == len(np.unique(labels))
@@ -308,8 +361,7 @@ def test_sweep_skips_done_runs_resumes_unfinished_and_reports_failures(mini_swee
     for key, value in CHILD_ENV.items():
         monkeypatch.setenv(key, value)
     kwargs, lines = mini_sweep["kwargs"], []
-    assert sweep.sweep(methods=["bsm", "ekd"], folds=[1, 2], imbs=["0.01", "0.002"], echo=lines.append,
-                       **kwargs) == 0
+    assert sweep.sweep(methods=["bsm", "ekd"], folds=[1, 2], imbs=["0.01", "0.002"], echo=lines.append, **kwargs) == 0
     assert lines[0] == "sweep: 8 runs, 8 already done, 0 to run"
     # A run without results.json is started again (train.py resumes it) and a failing run (fold 3 has no
     # split files) is reported at the end with a non-zero status, after the other runs.

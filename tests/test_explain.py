@@ -1,5 +1,6 @@
 """Grad-CAM / Grad-CAM++ in JAX (foprokd_jax/explain.py) against the `grad-cam` package (pytorch_grad_cam) on the
 same random weights converted to torchvision, and the Flax -> torchvision converter it relies on."""
+
 import time
 
 import flax
@@ -15,7 +16,7 @@ from foprokd_jax.porting import resnet_weights
 from foprokd_jax.porting.torch_compat import import_torchvision
 
 NUM_CLASSES = 5
-SIZE = 128            # layer4: 4 x 4, layer3: 8 x 8
+SIZE = 128  # layer4: 4 x 4, layer3: 8 x 8
 # Stated tolerance of the parity: maps lie in [0, 1]; float32 forward/backward in two frameworks and two
 # bilinear resizers (cv2 vs jax.image.resize) agree far below it (measured: see docs/evaluation.md).
 MAP_ATOL = 1e-4
@@ -53,8 +54,10 @@ def test_flax_to_torchvision_roundtrip_and_forward_parity(student_and_torch):
     assert not any(k.startswith(("p_free", "fc_free")) for k in state_dict)
     assert state_dict["layer1.0.bn1.num_batches_tracked"].dtype == np.int64
     back = resnet_weights.torchvision_resnet_to_flax(state_dict, "resnet18", include_fc=True)
-    expected = {"params": {**variables["params"]["trunk"], "fc": variables["params"]["fc"]},
-                "batch_stats": variables["batch_stats"]["trunk"]}
+    expected = {
+        "params": {**variables["params"]["trunk"], "fc": variables["params"]["fc"]},
+        "batch_stats": variables["batch_stats"]["trunk"],
+    }
     flat_back, flat_expected = (flax.traverse_util.flatten_dict(t) for t in (back, expected))
     assert set(flat_back) == set(flat_expected)
     for key, value in flat_expected.items():
@@ -107,16 +110,18 @@ def test_gradcam_and_gradcam_pp_match_the_grad_cam_package(student_and_torch, st
     if stage == 4:  # GAP + linear head: the gradient is fc.weight[c] / (h w) at every position
         kernel = np.asarray(variables["params"]["fc"]["kernel"])
         expected = kernel[:, ours["classes"]].T[:, None, None, :] / (4 * 4)
-        np.testing.assert_allclose(grads["gradients"], np.broadcast_to(expected, grads["gradients"].shape),
-                                   rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(
+            grads["gradients"], np.broadcast_to(expected, grads["gradients"].shape), rtol=1e-5, atol=1e-9
+        )
     print(f"stage {stage}: max |JAX - grad-cam| = {worst} (JAX maps in {jax_seconds:.2f} s incl. compile)")
 
 
 def test_gradcam_input_checks_and_overlay(student_and_torch):
     student, variables, _, _, images = student_and_torch
     with pytest.raises(ValueError, match="no module at path 'trunk/layer9_0'"):
-        explain.activations_and_gradients(student, variables, images, ("trunk", "layer9_0"), logits_key="z1",
-                                          train=False)
+        explain.activations_and_gradients(
+            student, variables, images, ("trunk", "layer9_0"), logits_key="z1", train=False
+        )
     with pytest.raises(ValueError, match="target_classes must have shape"):
         explain.activations_and_gradients(student, variables, images, ("trunk", "layer4_1"), [0], "z1", train=False)
     heat = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
@@ -133,6 +138,7 @@ def test_gradcam_input_checks_and_overlay(student_and_torch):
 
 # ---- launch/explain.py on an exported student (the artifact format of export.py), tiny trunk ----
 
+
 def _tiny_artifact(path):
     from foprokd_jax import export
     from foprokd_jax.porting import artifact
@@ -140,8 +146,15 @@ def _tiny_artifact(path):
     student = EKDStudent(num_classes=3, teacher_dim=None, stage_sizes=(1, 1), width=8)
     variables = student.init(jax.random.key(3), jnp.zeros((1, 32, 32, 3)), train=False)
     variables = jax.tree.map(np.asarray, flax.core.unfreeze(variables))
-    meta = {"arch": "student:EKDStudent", "kind": export.KIND, "module": export.module_description(student),
-            "logits_key": "z1", "class_names": ["NV", "MEL", "DF"], "image_size": 32, "checkpoint_step": 7}
+    meta = {
+        "arch": "student:EKDStudent",
+        "kind": export.KIND,
+        "module": export.module_description(student),
+        "logits_key": "z1",
+        "class_names": ["NV", "MEL", "DF"],
+        "image_size": 32,
+        "checkpoint_step": 7,
+    }
     artifact.save_artifact(path, variables, meta)
     return student, variables
 
@@ -164,12 +177,23 @@ def test_explain_cli_on_an_exported_student(tmp_path):
     rng = np.random.default_rng(0)
     for name in ("b", "a", "c"):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{name}.png")
-    env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
-               XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=root,
+        JAX_PLATFORMS="cpu",
+        JAX_NUM_CPU_DEVICES="1",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    )
     cli = [sys.executable, os.path.join(root, "launch", "explain.py"), f"--artifact={artifact_path}"]
     out_dir = tmp_path / "cams"
-    r = subprocess.run(cli + [f"--images={folder}", f"--out_dir={out_dir}", "--batch_size=2"], capture_output=True,
-                       text=True, env=env, cwd=root, timeout=300)
+    r = subprocess.run(
+        cli + [f"--images={folder}", f"--out_dir={out_dir}", "--batch_size=2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "3 images explained at trunk/layer2_0" in r.stdout
     with open(out_dir / "explanations.csv") as f:
@@ -194,12 +218,20 @@ def test_explain_cli_on_an_exported_student(tmp_path):
     assert len(copies) == 6 and "gradcam_pp_000_a_7.png" in copies and "gradcam_000_a_7.png" in copies
 
     # Bad inputs: one error line, nothing written.
-    for extra, needle in ((["--target=label", f"--images={folder}"], "--target=label needs labelled images"),
-                          ([f"--images={folder}", "--layer=trunk/nope"], "no module at path 'trunk/nope'"),
-                          ([f"--images={folder}", "--worst_per_class=2"], "exactly one of --images and --worst"),
-                          ([f"--images={folder}", "--image_weight=2"], "--image_weight must lie in [0, 1]")):
-        bad = subprocess.run(cli + extra + [f"--out_dir={tmp_path / 'bad'}"], capture_output=True, text=True,
-                             env=env, cwd=root, timeout=300)
+    for extra, needle in (
+        (["--target=label", f"--images={folder}"], "--target=label needs labelled images"),
+        ([f"--images={folder}", "--layer=trunk/nope"], "no module at path 'trunk/nope'"),
+        ([f"--images={folder}", "--worst_per_class=2"], "exactly one of --images and --worst"),
+        ([f"--images={folder}", "--image_weight=2"], "--image_weight must lie in [0, 1]"),
+    ):
+        bad = subprocess.run(
+            cli + extra + [f"--out_dir={tmp_path / 'bad'}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=root,
+            timeout=300,
+        )
         errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
         assert bad.returncode == 1 and len(errors) == 1 and needle in errors[0], bad.stderr[-2000:]
         assert not os.path.exists(tmp_path / "bad")

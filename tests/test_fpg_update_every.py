@@ -4,6 +4,7 @@ One k=3 trajectory of 4 steps on 8 devices is checked step by step against indep
 update steps (state.step 0 and 3) the full joint FoPro step (k=1) from the same state; on skip steps (1, 2)
 the released EKD step whose teacher is fed the *current* prompt's output, with the FPG state untouched.
 """
+
 import functools
 
 import jax
@@ -17,8 +18,8 @@ from configs import common
 from foprokd_jax import losses, parallel
 from foprokd_jax.methods.ekd import step as ekd_step_lib
 from foprokd_jax.methods.fopro import step as fopro_step
-from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.methods.fopro.prompt import FourierPrompt
+from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.models.torch_init import torch_dense
 from foprokd_jax.state import create_train_state, make_optimizer
@@ -33,8 +34,9 @@ NUM_STEPS = 4
 # "update" on skip steps would move) with a large eps, since Adam's first step is ~lr * sign(g) and would
 # turn rounding noise in near-zero gradients into lr-sized differences.
 STUDENT_OPT = optax.sgd(0.05, momentum=0.9)
-FPG_OPT = make_optimizer(ConfigDict(dict(name="adam", lr=3e-2, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.0,
-                                         clip_norm=5.0)))
+FPG_OPT = make_optimizer(
+    ConfigDict(dict(name="adam", lr=3e-2, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.0, clip_norm=5.0))
+)
 
 
 class PromptedTeacher:
@@ -54,17 +56,30 @@ class PromptedTeacher:
 
 def _models(seed=0):
     teacher = ResNet(stage_sizes=(1, 1, 1, 1), block="bottleneck", width=4)
-    student = EKDStudent(num_classes=NUM_CLASSES, teacher_dim=teacher.feature_dim, stage_sizes=(1, 1, 1, 1),
-                         width=8, bn_axis_name=parallel.DATA_AXIS)
+    student = EKDStudent(
+        num_classes=NUM_CLASSES,
+        teacher_dim=teacher.feature_dim,
+        stage_sizes=(1, 1, 1, 1),
+        width=8,
+        bn_axis_name=parallel.DATA_AXIS,
+    )
     prompt = FourierPrompt(variant="spectrum")
     head = torch_dense(NUM_CLASSES, teacher.feature_dim)
     dummy = jnp.zeros((1, SIZE, SIZE, 3))
     keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-    fpg_params = {"prompt": prompt.init(keys[2], dummy)["params"],
-                  "explore_head": head.init(keys[3], jnp.zeros((1, teacher.feature_dim)))["params"]}
-    return dict(student=student, teacher=teacher, prompt=prompt, head=head, fpg_params=fpg_params,
-                student_vars=_random_variables(student, dummy, seed), teacher_vars=_random_variables(teacher, dummy,
-                                                                                                   seed + 1))
+    fpg_params = {
+        "prompt": prompt.init(keys[2], dummy)["params"],
+        "explore_head": head.init(keys[3], jnp.zeros((1, teacher.feature_dim)))["params"],
+    }
+    return dict(
+        student=student,
+        teacher=teacher,
+        prompt=prompt,
+        head=head,
+        fpg_params=fpg_params,
+        student_vars=_random_variables(student, dummy, seed),
+        teacher_vars=_random_variables(teacher, dummy, seed + 1),
+    )
 
 
 def _random_variables(model, dummy, seed):
@@ -88,10 +103,22 @@ def _random_variables(model, dummy, seed):
 
 def _make_step(m, mesh, **kwargs):
     return fopro_step.make_fopro_train_step(
-        student=m["student"], teacher=m["teacher"], prompt=m["prompt"], explore_head=m["head"],
-        cls_loss=losses.make_classification_loss("bsm", COUNTS), optimizer=STUDENT_OPT, fpg_optimizer=FPG_OPT,
-        free_u=3.0, lambda_cls=1.0, lambda_adv=1.0, lambda_reg=1e-3, teacher_feature_key="pre_logits",
-        mesh=mesh, donate=False, **kwargs)
+        student=m["student"],
+        teacher=m["teacher"],
+        prompt=m["prompt"],
+        explore_head=m["head"],
+        cls_loss=losses.make_classification_loss("bsm", COUNTS),
+        optimizer=STUDENT_OPT,
+        fpg_optimizer=FPG_OPT,
+        free_u=3.0,
+        lambda_cls=1.0,
+        lambda_adv=1.0,
+        lambda_reg=1e-3,
+        teacher_feature_key="pre_logits",
+        mesh=mesh,
+        donate=False,
+        **kwargs,
+    )
 
 
 def _assert_trees(a, b, what, exact=False):
@@ -102,13 +129,15 @@ def _assert_trees(a, b, what, exact=False):
         if exact:
             np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat_b[path]), err_msg=what + str(path))
         else:
-            np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat_b[path]), rtol=1e-5, atol=1e-6,
-                                       err_msg=what + str(path))
+            np.testing.assert_allclose(
+                np.asarray(leaf), np.asarray(flat_b[path]), rtol=1e-5, atol=1e-6, err_msg=what + str(path)
+            )
 
 
 def _max_abs_diff(a, b):
-    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,23 +148,35 @@ def run():
     rng = np.random.default_rng(0)
     # Pixel values away from 0 and 255: the prompt clips to [0, 1], and at an exact boundary the clip's
     # gradient (0 or 1) would hinge on the rounding of the identity prompt, which differs between programs.
-    batches = [parallel.host_batch_to_global(
-        {"image": rng.integers(16, 240, (16, SIZE, SIZE, 3), dtype=np.uint8),
-         "label": rng.integers(0, NUM_CLASSES, (16,)).astype(np.int32)}, mesh) for _ in range(NUM_STEPS)]
+    batches = [
+        parallel.host_batch_to_global(
+            {
+                "image": rng.integers(16, 240, (16, SIZE, SIZE, 3), dtype=np.uint8),
+                "label": rng.integers(0, NUM_CLASSES, (16,)).astype(np.int32),
+            },
+            mesh,
+        )
+        for _ in range(NUM_STEPS)
+    ]
     tv = parallel.replicate(m["teacher_vars"], mesh)
     step_k = _make_step(m, mesh, update_every=K)
     step_1 = _make_step(m, mesh, update_every=1)
-    ekd_step = ekd_step_lib.make_train_step(student=m["student"], teacher=PromptedTeacher(m["prompt"], m["teacher"]),
-                                     cls_loss=losses.make_classification_loss("bsm", COUNTS),
-                                     optimizer=STUDENT_OPT, free_u=3.0,
-                                     teacher_feature_key="pre_logits", mesh=mesh, donate=False)
+    ekd_step = ekd_step_lib.make_train_step(
+        student=m["student"],
+        teacher=PromptedTeacher(m["prompt"], m["teacher"]),
+        cls_loss=losses.make_classification_loss("bsm", COUNTS),
+        optimizer=STUDENT_OPT,
+        free_u=3.0,
+        teacher_feature_key="pre_logits",
+        mesh=mesh,
+        donate=False,
+    )
     state = parallel.replicate(create_train_state(m["student_vars"], STUDENT_OPT, m["fpg_params"], FPG_OPT), mesh)
     identity_prompt = m["fpg_params"]["prompt"]
     records = []
     for batch in batches:
         new_state, metrics = step_k(state, tv, batch)
-        record = dict(before=jax.device_get(state), after=jax.device_get(new_state),
-                      metrics=parallel.to_host(metrics))
+        record = dict(before=jax.device_get(state), after=jax.device_get(new_state), metrics=parallel.to_host(metrics))
         if int(state.step) % K == 0:
             ref_state, ref_metrics = step_1(state, tv, batch)
         else:
@@ -146,8 +187,16 @@ def run():
         record.update(ref=jax.device_get(ref_state), ref_metrics=parallel.to_host(ref_metrics))
         records.append(record)
         state = new_state
-    return dict(records=records, step_k=step_k, step_1=step_1, models=m, mesh=mesh, state0=records[0]["before"],
-                batch=batches[0], tv=tv)
+    return dict(
+        records=records,
+        step_k=step_k,
+        step_1=step_1,
+        models=m,
+        mesh=mesh,
+        state0=records[0]["before"],
+        batch=batches[0],
+        tv=tv,
+    )
 
 
 def test_default_is_update_every_one_and_builds_no_cond(run):
@@ -177,8 +226,11 @@ def test_fpg_trains_only_on_every_kth_step(run):
             _assert_trees(after.fpg_params, before.fpg_params, f"step {step} fpg_params", exact=True)
             _assert_trees(after.fpg_opt_state, before.fpg_opt_state, f"step {step} fpg_opt_state", exact=True)
     # Adam's step count (inside the clip -> adam chain) counts FPG updates only: steps 0 and 3.
-    counts = [int(leaf) for leaf in jax.tree.leaves(run["records"][-1]["after"].fpg_opt_state)
-              if np.asarray(leaf).dtype == np.int32]
+    counts = [
+        int(leaf)
+        for leaf in jax.tree.leaves(run["records"][-1]["after"].fpg_opt_state)
+        if np.asarray(leaf).dtype == np.int32
+    ]
     assert counts == [2]
 
 
@@ -200,8 +252,9 @@ def test_skip_steps_update_the_student_on_the_current_prompt(run):
         for part in ("params", "batch_stats", "opt_state"):
             _assert_trees(getattr(after, part), getattr(ref, part), f"{what} {part}")
         for key in ("loss", "loss_cls", "loss_cls_free", "loss_distill", "train_accuracy", "param_norm"):
-            np.testing.assert_allclose(metrics[key], record["ref_metrics"][key], rtol=1e-5, atol=1e-6,
-                                       err_msg=f"{what} {key}")
+            np.testing.assert_allclose(
+                metrics[key], record["ref_metrics"][key], rtol=1e-5, atol=1e-6, err_msg=f"{what} {key}"
+            )
         # The FPG terms come from the forward pass: AKD's distance is the student's distillation term.
         np.testing.assert_allclose(metrics["fpg/loss_adversarial"], metrics["loss_distill"], rtol=1e-6)
         assert np.isfinite(metrics["fpg/loss_explore"]) and metrics["fpg/mean_abs_log_gain"] > 0

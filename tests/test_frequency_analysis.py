@@ -1,4 +1,5 @@
 """Frequency analysis: filter properties, linear probe, the sweep on a tiny teacher, the CLI end to end."""
+
 import csv
 import math
 import os
@@ -34,6 +35,7 @@ def _sinusoid(cycles_x):
 # ---------------------------------------------------------------------------------------------------
 # Filters
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_lowpass_beyond_the_corners_is_the_identity():
     x = _images()
@@ -77,6 +79,7 @@ def test_filter_accepts_a_traced_radius_and_rejects_unknown_kinds():
 # Linear probe
 # ---------------------------------------------------------------------------------------------------
 
+
 def _clusters(labels, dim, seed, spread=3.0):
     """Gaussian clusters around fixed class centres (the same centres for every seed)."""
     centres = np.random.default_rng(99).normal(size=(int(np.max(labels)) + 1, dim)) * spread
@@ -111,11 +114,11 @@ def test_balanced_accuracy_ignores_absent_classes():
 # Teacher features and the sweep
 # ---------------------------------------------------------------------------------------------------
 
+
 def _random_variables(module):
     """He-scaled random weights from the init's shapes: jax.eval_shape only traces, while compiling
     the real init of even a tiny ResNet takes several seconds on a 2-core CPU."""
-    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)),
-                                                train=False))
+    shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False))
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
@@ -132,9 +135,15 @@ def tiny_teacher(tmp_path_factory):
     """A tiny random ResNet saved in the real artifact format and loaded the way the CLI loads it."""
     path = str(tmp_path_factory.mktemp("teacher") / "tiny.npz")
     module = ResNet(**TINY)
-    save_artifact(path, _random_variables(module), {
-        "arch": "tiny_resnet", "feature_dim": module.feature_dim,
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
+    save_artifact(
+        path,
+        _random_variables(module),
+        {
+            "arch": "tiny_resnet",
+            "feature_dim": module.feature_dim,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+        },
+    )
     module, variables, _ = teacher_from_artifact(path, "tiny_resnet")
     return path, module, variables
 
@@ -166,8 +175,18 @@ def test_sweep_rows_csv_and_plot(tiny_teacher, tmp_path):
     train_images, train_labels = _coloured(6, 3, seed=1)
     test_images, test_labels = _coloured(4, 3, seed=2)
     radii = (0.0, 0.5, 1.5)
-    rows = fa.frequency_sweep(module, variables, train_images, train_labels, test_images, test_labels,
-                              radii=radii, batch_size=8, num_classes=3, probe_steps=50)
+    rows = fa.frequency_sweep(
+        module,
+        variables,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        radii=radii,
+        batch_size=8,
+        num_classes=3,
+        probe_steps=50,
+    )
     assert [(r["kind"], r["radius"]) for r in rows[1:]] == [(k, r) for k in fa.KINDS for r in radii]
     assert rows[0]["kind"] == "none" and math.isnan(rows[0]["radius"]) and rows[0]["feature_cosine"] == 1.0
     for row in rows:
@@ -198,9 +217,16 @@ def test_sweep_rejects_bad_radii(tiny_teacher):
 # CLI
 # ---------------------------------------------------------------------------------------------------
 
+
 def _cli(args, cwd):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "analyze_frequency.py"), *args],
-                          capture_output=True, text=True, cwd=str(cwd), timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "analyze_frequency.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=str(cwd),
+        timeout=300,
+        check=False,
+    )
 
 
 def test_cli_demo_end_to_end(tmp_path):
@@ -210,20 +236,43 @@ def test_cli_demo_end_to_end(tmp_path):
     # demo.ensure_demo_teacher's eager init alone takes 10-20 s on a 2-core CPU. ensure_demo_teacher
     # then finds it and keeps it, so the test also shows that --teacher_artifact reaches the demo config.
     module = ResNet(**TINY)
-    save_artifact(str(data / "teacher.npz"), _random_variables(module), {
-        "arch": "demo_random_resnet", "feature_dim": module.feature_dim,
-        **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}})
-    result = _cli(["--demo", f"--image_root={data}", f"--split_dir={data / 'splits'}",
-                   f"--prepared_dir={data / 'tfds'}", f"--teacher_artifact={data / 'teacher.npz'}",
-                   "--image_size=32", "--max_train_per_class=6", "--max_eval_per_class=4", "--radii=0.1,0.5",
-                   "--probe_steps=50", f"--out_dir={out}"], tmp_path)
+    save_artifact(
+        str(data / "teacher.npz"),
+        _random_variables(module),
+        {
+            "arch": "demo_random_resnet",
+            "feature_dim": module.feature_dim,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()},
+        },
+    )
+    result = _cli(
+        [
+            "--demo",
+            f"--image_root={data}",
+            f"--split_dir={data / 'splits'}",
+            f"--prepared_dir={data / 'tfds'}",
+            f"--teacher_artifact={data / 'teacher.npz'}",
+            "--image_size=32",
+            "--max_train_per_class=6",
+            "--max_eval_per_class=4",
+            "--radii=0.1,0.5",
+            "--probe_steps=50",
+            f"--out_dir={out}",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (data / "splits" / "train_skin1_0.01.csv").exists()
     assert not (tmp_path / "data").exists()  # nothing went to the default demo paths
     with open(out / "frequency_sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["kind"], r["radius"]) for r in rows] == [
-        ("none", ""), ("lowpass", "0.1"), ("lowpass", "0.5"), ("highpass", "0.1"), ("highpass", "0.5")]
+        ("none", ""),
+        ("lowpass", "0.1"),
+        ("lowpass", "0.5"),
+        ("highpass", "0.1"),
+        ("highpass", "0.5"),
+    ]
     assert all(0.0 <= float(r["probe_bacc"]) <= 1.0 for r in rows)
     assert all(int(r["n_test"]) == 4 * 8 for r in rows)
     assert os.path.getsize(out / "frequency_sweep.png") > 10_000
@@ -232,8 +281,7 @@ def test_cli_demo_end_to_end(tmp_path):
 
 def test_cli_missing_teacher_is_one_clear_line(tmp_path):
     missing = tmp_path / "nope" / "teacher.npz"
-    result = _cli([f"--teacher_artifact={missing}", "--teacher_arch=resnet50", f"--out_dir={tmp_path}"],
-                  tmp_path)
+    result = _cli([f"--teacher_artifact={missing}", "--teacher_arch=resnet50", f"--out_dir={tmp_path}"], tmp_path)
     assert result.returncode != 0
     assert str(missing) in result.stderr
     assert "Traceback" not in result.stderr

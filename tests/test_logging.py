@@ -1,4 +1,5 @@
 """MetricWriter (JSONL + TensorBoard without TF), crash-robust reading, NaN checks, ETA, and plots."""
+
 import json
 import math
 import os
@@ -18,8 +19,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def read_tensorboard_scalars(logdir):
     accumulator = EventAccumulator(logdir)
     accumulator.Reload()
-    return {tag: [(event.step, event.value) for event in accumulator.Scalars(tag)]
-            for tag in accumulator.Tags()["scalars"]}
+    return {
+        tag: [(event.step, event.value) for event in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
 
 
 def test_scalars_round_trip_through_jsonl_and_tensorboard(tmp_path):
@@ -29,8 +31,10 @@ def test_scalars_round_trip_through_jsonl_and_tensorboard(tmp_path):
         writer.write_scalars(20, {"train/loss": np.array(1.25), "val/bacc": 0.375, "train/count": np.int64(7)})
 
     records = read_metrics_jsonl(os.path.join(workdir, "metrics.jsonl"))
-    assert records == [{"step": 10, "train/loss": 2.5, "train/lr": pytest.approx(0.1)},
-                       {"step": 20, "train/loss": 1.25, "val/bacc": 0.375, "train/count": 7}]
+    assert records == [
+        {"step": 10, "train/loss": 2.5, "train/lr": pytest.approx(0.1)},
+        {"step": 20, "train/loss": 1.25, "val/bacc": 0.375, "train/count": 7},
+    ]
     assert isinstance(records[1]["train/count"], int)
 
     scalars = read_tensorboard_scalars(os.path.join(workdir, "tb"))
@@ -115,8 +119,15 @@ def test_finite_guard_names_the_step_and_every_non_finite_term():
     host = guard.check(11, {"loss": np.float32(0.5), "grad_norm": np.float32(2.0), "count": np.int32(3)})
     assert float(host["loss"]) == 0.5 and guard.last_good_step == 11 and len(fetched) == 1
     with pytest.raises(FloatingPointError) as info:
-        guard.check(12, {"loss": np.float32(np.nan), "loss_kd": np.float32(1.0), "grad_norm": np.float32(np.inf),
-                         "fpg/grad_norm": np.float32(-np.inf)})
+        guard.check(
+            12,
+            {
+                "loss": np.float32(np.nan),
+                "loss_kd": np.float32(1.0),
+                "grad_norm": np.float32(np.inf),
+                "fpg/grad_norm": np.float32(-np.inf),
+            },
+        )
     message = str(info.value)
     assert message.startswith("non-finite training metrics at step 12: ")
     assert "loss=nan" in message and "grad_norm=inf" in message and "fpg/grad_norm=-inf" in message
@@ -166,8 +177,18 @@ def test_progress_meter_resume_and_format_updates():
     assert meter.update(5421)["steps_this_run"] == 421
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "--"), (float("nan"), "--"), (0, "0s"), (45.4, "45s"),
-                                           (730, "12m10s"), (3725, "1h02m05s"), (2 * 86400 + 4 * 3600, "2d04h")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (None, "--"),
+        (float("nan"), "--"),
+        (0, "0s"),
+        (45.4, "45s"),
+        (730, "12m10s"),
+        (3725, "1h02m05s"),
+        (2 * 86400 + 4 * 3600, "2d04h"),
+    ],
+)
 def test_format_duration(seconds, text):
     assert progress.format_duration(seconds) == text
 
@@ -182,13 +203,24 @@ def test_plots_write_png_files(tmp_path):
     rng = np.random.default_rng(0)
     with MetricWriter(str(tmp_path)) as writer:
         for step in range(0, 400, 20):
-            writer.write_scalars(step, {"train/loss": 2.0 * np.exp(-step / 150) + 0.1,
-                                        "train/ce_loss": 1.5 * np.exp(-step / 120) + 0.05,
-                                        "train/kd_loss": 0.5 * np.exp(-step / 300) + 0.02,
-                                        "train/lr": 0.1})
+            writer.write_scalars(
+                step,
+                {
+                    "train/loss": 2.0 * np.exp(-step / 150) + 0.1,
+                    "train/ce_loss": 1.5 * np.exp(-step / 120) + 0.05,
+                    "train/kd_loss": 0.5 * np.exp(-step / 300) + 0.02,
+                    "train/lr": 0.1,
+                },
+            )
             if step % 100 == 0:
-                writer.write_scalars(step, {"val/bacc": 0.3 + step / 1000, "val/macro_f1": 0.25 + step / 1100,
-                                            "val/tail_recall": 0.1 + step / 900})
+                writer.write_scalars(
+                    step,
+                    {
+                        "val/bacc": 0.3 + step / 1000,
+                        "val/macro_f1": 0.25 + step / 1100,
+                        "val/tail_recall": 0.1 + step / 900,
+                    },
+                )
         writer.write_scalars(400, {"train/loss": float("nan")})  # a diverged last point is skipped
     curves = plots.plot_training_curves(str(tmp_path / "metrics.jsonl"), str(tmp_path / "fig" / "curves.png"))
     assert_png(curves)
@@ -215,8 +247,10 @@ def test_training_curves_with_missing_keys(tmp_path):
 
 
 def test_method_comparison_plot(tmp_path):
-    scores = {"ce": {"bacc": 0.52, "macro_f1": 0.47, "mcc": 0.41, "tail_recall": None},
-              "ekd": {"bacc": 0.61, "macro_f1": 0.55, "mcc": 0.50, "tail_recall": 0.33},
-              "fopro": {"bacc": 0.64, "macro_f1": 0.58, "mcc": float("nan"), "tail_recall": 0.41}}
+    scores = {
+        "ce": {"bacc": 0.52, "macro_f1": 0.47, "mcc": 0.41, "tail_recall": None},
+        "ekd": {"bacc": 0.61, "macro_f1": 0.55, "mcc": 0.50, "tail_recall": 0.33},
+        "fopro": {"bacc": 0.64, "macro_f1": 0.58, "mcc": float("nan"), "tail_recall": 0.41},
+    }
     assert_png(plots.plot_method_comparison(scores, str(tmp_path / "comparison.png")))
     assert_png(plots.plot_method_comparison({}, str(tmp_path / "nothing.png")))

@@ -1,5 +1,6 @@
 """Long-tail losses (docs/reference_semantics.md §5) against numpy and hand-computed values, and LDAM's cosine
 classifier."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +46,7 @@ def _close(actual, expected, rtol=1e-5, atol=1e-6):
 
 # ----------------------------------------------------------------------------- CE, BSM, focal, LA, LCC
 
+
 def test_ce_and_bsm_match_numpy():
     z, y = _batch()
     _close(_loss("ce")(z, y, 0), _np_ce(z, y))
@@ -60,8 +62,8 @@ def test_focal_loss_value_gamma_zero_and_detached_gradient():
     z, y = _batch()
     p_true = _np_softmax(z)[np.arange(len(y)), y]
     _close(_loss("focal", focal_gamma=0.0)(z, y), _np_ce(z, y))
-    _close(_loss("focal")(z, y), -(1 - p_true) ** 2 * np.log(p_true), rtol=2e-5)  # default gamma = 2
-    _close(_loss("focal", focal_gamma=0.5)(z, y), -(1 - p_true) ** 0.5 * np.log(p_true), rtol=2e-5)
+    _close(_loss("focal")(z, y), -((1 - p_true) ** 2) * np.log(p_true), rtol=2e-5)  # default gamma = 2
+    _close(_loss("focal", focal_gamma=0.5)(z, y), -((1 - p_true) ** 0.5) * np.log(p_true), rtol=2e-5)
     # Reference FocalLoss detaches p_t in the factor: d/dz = (1 - p_t)^gamma (softmax - onehot).
     loss = _loss("focal")
     grad = jax.grad(lambda logits: jnp.sum(loss(logits, y)))(z)
@@ -91,6 +93,7 @@ def test_lcc_calibration_by_hand():
 
 # ----------------------------------------------------------------------------- weighted losses
 
+
 def test_class_balanced_and_inverse_frequency_weights_by_hand():
     counts = np.array([3, 1, 0])
     # (1 - b) / (1 - b^n) with b = 0.5: 4/7 and 1, rescaled to sum to the 2 present classes: 8/11, 14/11.
@@ -108,8 +111,11 @@ def test_class_balanced_and_inverse_frequency_weights_by_hand():
 @pytest.mark.parametrize("name", ["cb", "rw"])
 def test_weighted_ce_per_example_and_torch_reduction(name):
     z, y = _batch()
-    w = (losses.class_balanced_weights(COUNTS, 0.9999) if name == "cb"
-         else COUNTS.sum() / (C * COUNTS.astype(np.float64)))
+    w = (
+        losses.class_balanced_weights(COUNTS, 0.9999)
+        if name == "cb"
+        else COUNTS.sum() / (C * COUNTS.astype(np.float64))
+    )
     loss = _loss(name)
     per_example = w[y] * _np_ce(z, y)
     _close(loss(z, y, 0), per_example)
@@ -128,13 +134,15 @@ def test_weighted_batch_mean_is_global_across_devices():
     def per_device(logits, labels):
         return jax.lax.pmean(losses.batch_mean(loss, logits, labels, 0, parallel.DATA_AXIS), parallel.DATA_AXIS)
 
-    fn = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) * 2, out_specs=P(),
-                               check_vma=False))
+    fn = jax.jit(
+        jax.shard_map(per_device, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) * 2, out_specs=P(), check_vma=False)
+    )
     w = losses.class_balanced_weights(COUNTS, 0.9999)
     _close(fn(z, y), (w[y] * _np_ce(z, y)).sum() / w[y].sum())
 
 
 # ----------------------------------------------------------------------------- LDAM + DRW
+
 
 def test_ldam_margins_by_hand():
     # n^(-1/4) = 0.5, 1, 1/3 -> rescaled so the largest is 0.5; an empty class gets no margin.
@@ -158,8 +166,11 @@ def test_ldam_loss_and_margin_only_on_the_true_class():
     for i in range(len(y)):
         other = margins.copy()
         other[np.arange(3) != y[i]] = 7.0
-        _close(losses.ldam_loss(z[i:i + 1], y[i:i + 1], jnp.asarray(other, jnp.float32), 30.0),
-               _np_ce(shifted[i:i + 1], y[i:i + 1]), rtol=2e-5)
+        _close(
+            losses.ldam_loss(z[i : i + 1], y[i : i + 1], jnp.asarray(other, jnp.float32), 30.0),
+            _np_ce(shifted[i : i + 1], y[i : i + 1]),
+            rtol=2e-5,
+        )
 
 
 def test_drw_switches_at_the_epoch_boundary_without_recompiling():
@@ -192,6 +203,7 @@ def test_drw_switches_at_the_epoch_boundary_without_recompiling():
 
 # ----------------------------------------------------------------------------- the factory
 
+
 def test_factory_accepts_names_and_configs_and_refuses_bad_values():
     z, y = _batch()
     # A bare name (the pre-config call style) and a mixed-case reference name both work.
@@ -199,9 +211,14 @@ def test_factory_accepts_names_and_configs_and_refuses_bad_values():
     _close(losses.make_classification_loss({"name": "BSM"}, COUNTS)(z, y), _loss("bsm")(z, y))
     out = _loss("focal")(jnp.asarray(z, jnp.bfloat16), y)
     assert out.dtype == jnp.float32 and out.shape == (len(y),)
-    bad = [(dict(name="softmax"), "config.loss.name='softmax'"), (dict(name="focal", focal_gamma=-1.0), "gamma"),
-           (dict(name="cb", cb_beta=1.5), "beta"), (dict(name="ldam", ldam_s=0.0), "ldam_s"),
-           (dict(name="ce", weighted_mean="sum"), "weighted_mean"), (dict(free_u=3.0), "name")]
+    bad = [
+        (dict(name="softmax"), "config.loss.name='softmax'"),
+        (dict(name="focal", focal_gamma=-1.0), "gamma"),
+        (dict(name="cb", cb_beta=1.5), "beta"),
+        (dict(name="ldam", ldam_s=0.0), "ldam_s"),
+        (dict(name="ce", weighted_mean="sum"), "weighted_mean"),
+        (dict(free_u=3.0), "name"),
+    ]
     for config, match in bad:
         with pytest.raises(ValueError, match=match):
             losses.make_classification_loss(ConfigDict(config), COUNTS, 10)
@@ -212,6 +229,7 @@ def test_factory_accepts_names_and_configs_and_refuses_bad_values():
 
 
 # ----------------------------------------------------------------------------- LDAM's cosine classifier
+
 
 def test_cosine_classifier_heads():
     assert resolve_classifier("auto", "ldam") == "cosine" and resolve_classifier("auto", "bsm") == "linear"

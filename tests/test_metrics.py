@@ -1,4 +1,5 @@
 """Metrics against hand-computed cases, independent reference code and scikit-learn (a test-only dependency)."""
+
 import json
 import warnings
 
@@ -6,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, PartitionSpec as P
-
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 from sklearn import metrics as sk
 
 from foprokd_jax import metrics
@@ -18,6 +19,7 @@ ISIC_TRAIN_0002 = np.array([12725, 4372, 2180, 897, 369, 152, 62, 25])
 
 
 # ---- reference implementations written from the definitions, working on label/pred vectors ----
+
 
 def reference_scores(labels, preds, num_classes):
     """Per-class recall/precision/F1 from TP/FP/FN counted example by example, plus sklearn-style means."""
@@ -53,6 +55,7 @@ def report_from_vectors(labels, preds, num_classes, **kwargs):
 
 # ---- confusion_update ----
 
+
 def test_confusion_update_from_logits_and_preds_with_mask():
     labels = jnp.array([0, 1, 2, 2, 1, 0])
     preds = jnp.array([0, 2, 2, 1, 1, 1])
@@ -77,8 +80,9 @@ def test_confusion_update_ignores_padding_labels_and_matches_numpy():
     logits = rng.normal(size=(4, 33, 8)).astype(np.float32)
     mask = rng.random((4, 33)) > 0.3
     padded_labels = np.where(mask, labels, -1)  # padding often carries label -1; must not wrap to class 7
-    out = metrics.confusion_update(jnp.zeros((8, 8), jnp.int32), jnp.asarray(logits), jnp.asarray(padded_labels),
-                                   jnp.asarray(mask))
+    out = metrics.confusion_update(
+        jnp.zeros((8, 8), jnp.int32), jnp.asarray(logits), jnp.asarray(padded_labels), jnp.asarray(mask)
+    )
     expected = metrics.confusion_from_vectors(labels[mask], logits.argmax(-1)[mask], 8)
     np.testing.assert_array_equal(out, expected)
     assert int(out.sum()) == int(mask.sum())
@@ -97,13 +101,13 @@ def test_confusion_update_inside_shard_map_with_psum():
         local = metrics.confusion_update(jnp.zeros_like(confusion), logits, labels, mask)
         return confusion + jax.lax.psum(local, "data")
 
-    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data"), P("data"), P("data")),
-                                 out_specs=P()))
+    step = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P("data"), P("data"), P("data")), out_specs=P()))
     out = step(jnp.zeros((5, 5), jnp.int32), logits, labels, mask)
     np.testing.assert_array_equal(out, metrics.confusion_from_vectors(labels[mask], logits.argmax(-1)[mask], 5))
 
 
 # ---- classification_report ----
+
 
 def test_hand_computed_three_class_example():
     # y_true = [0, 0, 1, 1, 2], y_pred = [0, 1, 1, 1, 0]  ->  [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
@@ -183,11 +187,13 @@ def test_masked_examples_do_not_change_the_report():
     labels = rng.integers(0, 4, 64)
     preds = rng.integers(0, 4, 64)
     mask = np.arange(64) < 50
-    confusion = metrics.confusion_update(jnp.zeros((4, 4), jnp.int32), jnp.asarray(preds), jnp.asarray(labels),
-                                         jnp.asarray(mask))
+    confusion = metrics.confusion_update(
+        jnp.zeros((4, 4), jnp.int32), jnp.asarray(preds), jnp.asarray(labels), jnp.asarray(mask)
+    )
     masked = metrics.classification_report(np.asarray(confusion), None, list("abcd"))
-    direct = metrics.classification_report(metrics.confusion_from_vectors(labels[:50], preds[:50], 4), None,
-                                           list("abcd"))
+    direct = metrics.classification_report(
+        metrics.confusion_from_vectors(labels[:50], preds[:50], 4), None, list("abcd")
+    )
     assert masked == direct
     assert masked["num_examples"] == 50
 
@@ -198,8 +204,7 @@ def test_head_medium_tail_groups_and_json():
     preds = np.where(rng.random(800) < np.linspace(0.9, 0.3, 8)[labels], labels, 0)
     confusion = metrics.confusion_from_vectors(labels, preds, 8)
     report = metrics.classification_report(confusion, ISIC_TRAIN_0002, ISIC_NAMES)
-    assert report["groups"] == {"head": ["NV", "MEL", "BCC", "BKL"], "medium": ["AK", "SCC"],
-                                "tail": ["VASC", "DF"]}
+    assert report["groups"] == {"head": ["NV", "MEL", "BCC", "BKL"], "medium": ["AK", "SCC"], "tail": ["VASC", "DF"]}
     recall = report["per_class_recall"]
     assert report["head_recall"] == pytest.approx(np.mean([recall[n] for n in ("NV", "MEL", "BCC", "BKL")]))
     assert report["medium_recall"] == pytest.approx(np.mean([recall["AK"], recall["SCC"]]))
@@ -230,6 +235,7 @@ def test_invalid_inputs():
 
 # ---- full_report (probabilities) against scikit-learn ----
 
+
 def _random_case(seed, num_classes=6, n=120, missing_class=None, ties=False):
     rng = np.random.default_rng(seed)
     frequencies = np.linspace(2.0, 0.5, num_classes)  # a mild long tail
@@ -244,8 +250,10 @@ def _random_case(seed, num_classes=6, n=120, missing_class=None, ties=False):
     return probs, labels
 
 
-@pytest.mark.parametrize("seed,missing,ties", [(0, None, False), (1, None, True), (2, 3, False), (3, 0, True),
-                                               (4, None, False), (5, 5, True)])
+@pytest.mark.parametrize(
+    "seed,missing,ties",
+    [(0, None, False), (1, None, True), (2, 3, False), (3, 0, True), (4, None, False), (5, 5, True)],
+)
 def test_full_report_matches_sklearn(seed, missing, ties):
     num_classes = 6
     probs, labels = _random_case(seed, num_classes, missing_class=missing, ties=ties)
@@ -258,13 +266,17 @@ def test_full_report_matches_sklearn(seed, missing, ties):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert report["bacc"] == pytest.approx(sk.balanced_accuracy_score(labels, preds), abs=1e-12)
-    for key, fn in (("macro_precision", sk.precision_score), ("macro_recall", sk.recall_score),
-                    ("macro_f1", sk.f1_score)):
+    for key, fn in (
+        ("macro_precision", sk.precision_score),
+        ("macro_recall", sk.recall_score),
+        ("macro_f1", sk.f1_score),
+    ):
         assert report[key] == pytest.approx(fn(labels, preds, average="macro", zero_division=0), abs=1e-12), key
     assert report["mcc"] == pytest.approx(sk.matthews_corrcoef(labels, preds), abs=1e-12)
     assert report["kappa"] == pytest.approx(sk.cohen_kappa_score(labels, preds), abs=1e-12)
     assert report["kappa_quadratic"] == pytest.approx(
-        sk.cohen_kappa_score(labels, preds, weights="quadratic", labels=list(range(num_classes))), abs=1e-12)
+        sk.cohen_kappa_score(labels, preds, weights="quadratic", labels=list(range(num_classes))), abs=1e-12
+    )
     # Specificity per class from sklearn's one-vs-rest confusion matrices ([[tn, fp], [fn, tp]]).
     ovr = sk.multilabel_confusion_matrix(labels, preds, labels=list(range(num_classes)))
     specificity = ovr[:, 0, 0] / (ovr[:, 0, 0] + ovr[:, 0, 1])
@@ -348,6 +360,7 @@ def test_full_report_predictions_override_argmax_of_probs():
 
 
 # ---- mean_of_last_evals ----
+
 
 def test_mean_of_last_evals_keeps_the_last_value_of_a_repeated_step(tmp_path):
     from foprokd_jax.metric_writer import MetricWriter

@@ -1,5 +1,6 @@
 """Mixed precision for the student (config.student.dtype='bfloat16'): bfloat16 convs/matmuls, while parameters,
 optimiser state, BatchNorm statistics, model outputs and losses stay float32; the float32 default is unchanged."""
+
 import functools
 
 import jax
@@ -10,8 +11,8 @@ import pytest
 
 from configs import common
 from foprokd_jax import losses, parallel, train
-from foprokd_jax.methods.bsm import step as bsm_step
 from foprokd_jax.methods import resnet_student
+from foprokd_jax.methods.bsm import step as bsm_step
 from foprokd_jax.models.ekd_student import EKDStudent, FreeProjector, student_compute_dtype
 from foprokd_jax.state import create_train_state
 
@@ -84,8 +85,9 @@ def test_bf16_student_computes_in_bf16_and_keeps_float32_parameters_outputs_and_
 
     @jax.jit
     def forward(params):
-        return student.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                             mutable=["batch_stats"])
+        return student.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+        )
 
     dtypes = _op_input_dtypes(lambda p: forward(p)[0], variables["params"])
     assert dtypes and set(dtypes) == {"bfloat16"}, dtypes  # every conv/dense really runs in bfloat16
@@ -105,8 +107,9 @@ def test_bf16_projector_batchnorm_reduces_statistics_in_float32():
     assert _all_float32(variables)
     # Op by op, not jitted: under jit XLA may keep a fused bf16 intermediate in float32 (excess precision),
     # and the reference below needs the bf16 values the BatchNorm really received.
-    out, mutated = projector.apply(variables, h, train=True, mutable=["batch_stats", "intermediates"],
-                                   capture_intermediates=True)
+    out, mutated = projector.apply(
+        variables, h, train=True, mutable=["batch_stats", "intermediates"], capture_intermediates=True
+    )
     linear1 = mutated["intermediates"]["linear1"]["__call__"][0]
     assert linear1.dtype == jnp.bfloat16 and out.dtype == jnp.bfloat16  # the module itself computes in bf16
     linear1 = np.asarray(linear1.astype(jnp.float32), np.float64)
@@ -126,8 +129,9 @@ def test_float32_default_has_no_bfloat16_and_config_switch_builds_bf16_student()
     variables = _variables()
 
     def loss(params):
-        out, _ = student.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                               mutable=["batch_stats"])
+        out, _ = student.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]}, x, train=True, mutable=["batch_stats"]
+        )
         return out["z1"].sum() + out["p"].sum()
 
     jaxpr = str(jax.make_jaxpr(jax.grad(loss))(variables["params"]))
@@ -158,8 +162,10 @@ def test_bf16_student_outputs_are_close_to_float32(train_mode):
     out32, _ = s32.apply(variables, x, train=train_mode, mutable=["batch_stats"])
     out16, _ = s16.apply(variables, x, train=train_mode, mutable=["batch_stats"])
     errors = {k: _max_relative_error(out16[k], out32[k]) for k in out32}
-    print(f"bf16 vs f32 student outputs (train={train_mode}), max per-sample relative L2 error: "
-          + ", ".join(f"{k} {v:.2e}" for k, v in errors.items()))
+    print(
+        f"bf16 vs f32 student outputs (train={train_mode}), max per-sample relative L2 error: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+    )
     bound = TRAIN_BOUND if train_mode else EVAL_BOUND
     assert all(0.0 < v < bound for v in errors.values()), errors  # > 0: bf16 really changed the compute
 
@@ -168,19 +174,26 @@ def test_bf16_bsm_step_on_eight_devices_keeps_float32_state_and_tracks_float32()
     assert jax.device_count() >= 8, "conftest must provide 8 CPU devices"
     mesh = parallel.make_mesh(8)
     rng = np.random.default_rng(0)
-    batches = [{"image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
-                "label": rng.integers(0, NUM_CLASSES, (16,)).astype(np.int32)} for _ in range(2)]
+    batches = [
+        {
+            "image": rng.integers(0, 256, (16, SIZE, SIZE, 3), dtype=np.uint8),
+            "label": rng.integers(0, NUM_CLASSES, (16,)).astype(np.int32),
+        }
+        for _ in range(2)
+    ]
     optimizer = optax.adam(1e-3)
     counts = np.array([40, 20, 10, 5, 2])
     results = {}
     for name, dtype in (("f32", jnp.float32), ("bf16", jnp.bfloat16)):
-        student = EKDStudent(num_classes=NUM_CLASSES, teacher_dim=None, dtype=dtype,
-                             bn_axis_name=parallel.DATA_AXIS, **TINY)
+        student = EKDStudent(
+            num_classes=NUM_CLASSES, teacher_dim=None, dtype=dtype, bn_axis_name=parallel.DATA_AXIS, **TINY
+        )
         # A host copy: the step donates its state, which must not delete the cached variables.
         variables = jax.tree.map(np.array, _variables(None, parallel.DATA_AXIS))
         state = parallel.replicate(create_train_state(variables, optimizer), mesh)
-        step = bsm_step.make_train_step(student=student,
-                                     cls_loss=losses.make_classification_loss("bsm", counts), optimizer=optimizer, mesh=mesh)
+        step = bsm_step.make_train_step(
+            student=student, cls_loss=losses.make_classification_loss("bsm", counts), optimizer=optimizer, mesh=mesh
+        )
         history = []
         for batch in batches:
             state, m = step(state, {}, parallel.host_batch_to_global(batch, mesh))

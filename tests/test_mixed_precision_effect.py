@@ -1,6 +1,7 @@
 """benchmarks/mixed_precision_effect.py: its metrics on hand-made values, its BN calibration against numpy
 moments, and the whole bf16-vs-f32 comparison on tiny nets at 32 px (bf16 really differs, but only slightly;
 f32 against itself is exact; every FFT of the FPG stays float32 under a bf16 teacher)."""
+
 import json
 import math
 
@@ -56,16 +57,26 @@ def test_calibrated_running_stats_are_the_batch_moments_and_make_eval_equal_trai
     calibrated = mpe.calibrate_batch_stats(teacher, variables, batches)
     # The stem BN's input is conv1(x): its per-channel moments over (B, H, W), averaged over the two batches.
     kernel = variables["params"]["conv1"]["kernel"]
-    conv = [np.asarray(jax.lax.conv_general_dilated(x, kernel, (2, 2), ((3, 3), (3, 3)),
-                                                    dimension_numbers=("NHWC", "HWIO", "NHWC")), np.float64)
-            for x in batches]
+    conv = [
+        np.asarray(
+            jax.lax.conv_general_dilated(
+                x, kernel, (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+            ),
+            np.float64,
+        )
+        for x in batches
+    ]
     stats = calibrated["batch_stats"]["bn1"]
     np.testing.assert_allclose(stats["mean"], np.mean([c.mean((0, 1, 2)) for c in conv], 0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stats["var"], np.mean([c.var((0, 1, 2)) for c in conv], 0), rtol=1e-4)
     # Calibrated on one batch, every BN's running statistics are that batch's: eval mode reproduces train mode.
     one = mpe.calibrate_batch_stats(teacher, variables, batches[:1])
-    np.testing.assert_allclose(mpe.forward(teacher, one, batches[0], train=False)["pre_logits"],
-                               mpe.forward(teacher, one, batches[0], train=True)["pre_logits"], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(
+        mpe.forward(teacher, one, batches[0], train=False)["pre_logits"],
+        mpe.forward(teacher, one, batches[0], train=True)["pre_logits"],
+        rtol=1e-3,
+        atol=1e-5,
+    )
     with pytest.raises(ValueError, match="at least one batch"):
         mpe.calibrate_batch_stats(teacher, variables, [])
 
@@ -78,12 +89,25 @@ def tiny_run(tmp_path_factory):
     teacher, _ = mpe.build_models(jnp.float32, tiny=True)
     calib = steps.normalize_images(jnp.asarray(mpe.benchmark_images(8, SIZE, 1)[0]))
     variables = mpe.calibrate_batch_stats(teacher, mpe.init_variables(teacher, SIZE, 0), [calib])
-    meta = dict(arch="tiny_resnet", family="resnet", block="bottleneck", **{
-        k: list(v) if isinstance(v, tuple) else v for k, v in mpe.TINY_TEACHER.items() if k != "block"})
+    meta = dict(
+        arch="tiny_resnet",
+        family="resnet",
+        block="bottleneck",
+        **{k: list(v) if isinstance(v, tuple) else v for k, v in mpe.TINY_TEACHER.items() if k != "block"},
+    )
     sidecar = artifact.save_artifact(str(folder / "teacher.npz"), jax.tree.map(np.asarray, variables), meta)
     out = folder / "result.json"
-    result = mpe.main([f"--size={SIZE}", "--batch=8", "--calib_batches=1", "--tiny", "--f32_precision=default",
-                       f"--teacher_artifact={folder / 'teacher.npz'}", f"--out={out}"])
+    result = mpe.main(
+        [
+            f"--size={SIZE}",
+            "--batch=8",
+            "--calib_batches=1",
+            "--tiny",
+            "--f32_precision=default",
+            f"--teacher_artifact={folder / 'teacher.npz'}",
+            f"--out={out}",
+        ]
+    )
     return result, json.loads(out.read_text()), sidecar
 
 
@@ -132,7 +156,10 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no_such_teacher.npz"):
         mpe.run_benchmark(32, 4, tiny=True, teacher_artifact="no_such_teacher.npz")
     densenet = str(tmp_path / "densenet.npz")  # its distilled feature is 'features', not 'pre_logits'
-    artifact.save_artifact(densenet, {"params": {"w": np.zeros(1, np.float32)}}, dict(
-        arch="tiny_densenet", family="densenet", growth_rate=4, block_config=[1], num_init_features=8, bn_size=2))
+    artifact.save_artifact(
+        densenet,
+        {"params": {"w": np.zeros(1, np.float32)}},
+        dict(arch="tiny_densenet", family="densenet", growth_rate=4, block_config=[1], num_init_features=8, bn_size=2),
+    )
     with pytest.raises(ValueError, match=r"densenet.npz is a 'densenet' teacher"):
         mpe.load_teacher(densenet, 32)

@@ -3,6 +3,7 @@
 Parameter counts come from docs/reference_semantics.md §12 and torchvision. Everything that needs real
 computation uses tiny widths and 32x32 inputs so the file stays fast on 2 CPU cores.
 """
+
 import math
 
 import jax
@@ -12,8 +13,7 @@ import pytest
 
 from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.models.resnet import ResNet, get_resnet, resnet18, resnet50
-from foprokd_jax.models.torch_init import (kaiming_fan_out_normal, torch_linear_bias_init,
-                                           torch_linear_kernel_init)
+from foprokd_jax.models.torch_init import kaiming_fan_out_normal, torch_linear_bias_init, torch_linear_kernel_init
 
 
 def _init_key(seed):
@@ -23,20 +23,22 @@ def _init_key(seed):
 
 
 def _abstract_variables(model, image_size=64):
-    return jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)), train=False))
 
 
 def _count(tree) -> int:
     return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
 
 
-@pytest.mark.parametrize("name,num_classes,expected", [
-    ("resnet18", None, 11_176_512),
-    ("resnet50", None, 23_508_032),
-    ("resnet18", 1000, 11_689_512),
-    ("resnet50", 1000, 25_557_032),
-])
+@pytest.mark.parametrize(
+    "name,num_classes,expected",
+    [
+        ("resnet18", None, 11_176_512),
+        ("resnet50", None, 23_508_032),
+        ("resnet18", 1000, 11_689_512),
+        ("resnet50", 1000, 25_557_032),
+    ],
+)
 def test_resnet_parameter_counts_match_torchvision(name, num_classes, expected):
     variables = _abstract_variables(get_resnet(name, num_classes=num_classes))
     assert _count(variables["params"]) == expected
@@ -46,8 +48,16 @@ def test_resnet_names_mirror_torchvision():
     params = _abstract_variables(resnet50(num_classes=10))["params"]
     assert {"conv1", "bn1", "fc", "layer1_0", "layer4_2"} <= set(params)
     assert "layer4_3" not in params
-    assert set(params["layer1_0"]) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3",
-                                       "downsample_conv", "downsample_bn"}
+    assert set(params["layer1_0"]) == {
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "conv3",
+        "bn3",
+        "downsample_conv",
+        "downsample_bn",
+    }
     assert "downsample_conv" not in params["layer1_1"]
     # V1.5: the stride (and so the 3x3) sits on conv2 of a bottleneck.
     assert params["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 128, 128)
@@ -72,8 +82,9 @@ def test_resnet_feature_shapes(name, width_out):
 
 def test_odd_input_size_matches_torch_arithmetic():
     # torch: floor((n + 2p - k) / s) + 1 per layer; 'SAME' padding would give different sizes/values.
-    out = jax.eval_shape(lambda: resnet18().init_with_output(
-        jax.random.key(0), jnp.zeros((1, 65, 65, 3)), train=False))[0]
+    out = jax.eval_shape(
+        lambda: resnet18().init_with_output(jax.random.key(0), jnp.zeros((1, 65, 65, 3)), train=False)
+    )[0]
     assert out["stem"].shape[1:3] == (17, 17)
     assert out["stage4"].shape[1:3] == (3, 3)
 
@@ -160,16 +171,14 @@ def test_tiny_resnet_train_vs_eval_batchnorm(tiny_variables):
 
     # Eval mode treats examples independently; train mode (batch statistics) does not.
     x_other = x.at[1:].set(jax.random.normal(jax.random.key(2), (3, 32, 32, 3)))
-    np.testing.assert_allclose(eval_apply(variables, x_other)["logits"][0], eval_out["logits"][0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(eval_apply(variables, x_other)["logits"][0], eval_out["logits"][0], rtol=1e-5, atol=1e-5)
     assert not np.allclose(train_apply(variables, x_other)[0]["logits"][0], train_out["logits"][0])
 
     # The stem BN's running mean moves by (1 - momentum) = 0.1 of the batch mean of conv1's output.
     conv_out = jax.lax.conv_general_dilated(
-        x, variables["params"]["conv1"]["kernel"], (2, 2), ((3, 3), (3, 3)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(new_mean, 0.1 * np.asarray(conv_out).mean(axis=(0, 1, 2)),
-                               rtol=1e-4, atol=1e-6)
+        x, variables["params"]["conv1"]["kernel"], (2, 2), ((3, 3), (3, 3)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(new_mean, 0.1 * np.asarray(conv_out).mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
     assert np.abs(new_mean).max() > 0
 
 
@@ -190,11 +199,15 @@ def test_bn_axis_name_synchronises_batch_stats_under_shard_map(tiny_variables):
         out, stats = synced.apply(v, batch, train=True, mutable=["batch_stats"])
         return out["logits"], stats
 
-    logits, stats = jax.jit(jax.shard_map(
-        sharded_forward, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P())))(variables, x)
+    logits, stats = jax.jit(
+        jax.shard_map(sharded_forward, mesh=mesh, in_specs=(P(), P("data")), out_specs=(P("data"), P()))
+    )(variables, x)
     np.testing.assert_allclose(logits, expected["logits"], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(stats["batch_stats"]["layer4_0"]["bn2"]["var"],
-                               expected_stats["batch_stats"]["layer4_0"]["bn2"]["var"], rtol=1e-4)
+    np.testing.assert_allclose(
+        stats["batch_stats"]["layer4_0"]["bn2"]["var"],
+        expected_stats["batch_stats"]["layer4_0"]["bn2"]["var"],
+        rtol=1e-4,
+    )
 
 
 def test_ekd_student_head_parameter_counts_resnet18():
@@ -227,8 +240,7 @@ def test_ekd_student_outputs_and_modes():
     fc = variables["params"]["fc"]
     np.testing.assert_allclose(out["z1"], out["h"] @ fc["kernel"] + fc["bias"], rtol=1e-5, atol=1e-5)
     fc_free = variables["params"]["fc_free"]
-    np.testing.assert_allclose(out["z2"], out["p"] @ fc_free["kernel"] + fc_free["bias"],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["z2"], out["p"] @ fc_free["kernel"] + fc_free["bias"], rtol=1e-5, atol=1e-5)
     eval_out = eval_apply(variables, x)
     assert not np.allclose(eval_out["p"], out["p"])
     bound = 1 / math.sqrt(16)

@@ -7,6 +7,7 @@ agree on the step at which they stop (JAX's preemption sync point), the checkpoi
 parameters equal the single-process run's bit for bit. The last point also shows that each process fed its
 own half of every global batch: the same half twice would change the gradients.
 """
+
 import json
 import os
 import socket
@@ -27,14 +28,24 @@ TOTAL_STEPS = 8
 def dataset(tmp_path_factory):
     return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_multiprocess")))
 
+
 def _env(tmp_path_factory, devices, **extra):
     return cli_runs.cli_env(tmp_path_factory, devices, **extra)
 
+
 def _command(dataset, workdir):
-    return [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config=configs/isic.py:method=bsm,runlocal",
-            f"--config.input.image_root={dataset}", f"--config.input.split_dir={dataset}/splits",
-            f"--config.input.prepared_dir={dataset}/tfds", f"--config.total_steps={TOTAL_STEPS}",
-            "--config.eval_every_steps=2", "--config.log_every_steps=1", f"--workdir={workdir}"]
+    return [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        "--config=configs/isic.py:method=bsm,runlocal",
+        f"--config.input.image_root={dataset}",
+        f"--config.input.split_dir={dataset}/splits",
+        f"--config.input.prepared_dir={dataset}/tfds",
+        f"--config.total_steps={TOTAL_STEPS}",
+        "--config.eval_every_steps=2",
+        "--config.log_every_steps=1",
+        f"--workdir={workdir}",
+    ]
 
 
 def _free_port() -> int:
@@ -67,17 +78,27 @@ def _finish(started, timeout=600):
 
 def _two_processes(dataset, workdir, tmp_path, tmp_path_factory, name, fault=""):
     port = _free_port()
-    return [_start(_command(dataset, workdir),
-                   _env(tmp_path_factory, devices=1, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), FOPROKD_FAULT=fault),
-                   tmp_path / f"{name}_{i}.log") for i in (0, 1)]
+    return [
+        _start(
+            _command(dataset, workdir),
+            _env(
+                tmp_path_factory,
+                devices=1,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+                FOPROKD_FAULT=fault,
+            ),
+            tmp_path / f"{name}_{i}.log",
+        )
+        for i in (0, 1)
+    ]
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(dataset, tmp_path, tmp_path_factory):
     single_dir, multi_dir = str(tmp_path / "single"), str(tmp_path / "multi")
     single = [_start(_command(dataset, single_dir), _env(tmp_path_factory, devices=2), tmp_path / "single.log")]
-    preempted = _finish(_two_processes(dataset, multi_dir, tmp_path, tmp_path_factory, "preempted",
-                                       fault="sigterm@3"))
+    preempted = _finish(_two_processes(dataset, multi_dir, tmp_path, tmp_path_factory, "preempted", fault="sigterm@3"))
     for status, _, log in preempted:
         assert status == 143, log[-3000:]
         assert "jax.distributed initialised: process" in log and "2 global devices" in log
@@ -93,7 +114,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(dataset, tmp
     for status, _, log in resumed:
         assert status == 0, log[-3000:]
         assert f"Resuming from step {step} of {TOTAL_STEPS}" in log
-    (single_status, _, single_log), = _finish(single)
+    ((single_status, _, single_log),) = _finish(single)
     assert single_status == 0, single_log[-3000:]
 
     # Two processes x one device == one process x two devices: all-reduces of two operands are exact.

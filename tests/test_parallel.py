@@ -1,4 +1,5 @@
 """Mesh helpers and multi-host detection (the collectives themselves are tested in test_steps.py)."""
+
 import jax
 import numpy as np
 import pytest
@@ -6,15 +7,18 @@ import pytest
 from foprokd_jax import parallel
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({}, False),
-    ({"SLURM_NTASKS": "1"}, False),
-    ({"SLURM_NTASKS": "4"}, True),
-    ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
-    ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, True),
-    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
-    ({"FOPROKD_DISTRIBUTED": "1"}, True),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, False),
+        ({"SLURM_NTASKS": "1"}, False),
+        ({"SLURM_NTASKS": "4"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "localhost"}, False),
+        ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, True),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+        ({"FOPROKD_DISTRIBUTED": "1"}, True),
+    ],
+)
 def test_multi_process_detection(env, expected):
     assert parallel.launched_as_multi_process(env) is expected
 
@@ -23,8 +27,9 @@ def test_distributed_initialisation_reads_the_generic_environment(monkeypatch):
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
     parallel.maybe_initialize_distributed({})  # a single-host run never initialises
-    parallel.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4",
-                                           "JAX_PROCESS_ID": "2"})
+    parallel.maybe_initialize_distributed(
+        {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "4", "JAX_PROCESS_ID": "2"}
+    )
     parallel.maybe_initialize_distributed({"SLURM_NTASKS": "8"})  # Slurm: JAX detects the rest itself
     assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=2), {}]
 

@@ -24,19 +24,21 @@ Thresholds are about half of the worst seed:
   >= 0.35 (chance is 0.25), required > 0.15;
 * train explore loss, first step vs mean of the last 10: observed drop >= 0.44, required > 0.2.
 """
+
 import os
 
 import numpy as np
 import pytest
 
 from foprokd_jax import parallel
+from foprokd_jax.cli import planted_band
 from foprokd_jax.data.planted_band import band_energy_fraction, class_masks, make_planted_band_dataset
 from foprokd_jax.methods.fopro.prompt import radial_frequency_grid
-from foprokd_jax.cli import planted_band
 
 SEEDS = [int(s) for s in os.environ.get("PLANTED_BAND_SEEDS", "0").split(",")]
-CONFIG = dict(variant="radial", steps=100, batch_size=64, image_size=32, num_classes=4, band=(0.25, 0.375),
-              lambda_adv=0.0)
+CONFIG = dict(
+    variant="radial", steps=100, batch_size=64, image_size=32, num_classes=4, band=(0.25, 0.375), lambda_adv=0.0
+)
 
 
 def test_dataset_is_deterministic_and_band_limited():
@@ -53,8 +55,9 @@ def test_dataset_is_deterministic_and_band_limited():
     np.testing.assert_array_equal(masks.any(0)[:, :17], ring_half)
     # Weak signal: only a small share of the energy sits in the band, and without the signal almost none.
     with_signal = band_energy_fraction(a["image"], (0.25, 0.375))
-    without = band_energy_fraction(make_planted_band_dataset(64, 32, 4, (0.25, 0.375), 0.0, 0.12, seed=3)["image"],
-                                   (0.25, 0.375))
+    without = band_energy_fraction(
+        make_planted_band_dataset(64, 32, 4, (0.25, 0.375), 0.0, 0.12, seed=3)["image"], (0.25, 0.375)
+    )
     assert 0.03 < with_signal < 0.25 and without < 0.01
 
 

@@ -4,6 +4,7 @@ No real weights can be downloaded here, so checkpoints are random-init torchvisi
 the real on-disk layouts (a MoCo-v2 ``.pth.tar`` dict and a plain torchvision state dict), with BN
 running statistics and affine parameters set to non-trivial values so that a wrong BN mapping shows.
 """
+
 import os
 import subprocess
 import sys
@@ -14,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from foprokd_jax.cli import convert_teacher
 from foprokd_jax.models.resnet import get_resnet
 from foprokd_jax.porting import artifact, resnet_weights
 from foprokd_jax.porting.artifact import load_artifact, save_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
 from tests.parity_report import parity_report
-from foprokd_jax.cli import convert_teacher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torchvision = import_torchvision()
@@ -75,12 +76,14 @@ def _save_moco_v2_checkpoint(model: torch.nn.Module, path: str, seed: int = 7):
     generator = torch.Generator().manual_seed(seed)
     encoder = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
     # MoCo-v2's projection MLP replaces fc: Linear(2048, 2048) -> ReLU -> Linear(2048, 128).
-    encoder.update({
-        "fc.0.weight": torch.randn(2048, 2048, generator=generator) * 0.02,
-        "fc.0.bias": torch.zeros(2048),
-        "fc.2.weight": torch.randn(128, 2048, generator=generator) * 0.02,
-        "fc.2.bias": torch.zeros(128),
-    })
+    encoder.update(
+        {
+            "fc.0.weight": torch.randn(2048, 2048, generator=generator) * 0.02,
+            "fc.0.bias": torch.zeros(2048),
+            "fc.2.weight": torch.randn(128, 2048, generator=generator) * 0.02,
+            "fc.2.bias": torch.zeros(128),
+        }
+    )
     state_dict = {}
     for key, value in encoder.items():
         state_dict["module.encoder_q." + key] = value
@@ -127,8 +130,8 @@ def test_moco_v2_resnet50_parity(tmp_path):
     assert loaded_meta == meta
     assert "fc" not in variables["params"]
     np.testing.assert_array_equal(
-        variables["batch_stats"]["layer3_5"]["bn3"]["var"],
-        torch_model.layer3[5].bn3.running_var.numpy())
+        variables["batch_stats"]["layer3_5"]["bn3"]["var"], torch_model.layer3[5].bn3.running_var.numpy()
+    )
 
     for batch, size, seed in ((2, 64, 0), (1, 224, 1)):
         images = _images(batch, size, seed)
@@ -175,9 +178,19 @@ def test_unsafe_pickle_is_refused_and_nothing_written(tmp_path, torch_resnet18):
 
     # The CLI exits non-zero with the same message (and works from the repo root without install).
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch", "convert_teacher.py"), f"--src={src}",
-         f"--out={out}", "--arch=resnet18"],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=120, check=False)
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "convert_teacher.py"),
+            f"--src={src}",
+            f"--out={out}",
+            "--arch=resnet18",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+    )
     assert result.returncode != 0
     assert "arbitrary" in result.stderr and src in result.stderr
     _assert_nothing_written(out)
@@ -191,8 +204,9 @@ def test_missing_source_file_is_a_clear_error(tmp_path):
 
 
 def test_foreign_network_is_rejected_listing_keys(tmp_path):
-    other = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
-                                torch.nn.Linear(8, 2))
+    other = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(8, 2)
+    )
     src, out = str(tmp_path / "other.pth"), str(tmp_path / "t.npz")
     torch.save(other.state_dict(), src)
     with pytest.raises(ValueError) as info:
@@ -225,8 +239,9 @@ def test_conversion_layouts_and_fc_handling(resnet18_numpy_state_dict):
     sd = resnet18_numpy_state_dict
     variables = resnet_weights.torchvision_resnet_to_flax(sd, "resnet18")
     params, stats = variables["params"], variables["batch_stats"]
-    np.testing.assert_array_equal(params["layer2_0"]["downsample_conv"]["kernel"],
-                                  sd["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        params["layer2_0"]["downsample_conv"]["kernel"], sd["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(params["fc"]["kernel"], sd["fc.weight"].T)
     np.testing.assert_array_equal(params["bn1"]["scale"], sd["bn1.weight"])
     np.testing.assert_array_equal(stats["layer4_1"]["bn2"]["mean"], sd["layer4.1.bn2.running_mean"])
@@ -238,8 +253,14 @@ def test_conversion_layouts_and_fc_handling(resnet18_numpy_state_dict):
 def test_detect_format_and_moco_extraction(resnet18_numpy_state_dict):
     tv = resnet18_numpy_state_dict
     moco = {"module.encoder_q." + k: v for k, v in tv.items()}
-    moco.update({"module.encoder_q.fc.0.weight": np.zeros((4, 4)), "module.encoder_k.conv1.weight":
-                 np.ones((1,)), "module.queue": np.zeros((2, 3)), "module.queue_ptr": np.zeros(1)})
+    moco.update(
+        {
+            "module.encoder_q.fc.0.weight": np.zeros((4, 4)),
+            "module.encoder_k.conv1.weight": np.ones((1,)),
+            "module.queue": np.zeros((2, 3)),
+            "module.queue_ptr": np.zeros(1),
+        }
+    )
     assert resnet_weights.detect_format({"state_dict": moco, "epoch": 800}) == "moco_v2"
     assert resnet_weights.detect_format(tv) == "torchvision"
     assert resnet_weights.detect_format({"state_dict": tv}) == "torchvision"
@@ -254,14 +275,15 @@ def test_detect_format_and_moco_extraction(resnet18_numpy_state_dict):
 
 
 def test_artifact_roundtrip_tamper_and_checks(tmp_path):
-    variables = {"params": {"conv1": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)}},
-                 "batch_stats": {"bn1": {"mean": np.ones(3, np.float32)}}}
+    variables = {
+        "params": {"conv1": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 1, 2, 3)}},
+        "batch_stats": {"bn1": {"mean": np.ones(3, np.float32)}},
+    }
     path = str(tmp_path / "a.npz")
     meta = save_artifact(path, variables, {"arch": "resnet18", "feature_dim": 512, "source": "x"})
     assert meta["format_version"] == 1 and meta["sha256"] == sha256_file(path)
     loaded, loaded_meta = load_artifact(path, expected_arch="resnet18")
-    np.testing.assert_array_equal(loaded["params"]["conv1"]["kernel"],
-                                  variables["params"]["conv1"]["kernel"])
+    np.testing.assert_array_equal(loaded["params"]["conv1"]["kernel"], variables["params"]["conv1"]["kernel"])
     assert loaded_meta == meta
 
     with pytest.raises(ValueError, match="holds a 'resnet18' but 'resnet50'"):

@@ -8,6 +8,7 @@ reported metrics and the training loss of every step must equal the reference bi
 
 The subprocesses share a JAX persistent compilation cache, so only the first run of the session compiles.
 """
+
 import json
 import os
 import re
@@ -32,14 +33,22 @@ DEVICES = 2  # data parallel over 2 CPU devices: sharded restores, without 8-dev
 def dataset(tmp_path_factory):
     return cli_runs.write_tiny_isic(str(tmp_path_factory.mktemp("isic_resume")))
 
+
 def _config_flags(root):
-    return ["--config=configs/isic.py:method=bsm,runlocal", f"--config.input.image_root={root}",
-            f"--config.input.split_dir={root}/splits", f"--config.input.prepared_dir={root}/tfds",
-            f"--config.total_steps={TOTAL_STEPS}", "--config.eval_every_steps=2", "--config.log_every_steps=1"]
+    return [
+        "--config=configs/isic.py:method=bsm,runlocal",
+        f"--config.input.image_root={root}",
+        f"--config.input.split_dir={root}/splits",
+        f"--config.input.prepared_dir={root}/tfds",
+        f"--config.total_steps={TOTAL_STEPS}",
+        "--config.eval_every_steps=2",
+        "--config.log_every_steps=1",
+    ]
 
 
 def cli_env(tmp_path_factory, devices=DEVICES):
     return cli_runs.cli_env(tmp_path_factory, devices)
+
 
 def _train_command(dataset, workdir):
     return [sys.executable, os.path.join(ROOT, "launch", "train.py"), *_config_flags(dataset), f"--workdir={workdir}"]
@@ -58,8 +67,9 @@ def _checkpoint_arrays(workdir, step):
     stored = getattr(stored, "item_metadata", stored)
     stored = getattr(stored, "tree", stored)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored,
-                          is_leaf=lambda m: hasattr(m, "shape"))
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), stored, is_leaf=lambda m: hasattr(m, "shape")
+    )
     tree = checkpointer.restore(path, target)
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
@@ -85,10 +95,10 @@ def _log_time(stderr, pattern):
 
 # (FOPROKD_FAULT, expected exit status). Checkpoints are written at the even steps.
 INTERRUPTIONS = [
-    ("step@3", -9),        # SIGKILL while step 3 runs (the step-2 checkpoint may still be in flight)
+    ("step@3", -9),  # SIGKILL while step 3 runs (the step-2 checkpoint may still be in flight)
     ("checkpoint@4", -9),  # SIGKILL right after the step-4 save was issued: the write is in flight
-    ("eval@6", -9),        # SIGKILL after the first batch of the step-6 evaluation
-    ("sigterm@7", 143),    # SIGTERM after step 7 is dispatched: checkpoint 7, clean exit
+    ("eval@6", -9),  # SIGKILL after the first batch of the step-6 evaluation
+    ("sigterm@7", 143),  # SIGTERM after step 7 is dispatched: checkpoint 7, clean exit
 ]
 
 
@@ -97,13 +107,25 @@ def test_killed_and_preempted_runs_resume_bitwise(dataset, tmp_path, tmp_path_fa
     env = cli_env(tmp_path_factory)
     # The reference runs concurrently (a file, not a pipe, takes its log: a full pipe would block it).
     reference_log = open(tmp_path / "reference.log", "w+")
-    reference = subprocess.Popen(_train_command(dataset, reference_dir), env=env, cwd=ROOT,
-                                 stdout=subprocess.DEVNULL, stderr=reference_log, text=True)
+    reference = subprocess.Popen(
+        _train_command(dataset, reference_dir),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=reference_log,
+        text=True,
+    )
     try:
         for fault, expected_status in INTERRUPTIONS + [(None, 0)]:
             before = _committed_steps(chain_dir)
-            run = subprocess.run(_train_command(dataset, chain_dir), env=dict(env, FOPROKD_FAULT=fault or ""),
-                                 cwd=ROOT, capture_output=True, text=True, timeout=600)
+            run = subprocess.run(
+                _train_command(dataset, chain_dir),
+                env=dict(env, FOPROKD_FAULT=fault or ""),
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert run.returncode == expected_status, (fault, run.stderr[-3000:])
             # The run restarted from the newest complete checkpoint, never from a half-written one.
             if before:
@@ -120,8 +142,9 @@ def test_killed_and_preempted_runs_resume_bitwise(dataset, tmp_path, tmp_path_fa
                 assert 7 in _committed_steps(chain_dir) and "Traceback" not in run.stderr
                 assert "rerun the same command to resume" in run.stderr
                 # Bound: SIGTERM -> checkpoint saved within one step + the checkpoint write.
-                delay = (_log_time(run.stderr, "SIGTERM: saved the checkpoint of step 7")
-                         - _log_time(run.stderr, "FOPROKD_FAULT=sigterm@7"))
+                delay = _log_time(run.stderr, "SIGTERM: saved the checkpoint of step 7") - _log_time(
+                    run.stderr, "FOPROKD_FAULT=sigterm@7"
+                )
                 assert 0 <= delay < 30, delay
             if fault is not None:
                 assert not os.path.exists(os.path.join(chain_dir, "results.json"))
@@ -185,8 +208,12 @@ def test_restore_errors_name_the_checkpoint_and_what_differs(tmp_path):
         bigger = dict(_tiny_state(0), extra=jnp.zeros(2))
         with pytest.raises(checkpointing.CheckpointRestoreError, match=r"1 leaves missing from the checkpoint.*extra"):
             ckpt.restore(1, bigger)
-    data_files = [os.path.join(parent, name) for parent, _, names in os.walk(path) for name in names
-                  if os.sep + "d" + os.sep in parent + os.sep]
+    data_files = [
+        os.path.join(parent, name)
+        for parent, _, names in os.walk(path)
+        for name in names
+        if os.sep + "d" + os.sep in parent + os.sep
+    ]
     for name in data_files:
         with open(name, "r+b") as f:
             f.truncate(1)
@@ -206,15 +233,22 @@ def test_crckd_resumes_bitwise_after_a_kill(tmp_path, tmp_path_factory):
     env = cli_env(tmp_path_factory)
 
     def command(workdir):
-        return [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-                "--config=configs/aptos.py:method=crckd,runlocal", f"--config.input.image_root={root}",
-                f"--config.input.prepared_dir={tmp_path / 'tfds'}", "--config.total_steps=6",
-                "--config.eval_every_steps=2", f"--workdir={workdir}"]
+        return [
+            sys.executable,
+            os.path.join(ROOT, "launch", "train.py"),
+            "--config=configs/aptos.py:method=crckd,runlocal",
+            f"--config.input.image_root={root}",
+            f"--config.input.prepared_dir={tmp_path / 'tfds'}",
+            "--config.total_steps=6",
+            "--config.eval_every_steps=2",
+            f"--workdir={workdir}",
+        ]
 
     reference_dir, chain_dir = str(tmp_path / "reference"), str(tmp_path / "interrupted")
     for workdir, fault, status in [(reference_dir, "", 0), (chain_dir, "step@5", -9), (chain_dir, "", 0)]:
-        run = subprocess.run(command(workdir), env=dict(env, FOPROKD_FAULT=fault), cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
+        run = subprocess.run(
+            command(workdir), env=dict(env, FOPROKD_FAULT=fault), cwd=ROOT, capture_output=True, text=True, timeout=600
+        )
         assert run.returncode == status, (fault, run.stderr[-3000:])
     # From step 4, or step 2 when the step-4 checkpoint write had not committed before the kill.
     assert re.search(r"Resuming from step [24] of 6", run.stderr), run.stderr[-2000:]

@@ -1,4 +1,5 @@
 """Training samplers: target class frequencies, determinism, exact resume, process slicing, 'instance' unchanged."""
+
 import pickle
 
 import grain
@@ -86,14 +87,14 @@ def test_resampled_stream_deterministic_resumable_and_per_epoch(sampler):
     plain = _take(make(1, augment=False), 3 * steps)
     drawn = _indices(plain)
     np.testing.assert_array_equal(np.concatenate([b["label"] for b in plain]), source.labels[drawn])
-    assert not np.array_equal(drawn[:len(drawn) // 3], drawn[len(drawn) // 3:2 * len(drawn) // 3])
+    assert not np.array_equal(drawn[: len(drawn) // 3], drawn[len(drawn) // 3 : 2 * len(drawn) // 3])
     assert len(set(drawn.tolist())) < len(drawn)
     # Exact resume across an epoch boundary from grain's iterator state.
     interrupted = make(1)
     _take(interrupted, steps - 2)
     resumed = make(1)
     resumed.set_state(interrupted.get_state())
-    assert _same(reference[steps - 2:steps + 4], _take(resumed, 6))
+    assert _same(reference[steps - 2 : steps + 4], _take(resumed, 6))
     # The same stream from explicit labels as from source.labels, and from a source without .labels.
     unlabelled = ArraySource(with_labels=False)
     explicit = pipeline.make_train_iterator(unlabelled, 8, seed=1, sampler=sampler, labels=source.labels)
@@ -103,12 +104,20 @@ def test_resampled_stream_deterministic_resumable_and_per_epoch(sampler):
 def test_resampled_process_slices_union_to_the_single_process_stream():
     source = ArraySource()
     single = _take(pipeline.make_train_iterator(source, 8, seed=4, sampler="sqrt", augment=False), 6)
-    shards = [_take(pipeline.make_train_iterator(source, 8, seed=4, sampler="sqrt", augment=False,
-                                                 process_index=p, process_count=2), 6) for p in range(2)]
+    shards = [
+        _take(
+            pipeline.make_train_iterator(
+                source, 8, seed=4, sampler="sqrt", augment=False, process_index=p, process_count=2
+            ),
+            6,
+        )
+        for p in range(2)
+    ]
     for k in range(6):
         assert shards[0][k]["image"].shape[0] == 4
-        np.testing.assert_array_equal(np.concatenate([shards[0][k]["image"], shards[1][k]["image"]]),
-                                      single[k]["image"])
+        np.testing.assert_array_equal(
+            np.concatenate([shards[0][k]["image"], shards[1][k]["image"]]), single[k]["image"]
+        )
 
 
 def _old_train_dataset(source, global_batch_size, seed, process_index=0, process_count=1, augment=True):
@@ -124,9 +133,12 @@ def _old_train_dataset(source, global_batch_size, seed, process_index=0, process
 def test_instance_sampler_is_the_old_stream(process_index, process_count):
     source = ArraySource()
     old = _old_train_dataset(source, 8, 11, process_index, process_count)
-    for new in (pipeline.make_train_dataset(source, 8, 11, process_index, process_count),
-                pipeline.make_train_dataset(source, 8, 11, process_index, process_count, sampler="instance",
-                                            labels=source.labels)):
+    for new in (
+        pipeline.make_train_dataset(source, 8, 11, process_index, process_count),
+        pipeline.make_train_dataset(
+            source, 8, 11, process_index, process_count, sampler="instance", labels=source.labels
+        ),
+    ):
         for i in range(2 * 40 + 3):  # two epochs (of 40 // 8 * 8 / process_count examples) and a bit
             a, b = old[i], new[i]
             assert np.array_equal(a["image"], b["image"]) and a["label"] == b["label"], i

@@ -4,6 +4,7 @@ from those facts, and the verifier (`foprokd_jax.data.split_facts`, `launch/veri
 The official CSVs are not in the repository: everything here runs on folders written by `_write_official_format`
 from the packaged per-class counts. The last test reads the real files where $FOPROKD_ISIC_SPLITS names them.
 """
+
 import csv
 import hashlib
 import math
@@ -35,8 +36,10 @@ def _write_official_format(split_dir, facts, seed=0):
     never share an image within a fold; every 7th id carries the `_downsampled` suffix, as some real ones do.
     """
     os.makedirs(split_dir, exist_ok=True)
-    pools = [[f"ISIC_{c}{k:06d}" + ("_downsampled" if k % 7 == 3 else "") for k in range(total)]
-             for c, total in enumerate(ISIC_TOTALS)]
+    pools = [
+        [f"ISIC_{c}{k:06d}" + ("_downsampled" if k % 7 == 3 else "") for k in range(total)]
+        for c, total in enumerate(ISIC_TOTALS)
+    ]
     for f_index, fold in enumerate(isic_splits.FOLDS):
         for i_index, imb in enumerate(isic_splits.IMBALANCE_FACTORS):
             rng = np.random.default_rng([seed, f_index, i_index])
@@ -68,8 +71,13 @@ def written_facts(written_folder):
 
 def _verify(*args):
     env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "verify_splits.py"), *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "verify_splits.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def _error_lines(run):
@@ -108,8 +116,10 @@ def test_reader_on_csvs_written_from_the_packaged_counts(written_folder):
         for imb in isic_splits.IMBALANCE_FACTORS:
             tables = {split: isic_splits.read_split(written_folder, split, fold, imb) for split in isic_splits.SPLITS}
             for split, table in tables.items():
-                assert isic_splits.class_counts(table.labels).tolist() == facts[os.path.basename(table.path)][
-                    "class_counts"]
+                assert (
+                    isic_splits.class_counts(table.labels).tolist()
+                    == facts[os.path.basename(table.path)]["class_counts"]
+                )
             ids = {split: set(table.image_ids) for split, table in tables.items()}
             assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"] and not ids["val"] & ids["test"]
     table = isic_splits.read_split(written_folder, "train", 1, 0.01)
@@ -150,21 +160,26 @@ def test_verifier_names_every_changed_file(written_folder, written_facts, tmp_pa
         image, _, _ = line.split(",")
         return f"{image},{FINDING_NAME[label]},{label}"
 
-    os.remove(os.path.join(changed, "val_skin2_0.005.csv"))                                   # missing
+    os.remove(os.path.join(changed, "val_skin2_0.005.csv"))  # missing
     edit("train_skin1_0.002.csv", lambda ls: ls[:1] + [relabel(ls[1], (int(ls[1][-1]) + 1) % 8)] + ls[2:])  # counts
-    edit("test_skin5_0.01.csv", lambda ls: ls[:1] + ["ISIC_9999999" + ls[1][ls[1].index(","):]] + ls[2:])  # ids
+    edit("test_skin5_0.01.csv", lambda ls: ls[:1] + ["ISIC_9999999" + ls[1][ls[1].index(",") :]] + ls[2:])  # ids
 
-    def swap_two_labels(lines):                                                               # labels only
+    def swap_two_labels(lines):  # labels only
         first = next(j for j in range(1, len(lines)) if lines[j].endswith(",0"))
         second = next(j for j in range(1, len(lines)) if lines[j].endswith(",1"))
         lines[first], lines[second] = relabel(lines[first], 1), relabel(lines[second], 0)
         return lines
-    edit("val_skin3_0.01.csv", swap_two_labels)
-    edit("test_skin4_0.002.csv", lambda ls: ["image,label"] + ls[1:])                        # unreadable
 
-    expected = [("train_skin1_0.002.csv", "counts"), ("val_skin2_0.005.csv", "missing"),
-                ("val_skin3_0.01.csv", "labels"), ("test_skin4_0.002.csv", "unreadable"),
-                ("test_skin5_0.01.csv", "ids")]
+    edit("val_skin3_0.01.csv", swap_two_labels)
+    edit("test_skin4_0.002.csv", lambda ls: ["image,label"] + ls[1:])  # unreadable
+
+    expected = [
+        ("train_skin1_0.002.csv", "counts"),
+        ("val_skin2_0.005.csv", "missing"),
+        ("val_skin3_0.01.csv", "labels"),
+        ("test_skin4_0.002.csv", "unreadable"),
+        ("test_skin5_0.01.csv", "ids"),
+    ]
     differences = split_facts.compare_folder(changed, facts)
     assert [(d.name, d.kind) for d in differences] == expected
     assert "official [" in differences[0].detail and "no 'finding' column" in differences[3].detail
@@ -203,8 +218,9 @@ def test_official_csvs_match_the_packaged_facts(official_split_dir, tmp_path):
     shutil.copytree(official_split_dir, copy)
     path = copy / "val_skin4_0.005.csv"
     lines = path.read_text().splitlines()
-    lines[7] = "ISIC_9999999" + lines[7][lines[7].index(","):]
+    lines[7] = "ISIC_9999999" + lines[7][lines[7].index(",") :]
     path.write_text("\n".join(lines) + "\n")
     run = _verify(f"--split_dir={copy}")
     assert run.returncode == 1 and run.stdout.splitlines() == [
-        "val_skin4_0.005.csv: ids: same per-class counts but other image ids"]
+        "val_skin4_0.005.csv: ids: same per-class counts but other image ids"
+    ]

@@ -1,4 +1,5 @@
 """foprokd_jax.statistics against scipy.stats and scikit-learn: bootstrap replicates, t-test, exact Wilcoxon."""
+
 import itertools
 
 import numpy as np
@@ -55,15 +56,22 @@ def test_bootstrap_interval_of_one_class_matches_scipy_percentile_bootstrap():
     labels = np.zeros(300, np.int64)
     predictions = (rng.uniform(size=300) > 0.7).astype(np.int64)  # recall about 0.3
     ours = statistics.bootstrap_intervals(labels, predictions, ["x", "y"], n_resamples=4000, seed=0)["bacc"]
-    ref = scipy.stats.bootstrap(((predictions == 0).astype(float),), np.mean, n_resamples=4000, method="percentile",
-                                confidence_level=0.95, rng=np.random.default_rng(0)).confidence_interval
+    ref = scipy.stats.bootstrap(
+        ((predictions == 0).astype(float),),
+        np.mean,
+        n_resamples=4000,
+        method="percentile",
+        confidence_level=0.95,
+        rng=np.random.default_rng(0),
+    ).confidence_interval
     assert ours["low"] == pytest.approx(ref.low, abs=0.01) and ours["high"] == pytest.approx(ref.high, abs=0.01)
 
 
 def test_incomplete_beta_and_paired_t_test_equal_scipy():
     for a, b, x in [(0.5, 0.5, 0.3), (2.0, 0.5, 0.999), (15.0, 0.5, 0.01), (1.0, 3.0, 0.5), (50.0, 0.5, 0.9)]:
-        assert statistics.regularized_incomplete_beta(a, b, x) == pytest.approx(scipy.special.betainc(a, b, x),
-                                                                                  rel=1e-12, abs=1e-300)
+        assert statistics.regularized_incomplete_beta(a, b, x) == pytest.approx(
+            scipy.special.betainc(a, b, x), rel=1e-12, abs=1e-300
+        )
     rng = np.random.default_rng(2)
     for n in (2, 3, 5, 10, 30):
         a = rng.normal(0.7, 0.05, n)
@@ -74,8 +82,9 @@ def test_incomplete_beta_and_paired_t_test_equal_scipy():
         assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-10)
         assert ours["df"] == n - 1
     tiny = statistics.paired_t_test([1.0, 2.0, 3.0, 4.0, 5.0], [0.9, 1.9001, 2.9, 3.9, 4.9])  # huge t
-    assert tiny["p"] == pytest.approx(scipy.stats.ttest_rel([1.0, 2.0, 3.0, 4.0, 5.0],
-                                                            [0.9, 1.9001, 2.9, 3.9, 4.9]).pvalue, rel=1e-8)
+    assert tiny["p"] == pytest.approx(
+        scipy.stats.ttest_rel([1.0, 2.0, 3.0, 4.0, 5.0], [0.9, 1.9001, 2.9, 3.9, 4.9]).pvalue, rel=1e-8
+    )
     assert statistics.paired_t_test([1.0, 2.0], [0.5, 1.5])["p"] == 0.0  # constant non-zero difference
     assert statistics.paired_t_test([1.0, 2.0], [1.0, 2.0])["p"] is None  # no difference at all
     assert statistics.paired_t_test([1.0], [0.0])["p"] is None
@@ -102,8 +111,11 @@ def test_exact_wilcoxon_equals_scipy_with_and_without_ties():
         assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-12)
     # Ties and zero differences (scores rounded to 2 decimals, as reported): scipy's default is the exact
     # permutation distribution, and so is a brute-force enumeration.
-    for diff in (np.array([1.0, 2, 2, -3, 4, 5, -0.5]), np.array([0.01, -0.01, 0.02, 0.0, 0.02, 0.03, 0.01, 0.0]),
-                 np.round(rng.normal(0.01, 0.02, 11), 2)):
+    for diff in (
+        np.array([1.0, 2, 2, -3, 4, 5, -0.5]),
+        np.array([0.01, -0.01, 0.02, 0.0, 0.02, 0.03, 0.01, 0.0]),
+        np.round(rng.normal(0.01, 0.02, 11), 2),
+    ):
         ours = statistics.wilcoxon_signed_rank(diff)
         ref = scipy.stats.wilcoxon(diff)  # method='auto', zero_method='wilcox'
         assert ours["statistic"] == ref.statistic

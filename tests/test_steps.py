@@ -1,4 +1,5 @@
 """The data-parallel train/eval steps: device-count independence, the exact EKD objective, learning."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,14 +26,25 @@ def _optim_config():
 
 def _setup(method, batch_size=16, size=32, seed=0, classifier="linear"):
     teacher = ResNet(stage_sizes=(1, 1, 1, 1), block="bottleneck", width=4)
-    student = EKDStudent(num_classes=NUM_CLASSES, teacher_dim=teacher.feature_dim if method == "ekd" else None,
-                         stage_sizes=(1, 1, 1, 1), width=8, bn_axis_name=parallel.DATA_AXIS, classifier=classifier)
+    student = EKDStudent(
+        num_classes=NUM_CLASSES,
+        teacher_dim=teacher.feature_dim if method == "ekd" else None,
+        stage_sizes=(1, 1, 1, 1),
+        width=8,
+        bn_axis_name=parallel.DATA_AXIS,
+        classifier=classifier,
+    )
     dummy = jnp.zeros((1, size, size, 3))
     student_vars = student.init(jax.random.PRNGKey(seed), dummy, train=False)
     teacher_vars = teacher.init(jax.random.PRNGKey(seed + 1), dummy, train=False) if method == "ekd" else {}
     rng = np.random.default_rng(seed)
-    batches = [{"image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
-                "label": rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32)} for _ in range(3)]
+    batches = [
+        {
+            "image": rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8),
+            "label": rng.integers(0, NUM_CLASSES, (batch_size,)).astype(np.int32),
+        }
+        for _ in range(3)
+    ]
     return student, teacher, student_vars, teacher_vars, batches
 
 
@@ -43,8 +55,15 @@ def _run(method, num_devices, optimizer, num_steps=3):
     teacher_vars = parallel.replicate(teacher_vars, mesh)
     cls_loss = losses.make_classification_loss("bsm", COUNTS)
     if method == "ekd":
-        step = ekd_step.make_train_step(student=student, teacher=teacher, cls_loss=cls_loss, optimizer=optimizer,
-                                        free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+        step = ekd_step.make_train_step(
+            student=student,
+            teacher=teacher,
+            cls_loss=cls_loss,
+            optimizer=optimizer,
+            free_u=3.0,
+            teacher_feature_key="pre_logits",
+            mesh=mesh,
+        )
     else:
         step = bsm_step.make_train_step(student=student, cls_loss=cls_loss, optimizer=optimizer, mesh=mesh)
     history = []
@@ -81,8 +100,9 @@ def test_one_and_eight_devices_agree(method):
         flat8 = dict(jax.tree_util.tree_leaves_with_path(getattr(state8, part)))
         for path, leaf in jax.tree_util.tree_leaves_with_path(getattr(state1, part)):
             other = flat8[path]
-            np.testing.assert_allclose(np.asarray(leaf), np.asarray(other), rtol=tol, atol=tol,
-                                       err_msg=part + jax.tree_util.keystr(path))
+            np.testing.assert_allclose(
+                np.asarray(leaf), np.asarray(other), rtol=tol, atol=tol, err_msg=part + jax.tree_util.keystr(path)
+            )
             if part != "opt_state":
                 max_diff = max(max_diff, float(np.max(np.abs(np.asarray(leaf, np.float64) - other))))
     # The synchronised BN statistics are part of the state compared above; check they moved at all.
@@ -119,20 +139,23 @@ def test_ekd_objective_matches_reference_formula():
     def per_device(params, batch_stats, tv, images, labels):
         xx = student_step.normalize_images(images)
         t = student_step.teacher_outputs(teacher, tv, xx, "pre_logits")
-        out, _ = student.apply({"params": params, "batch_stats": batch_stats}, xx, train=True,
-                               mutable=["batch_stats"])
+        out, _ = student.apply({"params": params, "batch_stats": batch_stats}, xx, train=True, mutable=["batch_stats"])
         loss, _ = ekd_objective(out, labels, losses.make_classification_loss("bsm", COUNTS), 3.0, t)
         return loss, out, t
 
     fn = parallel.data_parallel(per_device, mesh, num_replicated=3, num_sharded=2)
-    loss, out, t = jax.device_get(fn(student_vars["params"], student_vars["batch_stats"], teacher_vars,
-                                     batch["image"], batch["label"]))
+    loss, out, t = jax.device_get(
+        fn(student_vars["params"], student_vars["batch_stats"], teacher_vars, batch["image"], batch["label"])
+    )
     labels = batch["label"]
     p = np.asarray(out["p"], np.float64)
     tt = np.asarray(t, np.float64)
     cos = (p * tt).sum(-1) / (np.linalg.norm(p, axis=-1) * np.linalg.norm(tt, axis=-1))
-    expected = (_reference_bsm(np.asarray(out["z1"]), labels, COUNTS)
-                + _reference_bsm(np.asarray(out["z2"]), labels, COUNTS) + 3.0 * np.mean(2 - 2 * cos))
+    expected = (
+        _reference_bsm(np.asarray(out["z1"]), labels, COUNTS)
+        + _reference_bsm(np.asarray(out["z2"]), labels, COUNTS)
+        + 3.0 * np.mean(2 - 2 * cos)
+    )
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     # The teacher sees the same normalised batch in inference mode (running stats, no update).
     t_direct = teacher.apply(teacher_vars, x, train=False)["pre_logits"]
@@ -147,8 +170,11 @@ def test_ldam_drw_in_the_compiled_step_matches_numpy():
     student, _, student_vars, _, batches = _setup("bsm", classifier="cosine")
     # Same parameters without the mesh axis: BatchNorm over the whole batch, as the 8 synchronised devices do.
     reference = student.clone(bn_axis_name=None)
-    apply_train = jax.jit(lambda v, images: reference.apply(v, student_step.normalize_images(images), train=True,
-                                                            mutable=["batch_stats"])[0])
+    apply_train = jax.jit(
+        lambda v, images: reference.apply(
+            v, student_step.normalize_images(images), train=True, mutable=["batch_stats"]
+        )[0]
+    )
     loss_config = ConfigDict(dict(name="ldam", drw_epoch=1, drw_beta=0.9999, free_u=3.0))
     cls_loss = losses.make_classification_loss(loss_config, COUNTS, steps_per_epoch=1)
     mesh = parallel.make_mesh(8)
@@ -185,8 +211,15 @@ def test_training_reduces_loss_on_a_fixed_batch():
     optimizer = make_optimizer(ConfigDict(dict(_optim_config(), lr=3e-3)))
     state = parallel.replicate(create_train_state(student_vars, optimizer), mesh)
     tv = parallel.replicate(teacher_vars, mesh)
-    step = ekd_step.make_train_step(student=student, teacher=teacher,
-                                 cls_loss=losses.make_classification_loss("ce", COUNTS), optimizer=optimizer, free_u=3.0, teacher_feature_key="pre_logits", mesh=mesh)
+    step = ekd_step.make_train_step(
+        student=student,
+        teacher=teacher,
+        cls_loss=losses.make_classification_loss("ce", COUNTS),
+        optimizer=optimizer,
+        free_u=3.0,
+        teacher_feature_key="pre_logits",
+        mesh=mesh,
+    )
     batch = parallel.host_batch_to_global(batches[0], mesh)
     first = None
     for _ in range(15):

@@ -1,5 +1,6 @@
 """benchmarks/storage_encoding.py: every stored format decodes to the prepared image (exactly where lossless),
 and the benchmark's rows, table and JSON are complete. Tiny images; no timing assertions."""
+
 import json
 
 import numpy as np
@@ -62,8 +63,7 @@ def test_decoders_reject_the_wrong_size():
 
 def test_benchmark_rows_table_and_json(tmp_path, capsys):
     out = tmp_path / "enc.json"
-    result = storage_encoding.main(["--size=32,16", "--n=4", "--reps=1", "--orig_sizes=64x48,80x80",
-                                    f"--out={out}"])
+    result = storage_encoding.main(["--size=32,16", "--n=4", "--reps=1", "--orig_sizes=64x48,80x80", f"--out={out}"])
     printed = capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))

@@ -1,14 +1,15 @@
 """The student's ImageNet initialisation from a converted torchvision ResNet-18 artifact."""
+
 import jax
 import numpy as np
 import pytest
 import torch
 
 from configs import isic
+from foprokd_jax.cli import convert_teacher
 from foprokd_jax.methods import resnet_student
 from foprokd_jax.models import build
 from foprokd_jax.porting.torch_compat import import_torchvision
-from foprokd_jax.cli import convert_teacher
 
 
 def test_student_trunk_loads_converted_torchvision_resnet18(tmp_path):
@@ -27,8 +28,9 @@ def test_student_trunk_loads_converted_torchvision_resnet18(tmp_path):
     variables = jax.device_get(build.init_student(student, config, jax.random.PRNGKey(0)))
     conv1 = model.conv1.weight.detach().numpy().transpose(2, 3, 1, 0)
     np.testing.assert_array_equal(variables["params"]["trunk"]["conv1"]["kernel"], conv1)
-    np.testing.assert_array_equal(variables["batch_stats"]["trunk"]["layer4_1"]["bn2"]["var"],
-                                  model.layer4[1].bn2.running_var.numpy())
+    np.testing.assert_array_equal(
+        variables["batch_stats"]["trunk"]["layer4_1"]["bn2"]["var"], model.layer4[1].bn2.running_var.numpy()
+    )
     # The 8-way head stays randomly initialised (torchvision's 1000-way fc is not loaded).
     assert variables["params"]["fc"]["kernel"].shape == (512, 8)
 

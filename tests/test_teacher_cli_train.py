@@ -5,6 +5,7 @@ One teacher per new code path: DINOv3 (RoPE, registers, CLS pooling), RETFound (
 LayerScale, RETFound's {'model': ...} container) and ConvNeXt (torchvision layout). The ViTs keep the registry's
 width (so the registry's feature-width check applies) with one block; weights are random.
 """
+
 import json
 import os
 import subprocess
@@ -37,8 +38,7 @@ def _checkpoint(name, folder):
         torch.save(model.state_dict(), src)
         return src, "dinov3_vits16", {"depth": 1}
     if name == "retfound_l16":
-        model = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0, global_pool="avg",
-                                  depth=1)
+        model = timm.create_model("vit_large_patch16_224", pretrained=False, num_classes=0, global_pool="avg", depth=1)
         src = os.path.join(folder, "RETFound.pth")
         torch.save({"model": model.state_dict()}, src)
         return src, "retfound_vitl16", {"depth": 1}
@@ -57,12 +57,19 @@ def test_converted_teacher_trains_through_the_cli(dataset, tmp_path, tmp_path_fa
     # The reduced depth needs the Python API (the CLI converts the registry's full shapes only).
     convert_teacher.convert(src, artifact, arch=arch, image_size=SIZE, shape=shape)
     workdir = str(tmp_path / "work")
-    command = [sys.executable, os.path.join(ROOT, "launch", "train.py"),
-               f"--config=configs/isic.py:method=ekd,runlocal,teacher={name}",
-               f"--config.input.image_root={dataset}", f"--config.input.split_dir={dataset}/splits",
-               f"--config.input.prepared_dir={dataset}/tfds", f"--config.teacher.artifact={artifact}",
-               f"--config.input.image_size={SIZE}", "--config.total_steps=2", "--config.eval_every_steps=2",
-               f"--workdir={workdir}"]
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "launch", "train.py"),
+        f"--config=configs/isic.py:method=ekd,runlocal,teacher={name}",
+        f"--config.input.image_root={dataset}",
+        f"--config.input.split_dir={dataset}/splits",
+        f"--config.input.prepared_dir={dataset}/tfds",
+        f"--config.teacher.artifact={artifact}",
+        f"--config.input.image_size={SIZE}",
+        "--config.total_steps=2",
+        "--config.eval_every_steps=2",
+        f"--workdir={workdir}",
+    ]
     env = cli_runs.cli_env(tmp_path_factory, 1, PYTHONPATH=ROOT)
     run = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stderr[-4000:]

@@ -1,5 +1,6 @@
 """Teacher registry: every teacher is described, configs pick it by name, artifacts of each family load with the
 declared width, a registered DINOv2 teacher trains end to end, and bfloat16 teacher compute stays close."""
+
 import os
 
 import jax
@@ -9,21 +10,31 @@ import pytest
 
 from configs import isic
 from foprokd_jax import train
-from foprokd_jax.methods import resnet_student
 from foprokd_jax.data import synthetic
+from foprokd_jax.methods import resnet_student
 from foprokd_jax.models import build, teachers, vit
 from foprokd_jax.models.resnet import ResNet
 from foprokd_jax.porting import artifact
 
-EXPECTED = {"moco_r50": ("resnet50", 2048), "dinov2_s14": ("dinov2_vits14", 384),
-            "dinov2_b14": ("dinov2_vitb14", 768), "dinov2_l14": ("dinov2_vitl14", 1024),
-            "imagenet_r50_v1": ("resnet50", 2048), "imagenet_r50_v2": ("resnet50", 2048),
-            "imagenet_r18": ("resnet18", 512),
-            "dinov2_s14_reg": ("dinov2_vits14_reg", 384), "dinov2_b14_reg": ("dinov2_vitb14_reg", 768),
-            "dinov2_l14_reg": ("dinov2_vitl14_reg", 1024), "dinov3_s16": ("dinov3_vits16", 384),
-            "dinov3_b16": ("dinov3_vitb16", 768), "dinov3_l16": ("dinov3_vitl16", 1024),
-            "retfound_l16": ("retfound_vitl16", 1024), "biomedclip_b16": ("biomedclip_vitb16", 768),
-            "imagenet_convnext_t": ("convnext_tiny", 768), "imagenet_convnext_s": ("convnext_small", 768)}
+EXPECTED = {
+    "moco_r50": ("resnet50", 2048),
+    "dinov2_s14": ("dinov2_vits14", 384),
+    "dinov2_b14": ("dinov2_vitb14", 768),
+    "dinov2_l14": ("dinov2_vitl14", 1024),
+    "imagenet_r50_v1": ("resnet50", 2048),
+    "imagenet_r50_v2": ("resnet50", 2048),
+    "imagenet_r18": ("resnet18", 512),
+    "dinov2_s14_reg": ("dinov2_vits14_reg", 384),
+    "dinov2_b14_reg": ("dinov2_vitb14_reg", 768),
+    "dinov2_l14_reg": ("dinov2_vitl14_reg", 1024),
+    "dinov3_s16": ("dinov3_vits16", 384),
+    "dinov3_b16": ("dinov3_vitb16", 768),
+    "dinov3_l16": ("dinov3_vitl16", 1024),
+    "retfound_l16": ("retfound_vitl16", 1024),
+    "biomedclip_b16": ("biomedclip_vitb16", 768),
+    "imagenet_convnext_t": ("convnext_tiny", 768),
+    "imagenet_convnext_s": ("convnext_small", 768),
+}
 FAMILY_PREFIXES = {"dinov": "vit", "retfound": "vit", "biomedclip": "vit", "convnext": "convnext", "resnet": "resnet"}
 # DINOv2 ViT-S/14 widths (embed 384, 6 heads) with fewer blocks than the real 12: the registry's 384-d
 # feature and the ViT code path, at a fraction of the CPU compile time.
@@ -37,9 +48,12 @@ def _random_variables(module, size, seed=0):
     leaves, treedef = jax.tree.flatten(shapes)
     rng = np.random.default_rng(seed)
     # Scaled like a fan-in init so activations stay O(1) through the depth; BN variances must be positive.
-    values = [np.abs(rng.normal(1.0, 0.1, s.shape)).astype(np.float32) if len(s.shape) == 1
-              else (rng.normal(0.0, 1.0, s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
-              for s in leaves]
+    values = [
+        np.abs(rng.normal(1.0, 0.1, s.shape)).astype(np.float32)
+        if len(s.shape) == 1
+        else (rng.normal(0.0, 1.0, s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(np.float32)
+        for s in leaves
+    ]
     return jax.tree.unflatten(treedef, values)
 
 
@@ -47,17 +61,25 @@ def _vit_artifact(path, size=VIT_SIZE, arch="dinov2_vits14", shape=VIT_S_SHALLOW
     """A random DINOv2 artifact. shape=None: the real `arch` with the sidecar convert_teacher.py writes;
     else explicit (reduced) shapes in the sidecar, which `build_teacher_module` honours."""
     module = vit.DinoV2ViT(image_size=size, **shape) if shape else vit.dinov2_vit(arch, image_size=size)
-    meta = {"arch": arch, "feature_dim": module.feature_dim, "image_size": size, "family": "vit",
-            "patch_size": module.patch_size, "num_register_tokens": module.num_register_tokens,
-            **(shape or {}), "source": "random (test)"}
+    meta = {
+        "arch": arch,
+        "feature_dim": module.feature_dim,
+        "image_size": size,
+        "family": "vit",
+        "patch_size": module.patch_size,
+        "num_register_tokens": module.num_register_tokens,
+        **(shape or {}),
+        "source": "random (test)",
+    }
     artifact.save_artifact(str(path), _random_variables(module, size), meta)
     return str(path)
 
 
 def _resnet_artifact(path, shape=dict(stage_sizes=[1, 1], block="bottleneck", width=8)):
     module = ResNet(stage_sizes=tuple(shape["stage_sizes"]), block=shape["block"], width=shape["width"])
-    artifact.save_artifact(str(path), _random_variables(module, 32),
-                           {"arch": "tiny_resnet", "feature_dim": module.feature_dim, **shape})
+    artifact.save_artifact(
+        str(path), _random_variables(module, 32), {"arch": "tiny_resnet", "feature_dim": module.feature_dim, **shape}
+    )
     return str(path), module.feature_dim
 
 
@@ -127,8 +149,16 @@ def test_registered_teacher_must_have_the_registry_width(tmp_path):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("isic_vit"))
-    synthetic.write_synthetic_isic(root, n_max=24, val_per_class=2, test_per_class=3,
-                                   image_sizes=((40, 30), (32, 32)), folds=(1,), imbs=("0.01",), seed=0)
+    synthetic.write_synthetic_isic(
+        root,
+        n_max=24,
+        val_per_class=2,
+        test_per_class=3,
+        image_sizes=((40, 30), (32, 32)),
+        folds=(1,),
+        imbs=("0.01",),
+        seed=0,
+    )
     return root
 
 
@@ -170,6 +200,8 @@ def test_bfloat16_teacher_features_match_float32(tmp_path, family):
     m16, variables16, _ = build.teacher_from_artifact(path, arch, image_size=size, dtype=jnp.bfloat16)
     assert all(leaf.dtype == np.float32 for leaf in jax.tree.leaves(variables16))  # params stay float32
     norm_err, max_err = _relative_errors(m32, m16, variables, size)
-    print(f"bf16 vs f32 teacher features ({family}): max per-sample relative L2 error {norm_err:.2e}, "
-          f"max abs error / max |f32| {max_err:.2e}")
+    print(
+        f"bf16 vs f32 teacher features ({family}): max per-sample relative L2 error {norm_err:.2e}, "
+        f"max abs error / max |f32| {max_err:.2e}"
+    )
     assert norm_err < 5e-2 and max_err < 5e-2

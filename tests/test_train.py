@@ -2,6 +2,7 @@
 
 Exact resume after real kills is tested in test_resume.py; bad inputs through the CLI in test_cli_bad_inputs.py.
 """
+
 import json
 import os
 import subprocess
@@ -20,8 +21,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("isic"))
-    synthetic.write_synthetic_isic(root, n_max=24, val_per_class=2, test_per_class=3,
-                                   image_sizes=((40, 30), (32, 32)), folds=(1,), imbs=("0.01",), seed=0)
+    synthetic.write_synthetic_isic(
+        root,
+        n_max=24,
+        val_per_class=2,
+        test_per_class=3,
+        image_sizes=((40, 30), (32, 32)),
+        folds=(1,),
+        imbs=("0.01",),
+        seed=0,
+    )
     return root
 
 
@@ -46,8 +55,15 @@ def test_run_writes_results_metrics_and_figures(dataset, tmp_path):
     config = _config(dataset, method="bsm", total_steps=2)
     workdir = str(tmp_path / "bsm")
     results = train.train_and_evaluate(config, workdir)
-    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "confusion_matrix.png",
-                 "per_class_recall.png", "reliability_diagram.png"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "results.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "per_class_recall.png",
+        "reliability_diagram.png",
+    ):
         assert os.path.getsize(os.path.join(workdir, name)) > 0, name
     assert os.listdir(os.path.join(workdir, "tb"))
     with open(os.path.join(workdir, "results.json")) as f:
@@ -70,8 +86,14 @@ def test_run_writes_results_metrics_and_figures(dataset, tmp_path):
 
 def _cli(*args, timeout=300):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def test_cli_rejects_unknown_config_key(tmp_path):
@@ -81,8 +103,11 @@ def test_cli_rejects_unknown_config_key(tmp_path):
 
 
 def test_cli_names_the_missing_split_file(tmp_path):
-    r = _cli("--config=configs/isic.py:method=bsm,runlocal", f"--config.input.split_dir={tmp_path}/nope",
-             f"--workdir={tmp_path}/w")
+    r = _cli(
+        "--config=configs/isic.py:method=bsm,runlocal",
+        f"--config.input.split_dir={tmp_path}/nope",
+        f"--workdir={tmp_path}/w",
+    )
     assert r.returncode != 0
     assert f"{tmp_path}/nope" in r.stderr
     assert "Traceback" not in r.stderr
@@ -92,8 +117,14 @@ def test_cli_demo_trains_fopro_end_to_end(tmp_path):
     """The CLI with the demo config, run from an empty folder: synthetic data, demo teacher, FoPro-KD."""
     config = os.path.join(ROOT, "configs", "demo.py") + ":methods=fopro,steps=4"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config}",
-                        "--workdir=demo"], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "launch", "train.py"), f"--config={config}", "--workdir=demo"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fopro" in r.stdout and "Demo results" in r.stdout
     with open(tmp_path / "demo" / "fopro" / "results.json") as f:

@@ -12,6 +12,7 @@ the official DINOv3 layout) and converted with ``launch/convert_teacher.py``. Pa
 ViT-L/B shapes are converted at full width with fewer blocks (``shape={'depth': 2}``) to keep CPU time low;
 the per-block mapping is the same code for every block.
 """
+
 import os
 import subprocess
 import sys
@@ -23,10 +24,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from foprokd_jax.cli import convert_teacher
 from foprokd_jax.models import build, convnext, teachers, vit
 from foprokd_jax.porting.artifact import load_artifact, sha256_file
 from foprokd_jax.porting.torch_compat import import_torchvision
-from foprokd_jax.cli import convert_teacher
 from tests.parity_report import parity_report
 
 torchvision = import_torchvision()
@@ -63,8 +64,9 @@ def _renormalise(images, source, target):
     """ImageNet-normalised NCHW images -> the same pixels normalised with `target` statistics."""
     (m_s, s_s), (m_t, s_t) = source, target
     raw = images * np.asarray(s_s, np.float32)[:, None, None] + np.asarray(m_s, np.float32)[:, None, None]
-    return ((raw - np.asarray(m_t, np.float32)[:, None, None]) / np.asarray(s_t, np.float32)[:, None, None]
-            ).astype(np.float32)
+    return ((raw - np.asarray(m_t, np.float32)[:, None, None]) / np.asarray(s_t, np.float32)[:, None, None]).astype(
+        np.float32
+    )
 
 
 def _ours(path, arch, images):
@@ -75,8 +77,7 @@ def _ours(path, arch, images):
 
 def _timm_vit(name, native, **kwargs):
     torch.manual_seed(0)
-    return timm.create_model(name, pretrained=False, num_classes=0, img_size=native, dynamic_img_size=True,
-                             **kwargs)
+    return timm.create_model(name, pretrained=False, num_classes=0, img_size=native, dynamic_img_size=True, **kwargs)
 
 
 def _timm_features(model, images):
@@ -116,11 +117,17 @@ def test_dinov3_vits16_timm_layout(tmp_path):
         out = str(tmp_path / f"d3_{size}.npz")
         meta = convert_teacher.convert(src, out, arch="dinov3_vits16", image_size=size)
         assert (meta["position_encoding"], meta["norm_epsilon"], meta["rope_periods"]) == (
-            "rope", 1e-5, "float32 (computed)")
+            "rope",
+            1e-5,
+            "float32 (computed)",
+        )
         assert meta["zero_attention_biases"] == ["key"] and meta["source_sha256"] == sha256_file(src)
         images = _images(size, size + 1)
-        _check(f"DINOv3-S/16 timm layout @{size}", _ours(out, "dinov3_vits16", images)[0],
-               _timm_features(reference, images))
+        _check(
+            f"DINOv3-S/16 timm layout @{size}",
+            _ours(out, "dinov3_vits16", images)[0],
+            _timm_features(reference, images),
+        )
 
 
 def _official_dinov3_state_dict(model):
@@ -135,7 +142,8 @@ def _official_dinov3_state_dict(model):
             # A non-zero k part that the mask must remove: converting it unmasked would break parity.
             out[key.replace("q_bias", "qkv.bias")] = torch.cat([value, torch.full_like(value, 3.0), v_bias])
             out[key.replace("q_bias", "qkv.bias_mask")] = torch.cat(
-                [torch.ones_like(value), torch.zeros_like(value), torch.ones_like(value)])
+                [torch.ones_like(value), torch.zeros_like(value), torch.ones_like(value)]
+            )
             continue
         if key.endswith("attn.v_bias"):
             continue
@@ -145,8 +153,10 @@ def _official_dinov3_state_dict(model):
     return out
 
 
-@pytest.mark.parametrize("arch,timm_name", [("dinov3_vitb16", "vit_base_patch16_dinov3_qkvb"),
-                                            ("dinov3_vitl16", "vit_large_patch16_dinov3_qkvb")])
+@pytest.mark.parametrize(
+    "arch,timm_name",
+    [("dinov3_vitb16", "vit_base_patch16_dinov3_qkvb"), ("dinov3_vitl16", "vit_large_patch16_dinov3_qkvb")],
+)
 def test_dinov3_official_layout(tmp_path, arch, timm_name):
     """facebookresearch/dinov3 .pth layout (ViT-B and ViT-L widths, 2 blocks), detected by its storage_tokens."""
     reference = randomise(_timm_vit(timm_name, 224, global_pool="token", depth=2), 3)
@@ -159,8 +169,9 @@ def test_dinov3_official_layout(tmp_path, arch, timm_name):
         variables, _ = load_artifact(out)
         assert not variables["params"]["blocks_0"]["attn"]["key"]["bias"].any()  # the bias_mask was applied
         images = _images(size, size + 2)
-        _check(f"{arch} official layout (2 blocks) @{size}", _ours(out, arch, images)[0],
-               _timm_features(reference, images))
+        _check(
+            f"{arch} official layout (2 blocks) @{size}", _ours(out, arch, images)[0], _timm_features(reference, images)
+        )
 
 
 def test_dinov3_without_qkv_bias(tmp_path):
@@ -171,8 +182,11 @@ def test_dinov3_without_qkv_bias(tmp_path):
     meta = convert_teacher.convert(src, out, arch="dinov3_vits16", image_size=64, shape={"depth": 2})
     assert meta["zero_attention_biases"] == ["key", "query", "value"]
     images = _images(64, 5)
-    _check("DINOv3-S/16 no qkv bias (2 blocks) @64", _ours(out, "dinov3_vits16", images)[0],
-           _timm_features(reference, images))
+    _check(
+        "DINOv3-S/16 no qkv bias (2 blocks) @64",
+        _ours(out, "dinov3_vits16", images)[0],
+        _timm_features(reference, images),
+    )
 
 
 def test_retfound_model_checkpoint_mean_pool_fc_norm(tmp_path):
@@ -188,25 +202,39 @@ def test_retfound_model_checkpoint_mean_pool_fc_norm(tmp_path):
         assert (meta["pooling"], meta["layerscale_init"], meta["fc_norm_from"]) == ("mean", None, "fc_norm")
         assert meta["source_container"] == "model" and meta["pos_embed_source_grid"] == 14
         images = _images(size, size + 3)
-        _check(f"RETFound ViT-L/16 (2 blocks) @{size}", _ours(out, "retfound_vitl16", images)[0],
-               _timm_features(reference, images))
+        _check(
+            f"RETFound ViT-L/16 (2 blocks) @{size}",
+            _ours(out, "retfound_vitl16", images)[0],
+            _timm_features(reference, images),
+        )
 
 
 def test_retfound_mae_pretraining_checkpoint(tmp_path):
     """An MAE pre-training checkpoint (RETFound_cfp_weights.pth: encoder + final norm + decoder + mask_token):
     the decoder is dropped and the final norm becomes fc_norm, as timm does for MAE weights."""
     reference = randomise(_timm_vit("vit_large_patch16_224", 224, global_pool="avg", depth=2), 6)
-    state = {("norm." + k[len("fc_norm."):] if k.startswith("fc_norm.") else k): v
-             for k, v in reference.state_dict().items()}
-    state.update({"mask_token": torch.zeros(1, 1, 512), "decoder_embed.weight": torch.zeros(512, 1024),
-                  "decoder_pred.bias": torch.zeros(768), "decoder_blocks.0.norm1.weight": torch.ones(512)})
+    state = {
+        ("norm." + k[len("fc_norm.") :] if k.startswith("fc_norm.") else k): v
+        for k, v in reference.state_dict().items()
+    }
+    state.update(
+        {
+            "mask_token": torch.zeros(1, 1, 512),
+            "decoder_embed.weight": torch.zeros(512, 1024),
+            "decoder_pred.bias": torch.zeros(768),
+            "decoder_blocks.0.norm1.weight": torch.ones(512),
+        }
+    )
     src, out = str(tmp_path / "RETFound_cfp_weights.pth"), str(tmp_path / "mae.npz")
     torch.save({"model": state}, src)
     meta = convert_teacher.convert(src, out, arch="retfound_vitl16", image_size=224, shape={"depth": 2})
     assert meta["fc_norm_from"] == "norm"
     images = _images(224, 7)
-    _check("RETFound MAE pre-training ckpt (2 blocks) @224", _ours(out, "retfound_vitl16", images)[0],
-           _timm_features(reference, images))
+    _check(
+        "RETFound MAE pre-training ckpt (2 blocks) @224",
+        _ours(out, "retfound_vitl16", images)[0],
+        _timm_features(reference, images),
+    )
 
 
 def test_biomedclip_open_clip_checkpoint_with_folded_normalisation(tmp_path):
@@ -215,8 +243,13 @@ def test_biomedclip_open_clip_checkpoint_with_folded_normalisation(tmp_path):
     with OpenAI-CLIP statistics (the conversion folds the change into the patch embedding)."""
     reference = randomise(_timm_vit("vit_base_patch16_224", 224, global_pool="token", depth=2), 8)
     state = {"visual.trunk." + k: v for k, v in reference.state_dict().items()}
-    state.update({"visual.head.proj.weight": torch.randn(512, 768), "logit_scale": torch.tensor(4.6),
-                  "text.transformer.embeddings.word_embeddings.weight": torch.randn(30, 768)})
+    state.update(
+        {
+            "visual.head.proj.weight": torch.randn(512, 768),
+            "logit_scale": torch.tensor(4.6),
+            "text.transformer.embeddings.word_embeddings.weight": torch.randn(30, 768),
+        }
+    )
     src = str(tmp_path / "open_clip_pytorch_model.bin")
     torch.save(state, src)
     for size in (64, 224):
@@ -225,8 +258,11 @@ def test_biomedclip_open_clip_checkpoint_with_folded_normalisation(tmp_path):
         assert meta["source_container"] == "visual.trunk" and meta["input_normalisation_folded_from"] == "openai_clip"
         images = _images(size, size + 4)  # ImageNet-normalised, what the pipeline feeds
         reference_features = _timm_features(reference, _renormalise(images, IMAGENET, OPENAI_CLIP))
-        _check(f"BiomedCLIP ViT-B/16 (2 blocks, CLIP norm folded) @{size}", _ours(out, "biomedclip_vitb16", images)[0],
-               reference_features)
+        _check(
+            f"BiomedCLIP ViT-B/16 (2 blocks, CLIP norm folded) @{size}",
+            _ours(out, "biomedclip_vitb16", images)[0],
+            reference_features,
+        )
 
 
 def test_vit_conversion_errors_list_what_is_wrong(tmp_path):
@@ -246,10 +282,21 @@ def test_vit_conversion_errors_list_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="multiple of the dinov3_vits16 patch size 16"):
         convert_teacher.convert(src, out, arch="dinov3_vits16", image_size=224 - 14)
     result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "launch", "convert_teacher.py"), f"--src={src}", f"--out={out}",
-         "--arch=retfound_vitl16", "--image_size=100"],
-        capture_output=True, text=True, cwd=str(tmp_path), timeout=120, check=False,
-        env={**os.environ, "PYTHONPATH": ROOT})
+        [
+            sys.executable,
+            os.path.join(ROOT, "launch", "convert_teacher.py"),
+            f"--src={src}",
+            f"--out={out}",
+            "--arch=retfound_vitl16",
+            "--image_size=100",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert result.returncode == 1 and "multiple of the retfound_vitl16 patch size 16" in result.stderr
     assert not os.path.exists(out)
 
@@ -273,8 +320,11 @@ def test_torchvision_convnext_parity(tmp_path, arch):
     assert meta["num_params"] == sum(p.numel() for p in reference.parameters()) - classifier
     for size in (32, 64):
         images = _images(size, size)
-        _check(f"torchvision {arch} @{size}", _ours(out, arch, images)[0],
-               _torchvision_convnext_features(reference, images))
+        _check(
+            f"torchvision {arch} @{size}",
+            _ours(out, arch, images)[0],
+            _torchvision_convnext_features(reference, images),
+        )
 
 
 def test_timm_convnext_safetensors_parity(tmp_path):
@@ -286,8 +336,9 @@ def test_timm_convnext_safetensors_parity(tmp_path):
     for size in (32, 64):
         images = _images(size, size + 5)
         with torch.inference_mode():
-            expected = reference.forward_head(reference.forward_features(torch.from_numpy(images)),
-                                              pre_logits=True).numpy()
+            expected = reference.forward_head(
+                reference.forward_features(torch.from_numpy(images)), pre_logits=True
+            ).numpy()
         _check(f"timm convnext_tiny @{size}", _ours(out, "convnext_tiny", images)[0], expected)
 
 
@@ -296,13 +347,23 @@ def test_convnext_wrong_arch_is_listed(tmp_path):
     torch.save(torchvision.models.convnext_tiny(weights=None).state_dict(), src)
     with pytest.raises(ValueError) as info:
         convert_teacher.convert(src, str(tmp_path / "s.npz"), arch="convnext_small")
-    assert "missing from the checkpoint (162)" in str(info.value) and "params/stages_2_blocks_10/gamma" in str(info.value)
+    assert "missing from the checkpoint (162)" in str(info.value) and "params/stages_2_blocks_10/gamma" in str(
+        info.value
+    )
 
 
 def test_registry_builds_every_new_teacher_from_its_arch():
     """Each new registry entry's arch builds (shapes only) with the registry's width at its native size."""
-    for name in ("dinov2_s14_reg", "dinov3_s16", "dinov3_b16", "dinov3_l16", "retfound_l16", "biomedclip_b16",
-                 "imagenet_convnext_t", "imagenet_convnext_s"):
+    for name in (
+        "dinov2_s14_reg",
+        "dinov3_s16",
+        "dinov3_b16",
+        "dinov3_l16",
+        "retfound_l16",
+        "biomedclip_b16",
+        "imagenet_convnext_t",
+        "imagenet_convnext_s",
+    ):
         spec = teachers.get_teacher_spec(name)
         meta = {"arch": spec.arch, "family": spec.family, "image_size": spec.input_size}
         module = teachers.build_teacher_module(meta, image_size=spec.input_size)

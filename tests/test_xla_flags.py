@@ -10,6 +10,7 @@
   compile nothing (counted through jax.monitoring's backend-compile event, which also fires on persistent
   cache hits, and the jitted function's own cache size where jax exposes it).
 """
+
 import json
 import os
 import subprocess
@@ -34,6 +35,7 @@ BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
 # ----------------------------------------------------------------------------- flag merging (pure)
 
+
 def test_merge_appends_after_the_users_own_flags():
     merged = xla_flags.merge_flags("--xla_force_host_platform_device_count=8")
     assert merged.split() == ["--xla_force_host_platform_device_count=8", YNN, ONEDNN]
@@ -41,9 +43,15 @@ def test_merge_appends_after_the_users_own_flags():
     assert xla_flags.merge_flags(merged) == merged  # idempotent
 
 
-@pytest.mark.parametrize("user_flag", ["--xla_cpu_experimental_ynn_fusion_type=", "--xla_cpu_experimental_ynn_"
-                                       "fusion_type=+dot", "--xla_cpu_experimental_onednn_custom_call=false",
-                                       "--noxla_cpu_experimental_onednn_custom_call"])
+@pytest.mark.parametrize(
+    "user_flag",
+    [
+        "--xla_cpu_experimental_ynn_fusion_type=",
+        "--xla_cpu_experimental_ynn_fusion_type=+dot",
+        "--xla_cpu_experimental_onednn_custom_call=false",
+        "--noxla_cpu_experimental_onednn_custom_call",
+    ],
+)
 def test_a_user_choice_of_either_flag_is_kept_untouched(user_flag):
     existing = f"--xla_dump_to=/tmp/x {user_flag}"
     assert xla_flags.merge_flags(existing) == existing
@@ -53,9 +61,17 @@ def test_flag_names_parse_values_and_negation():
     assert xla_flags.flag_names("--a=1  --noxla_b --xla_c=x=y\t--xla_d") == {"a", "xla_b", "xla_c", "xla_d"}
 
 
-@pytest.mark.parametrize("platforms, plugin, expected", [
-    ("cpu", True, True), ("CPU,cuda", True, True), ("cuda,cpu", False, False), ("tpu", False, False),
-    ("", False, True), ("", True, False)])
+@pytest.mark.parametrize(
+    "platforms, plugin, expected",
+    [
+        ("cpu", True, True),
+        ("CPU,cuda", True, True),
+        ("cuda,cpu", False, False),
+        ("tpu", False, False),
+        ("", False, True),
+        ("", True, False),
+    ],
+)
 def test_will_be_cpu(monkeypatch, platforms, plugin, expected):
     monkeypatch.setattr(xla_flags, "accelerator_plugin_installed", lambda: plugin)
     assert xla_flags.will_be_cpu({"JAX_PLATFORMS": platforms}) is expected
@@ -67,8 +83,11 @@ def test_apply_respects_opt_out_accelerators_and_existing_choice(monkeypatch):
     assert xla_flags.apply_cpu_defaults(env) is True
     assert env["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2", YNN, ONEDNN]
     assert xla_flags.apply_cpu_defaults(env) is False  # already there: unchanged
-    for env in ({"JAX_PLATFORMS": "cuda"}, {"FOPROKD_XLA_CPU_DEFAULTS": "0"},
-                {"XLA_FLAGS": "--xla_cpu_experimental_onednn_custom_call=false"}):
+    for env in (
+        {"JAX_PLATFORMS": "cuda"},
+        {"FOPROKD_XLA_CPU_DEFAULTS": "0"},
+        {"XLA_FLAGS": "--xla_cpu_experimental_onednn_custom_call=false"},
+    ):
         before = dict(env)
         assert xla_flags.apply_cpu_defaults(env) is False
         assert env == before
@@ -146,8 +165,9 @@ def _run_child(out_path, defaults_on: bool):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
     env[xla_flags.OPT_OUT_ENV] = "1" if defaults_on else "0"
     env.pop("XLA_FLAGS", None)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, str(out_path)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(out_path)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     return info, dict(np.load(out_path))
@@ -175,26 +195,42 @@ def test_resnet_forward_and_gradient_agree_with_and_without_the_flags(tmp_path):
 
 # ----------------------------------------------------------------------------- no recompilation after step 1
 
+
 def test_ekd_train_step_compiles_once():
     assert jax.device_count() >= 8, "conftest must provide 8 CPU devices"
     teacher = ResNet(stage_sizes=(1, 1), block="bottleneck", width=4)
-    student = EKDStudent(num_classes=4, teacher_dim=teacher.feature_dim, stage_sizes=(1, 1), width=8,
-                         bn_axis_name=parallel.DATA_AXIS)
+    student = EKDStudent(
+        num_classes=4, teacher_dim=teacher.feature_dim, stage_sizes=(1, 1), width=8, bn_axis_name=parallel.DATA_AXIS
+    )
     dummy = jnp.zeros((1, 16, 16, 3))
-    optimizer = make_optimizer(ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8,
-                                               weight_decay=0.0, clip_norm=5.0)))
+    optimizer = make_optimizer(
+        ConfigDict(dict(name="adam", lr=3e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=5.0))
+    )
     mesh = parallel.make_mesh()
-    state = parallel.replicate(create_train_state(student.init(jax.random.PRNGKey(0), dummy, train=False),
-                                                  optimizer), mesh)
+    state = parallel.replicate(
+        create_train_state(student.init(jax.random.PRNGKey(0), dummy, train=False), optimizer), mesh
+    )
     teacher_vars = parallel.replicate(teacher.init(jax.random.PRNGKey(1), dummy, train=False), mesh)
-    step = ekd_step.make_train_step(student=student, teacher=teacher,
-                                 cls_loss=losses.make_classification_loss("bsm", [40, 20, 10, 5]),
-                                 optimizer=optimizer, free_u=3.0, teacher_feature_key="pre_logits",
-                                 mesh=mesh)
+    step = ekd_step.make_train_step(
+        student=student,
+        teacher=teacher,
+        cls_loss=losses.make_classification_loss("bsm", [40, 20, 10, 5]),
+        optimizer=optimizer,
+        free_u=3.0,
+        teacher_feature_key="pre_logits",
+        mesh=mesh,
+    )
     rng = np.random.default_rng(0)
-    batches = [parallel.host_batch_to_global({"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
-                                              "label": rng.integers(0, 4, (16,)).astype(np.int32)}, mesh)
-               for _ in range(4)]  # built up front: only the steps run while compilations are counted
+    batches = [
+        parallel.host_batch_to_global(
+            {
+                "image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+                "label": rng.integers(0, 4, (16,)).astype(np.int32),
+            },
+            mesh,
+        )
+        for _ in range(4)
+    ]  # built up front: only the steps run while compilations are counted
     compiles = []
 
     def listener(event, duration, **kwargs):

@@ -4,6 +4,7 @@ In a clone, `configs/isic.py` is a path relative to the repository root. After `
 works from any folder: a `configs/...` path that does not exist relative to the working directory is looked up
 in the installed `configs` package. A path that exists is always used as given (your own config files).
 """
+
 import os
 
 import configs

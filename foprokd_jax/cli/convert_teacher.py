@@ -42,28 +42,39 @@ Offline, one-time step; the only place outside tests that imports torch:
 * The output is ``--out`` (npz) plus ``--out``.json with the sha256; both appear atomically or not
   at all.
 """
+
 import os
 import pickle
 import sys
 
+import numpy as np
 
 # pylint: disable=wrong-import-position
 from absl import app, flags
-import numpy as np
 
 from foprokd_jax import image_norm
 from foprokd_jax.models.convnext import CONVNEXT_CONFIGS
 from foprokd_jax.models.vit import DINOV2_CONFIGS, PATCH_SIZE, VIT_ARCHS, VIT_OPTION_KEYS, vit_options
-from foprokd_jax.porting import (artifact, convnext_weights, densenet_weights, dinov2_weights, resnet_weights,
-                                 timm_vit_weights)
+from foprokd_jax.porting import (
+    artifact,
+    convnext_weights,
+    densenet_weights,
+    dinov2_weights,
+    resnet_weights,
+    timm_vit_weights,
+)
 from foprokd_jax.porting.artifact import save_artifact, sha256_file
 
 RESNET_FEATURE_DIMS = {"resnet18": 512, "resnet50": 2048}
 DENSENET_FEATURE_DIMS = {"densenet121": 1024}
 CONVNEXT_FEATURE_DIMS = {arch: dims[-1] for arch, (_, dims) in CONVNEXT_CONFIGS.items()}
-FEATURE_DIMS = {**RESNET_FEATURE_DIMS, **DENSENET_FEATURE_DIMS, **CONVNEXT_FEATURE_DIMS,
-                **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()},
-                **{arch: options["embed_dim"] for arch, options in VIT_ARCHS.items()}}
+FEATURE_DIMS = {
+    **RESNET_FEATURE_DIMS,
+    **DENSENET_FEATURE_DIMS,
+    **CONVNEXT_FEATURE_DIMS,
+    **{arch: config[0] for arch, config in DINOV2_CONFIGS.items()},
+    **{arch: options["embed_dim"] for arch, options in VIT_ARCHS.items()},
+}
 ALL_FORMATS = ("auto", *resnet_weights.FORMATS, *dinov2_weights.FORMATS, *timm_vit_weights.FORMATS)
 # Input statistics a ViT teacher was trained with, when they are not ImageNet's: folded into its patch embedding
 # at conversion. BiomedCLIP: open_clip_config.json 'preprocess_cfg' = OpenAI CLIP's mean / std.
@@ -72,18 +83,24 @@ SOURCE_NORMALISATION = {"biomedclip_vitb16": ("openai_clip", OPENAI_CLIP_MEAN, O
 HF_WEIGHTS_NAME = "model.safetensors"
 
 _SRC = flags.DEFINE_string("src", None, "PyTorch checkpoint (.pth / .pth.tar) to convert.")
-_OUT = flags.DEFINE_string("out", None,
-                           "Output artifact path (.npz); a .npz.json sidecar is written beside it.")
-_ARCH = flags.DEFINE_enum("arch", "resnet50", sorted(FEATURE_DIMS),
-                          "Architecture of the checkpoint (ResNet, DenseNet or DINOv2 ViT).")
+_OUT = flags.DEFINE_string("out", None, "Output artifact path (.npz); a .npz.json sidecar is written beside it.")
+_ARCH = flags.DEFINE_enum(
+    "arch", "resnet50", sorted(FEATURE_DIMS), "Architecture of the checkpoint (ResNet, DenseNet or DINOv2 ViT)."
+)
 _FORMAT = flags.DEFINE_enum(
-    "format", "auto", list(ALL_FORMATS),
+    "format",
+    "auto",
+    list(ALL_FORMATS),
     "Checkpoint layout. 'auto': for ResNets MoCo-v2 is detected by its module.encoder_q.* keys; for "
     "DINOv2 a .safetensors file or a folder means hf_dinov2, anything else the official .pth; for the other "
-    "ViTs 'timm' or, with storage_tokens, 'dinov3'; 'timm' also reads timm's DINOv2-reg and ConvNeXt layouts.")
+    "ViTs 'timm' or, with storage_tokens, 'dinov3'; 'timm' also reads timm's DINOv2-reg and ConvNeXt layouts.",
+)
 _IMAGE_SIZE = flags.DEFINE_integer(
-    "image_size", 224, "ViTs only: input size the positional encoding is baked for (a multiple of the patch "
-    f"size: {PATCH_SIZE} for DINOv2, 16 for the others); the Flax teacher then accepts exactly this size.")
+    "image_size",
+    224,
+    "ViTs only: input size the positional encoding is baked for (a multiple of the patch "
+    f"size: {PATCH_SIZE} for DINOv2, 16 for the others); the Flax teacher then accepts exactly this size.",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -106,12 +123,12 @@ def _load_checkpoint(src: str):
                 "objects other than tensors and plain containers), which could execute anything. "
                 "Only weights_only=True loading is allowed for safety. Re-save the state dict from a "
                 "trusted environment with torch.save(model.state_dict(), ...).\n"
-                f"torch said: {str(error).splitlines()[0]}") from error
+                f"torch said: {str(error).splitlines()[0]}"
+            ) from error
         raise CheckpointError(f"{src} is not a readable torch checkpoint: {error}") from error
     except Exception as error:  # pylint: disable=broad-except
         # A truncated or foreign file surfaces as KeyError/RuntimeError/EOFError from torch internals.
-        raise CheckpointError(
-            f"{src} is not a readable torch checkpoint: {type(error).__name__}: {error}") from error
+        raise CheckpointError(f"{src} is not a readable torch checkpoint: {type(error).__name__}: {error}") from error
 
 
 def _tensors_to_numpy(state_dict):
@@ -123,8 +140,9 @@ def _tensors_to_numpy(state_dict):
     return out
 
 
-def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
-            include_fc=None, image_size: int = 224, shape=None) -> dict:
+def convert(
+    src: str, out: str, arch: str = "resnet50", fmt: str = "auto", include_fc=None, image_size: int = 224, shape=None
+) -> dict:
     """Convert ``src`` into the artifact ``out``; return the sidecar metadata.
 
     Args:
@@ -182,11 +200,12 @@ def convert(src: str, out: str, arch: str = "resnet50", fmt: str = "auto",
 
     try:
         variables = resnet_weights.torchvision_resnet_to_flax(
-            _tensors_to_numpy(state_dict), arch, include_fc=include_fc)
+            _tensors_to_numpy(state_dict), arch, include_fc=include_fc
+        )
     except ValueError as error:
         raise ValueError(f"cannot convert {src} as a {fmt} {arch} checkpoint:\n{error}") from error
 
-    num_classes = (int(variables["params"]["fc"]["bias"].shape[0]) if include_fc else None)
+    num_classes = int(variables["params"]["fc"]["bias"].shape[0]) if include_fc else None
     meta = {
         "arch": arch,
         "feature_dim": FEATURE_DIMS[arch],
@@ -221,8 +240,10 @@ def _convert_densenet(src, out, arch, fmt, include_fc):
         "feature_dim": DENSENET_FEATURE_DIMS[arch],
         "feature_key": densenet_weights.FEATURE_KEY,
         "num_classes": int(classifier["bias"].shape[0]) if classifier else None,
-        **{key: (list(value) if isinstance(value, tuple) else value)
-           for key, value in densenet_weights.ARCHS[arch].items()},
+        **{
+            key: (list(value) if isinstance(value, tuple) else value)
+            for key, value in densenet_weights.ARCHS[arch].items()
+        },
         "legacy_keys": legacy_keys,
         "source": os.path.abspath(src),
         "source_format": "torchvision",
@@ -243,25 +264,28 @@ def _load_safetensors(src: str):
         return load_file(path), path
     except Exception as error:  # pylint: disable=broad-except
         # safetensors raises its own SafetensorError (a plain Exception) for truncated/foreign files.
-        raise CheckpointError(f"{path} is not a readable safetensors file: "
-                              f"{type(error).__name__}: {error}") from error
+        raise CheckpointError(f"{path} is not a readable safetensors file: {type(error).__name__}: {error}") from error
 
 
 def _strip_prefix(state_dict, prefix):
     if state_dict and all(key.startswith(prefix) for key in state_dict):
-        return {key[len(prefix):]: value for key, value in state_dict.items()}
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
     return state_dict
 
 
 def _convert_dinov2(src, out, arch, fmt, include_fc, image_size):
     if fmt not in ("auto", *dinov2_weights.FORMATS):
-        raise ValueError(f"format {fmt!r} is not for DINOv2; DINOv2 archs take 'auto', "
-                         f"{', '.join(dinov2_weights.FORMATS)} or 'timm' (the register models)")
+        raise ValueError(
+            f"format {fmt!r} is not for DINOv2; DINOv2 archs take 'auto', "
+            f"{', '.join(dinov2_weights.FORMATS)} or 'timm' (the register models)"
+        )
     if include_fc:
         raise ValueError("DINOv2 backbones have no classifier to keep")
     if image_size <= 0 or image_size % PATCH_SIZE:
-        raise ValueError(f"--image_size={image_size} is not a positive multiple of the DINOv2 patch "
-                         f"size {PATCH_SIZE} (e.g. 224 = 16 x {PATCH_SIZE}, 518 = 37 x {PATCH_SIZE})")
+        raise ValueError(
+            f"--image_size={image_size} is not a positive multiple of the DINOv2 patch "
+            f"size {PATCH_SIZE} (e.g. 224 = 16 x {PATCH_SIZE}, 518 = 37 x {PATCH_SIZE})"
+        )
     if not os.path.exists(src):
         raise FileNotFoundError(f"checkpoint not found: {src}")
     if fmt == "auto":
@@ -281,8 +305,7 @@ def _convert_dinov2(src, out, arch, fmt, include_fc, image_size):
     try:
         variables = to_flax(state_dict, arch, image_size)
     except ValueError as error:
-        raise ValueError(f"cannot convert {weights_path} as a {fmt} {arch} checkpoint:\n{error}"
-                         ) from error
+        raise ValueError(f"cannot convert {weights_path} as a {fmt} {arch} checkpoint:\n{error}") from error
 
     embed_dim, depth, num_heads, registers = DINOV2_CONFIGS[arch]
     meta = {
@@ -322,8 +345,10 @@ def _convert_timm_vit(src, out, arch, fmt, include_fc, image_size, shape):
     options = {**vit_options(arch), **(shape or {})}
     patch = int(options["patch_size"])
     if image_size <= 0 or image_size % patch:
-        raise ValueError(f"--image_size={image_size} is not a positive multiple of the {arch} patch size {patch} "
-                         f"(e.g. 224 = 14 x 16)")
+        raise ValueError(
+            f"--image_size={image_size} is not a positive multiple of the {arch} patch size {patch} "
+            f"(e.g. 224 = 14 x 16)"
+        )
     checkpoint, weights_path = _read_weights(src)
     try:
         state_dict, container = timm_vit_weights.unwrap(checkpoint)
@@ -369,7 +394,8 @@ def _convert_convnext(src, out, arch, fmt, include_fc):
     checkpoint, weights_path = _read_weights(src)
     try:
         state_dict = resnet_weights.strip_data_parallel_prefix(
-            _tensors_to_numpy(resnet_weights.unwrap_state_dict(checkpoint)))
+            _tensors_to_numpy(resnet_weights.unwrap_state_dict(checkpoint))
+        )
         variables, fmt = convnext_weights.convnext_to_flax(state_dict, arch, fmt)
     except ValueError as error:
         raise ValueError(f"cannot convert {weights_path} as a {arch} checkpoint:\n{error}") from error
@@ -396,14 +422,15 @@ def main(argv):
     if not _SRC.value or not _OUT.value:
         raise app.UsageError("--src and --out are required")
     try:
-        meta = convert(_SRC.value, _OUT.value, _ARCH.value, _FORMAT.value,
-                       image_size=_IMAGE_SIZE.value)
+        meta = convert(_SRC.value, _OUT.value, _ARCH.value, _FORMAT.value, image_size=_IMAGE_SIZE.value)
     except (FileNotFoundError, CheckpointError, ValueError) as error:
         print(f"convert_teacher: error: {error}", file=sys.stderr)
         return 1
     print(f"wrote {os.path.abspath(_OUT.value)} (+ .json sidecar)")
-    print(f"  arch={meta['arch']} format={meta['source_format']} feature_dim={meta['feature_dim']}"
-          + (f" image_size={meta['image_size']}" if "image_size" in meta else ""))
+    print(
+        f"  arch={meta['arch']} format={meta['source_format']} feature_dim={meta['feature_dim']}"
+        + (f" image_size={meta['image_size']}" if "image_size" in meta else "")
+    )
     print(f"  parameters={meta['num_params']:,}")
     print(f"  sha256={meta['sha256']}")
     return 0

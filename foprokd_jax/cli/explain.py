@@ -14,6 +14,7 @@ artifact): one PNG per image (input | Grad-CAM overlay | Grad-CAM++ overlay), ex
 maps at input resolution) and TensorBoard images (tb/, with PNG copies under images/) tagged
 gradcam/<image> and gradcam_pp/<image> at the checkpoint's step.
 """
+
 import csv
 import os
 import sys
@@ -28,8 +29,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def _list_images(folder: str) -> list:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n)))
+    paths = sorted(
+        os.path.join(folder, n)
+        for n in os.listdir(folder)
+        if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, n))
+    )
     if not paths:
         raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} images in {folder}")
     return paths
@@ -79,8 +83,20 @@ def _safe_name(text) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
 
 
-def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images_dir=None, split="test",
-            worst_per_class=0, target="predicted", layer="", image_weight=0.5, batch_size=16, restored=None) -> dict:
+def explain(
+    out_dir=None,
+    workdir=None,
+    artifact=None,
+    checkpoint="best",
+    images_dir=None,
+    split="test",
+    worst_per_class=0,
+    target="predicted",
+    layer="",
+    image_weight=0.5,
+    batch_size=16,
+    restored=None,
+) -> dict:
     """Everything the CLI does; returns {"out_dir", "rows", "maps", "target_path", "files"}.
 
     `restored`: an `evaluation.RestoredRun` of `workdir` already in memory (skips rebuilding it).
@@ -102,8 +118,9 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
             if split not in run.dataset.sources:
                 raise ValueError(f"split {split!r} is not in {run.dataset.name} (has {sorted(run.dataset.sources)})")
             source = run.dataset.sources[split]
-            logits, split_labels = evaluation.predict_split(run.parts.predict_step, run.state, source,
-                                                            run.config.input.eval_batch_size, run.mesh)
+            logits, split_labels = evaluation.predict_split(
+                run.parts.predict_step, run.state, source, run.config.input.eval_batch_size, run.mesh
+            )
             chosen = cams.worst_classified(metrics.softmax(logits), split_labels, worst_per_class)
             images = np.stack([np.asarray(source[int(i)]["image"], np.uint8) for i in chosen])
             labels = split_labels[chosen]
@@ -112,7 +129,11 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
         default_out = os.path.join(workdir, "explain", f"{split if worst_per_class else 'images'}_step{step}")
     else:
         module, variables, meta = export.load_student_with_meta(artifact)
-        class_names, size, step = list(meta["class_names"]), int(meta["image_size"]), int(meta.get("checkpoint_step", 0))
+        class_names, size, step = (
+            list(meta["class_names"]),
+            int(meta["image_size"]),
+            int(meta.get("checkpoint_step", 0)),
+        )
         default_out = "explain"
     if images_dir:
         images, paths = _load_images(_list_images(images_dir), size)
@@ -123,7 +144,7 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
     maps = {method: [] for method in cams.METHODS}
     logits, classes = [], []
     for start in range(0, len(images), batch_size):
-        batch, wanted = images[start:start + batch_size], requested[start:start + batch_size]
+        batch, wanted = images[start : start + batch_size], requested[start : start + batch_size]
         pad = batch_size - len(batch) if len(images) > batch_size else 0  # one compiled shape for every batch
         if pad:
             batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], np.uint8)])
@@ -150,18 +171,32 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
             head += f"predicted {class_names[prediction]} ({probs[i, prediction]:.2f})"
             target_name = class_names[int(classes[i])]
             path = os.path.join(out_dir, f"{i:03d}_{_safe_name(image_id)}.png")
-            plots.plot_image_panels([("input", images[i]),
-                                     (f"Grad-CAM: {target_name}", overlays["gradcam"]),
-                                     (f"Grad-CAM++: {target_name}", overlays["gradcam_pp"])], path, title=head)
+            plots.plot_image_panels(
+                [
+                    ("input", images[i]),
+                    (f"Grad-CAM: {target_name}", overlays["gradcam"]),
+                    (f"Grad-CAM++: {target_name}", overlays["gradcam_pp"]),
+                ],
+                path,
+                title=head,
+            )
             files.append(path)
             for method in cams.METHODS:
                 tb_images[f"{method}/{i:03d}_{_safe_name(image_id)}"] = overlays[method]
-            rows.append({"index": i, "image_id": image_id,
-                         "label": "" if labels is None else int(labels[i]),
-                         "label_name": "" if labels is None else class_names[int(labels[i])],
-                         "prediction": prediction, "prediction_name": class_names[prediction],
-                         "target": int(classes[i]), "target_name": target_name,
-                         "p_target": float(probs[i, int(classes[i])]), "png": os.path.basename(path)})
+            rows.append(
+                {
+                    "index": i,
+                    "image_id": image_id,
+                    "label": "" if labels is None else int(labels[i]),
+                    "label_name": "" if labels is None else class_names[int(labels[i])],
+                    "prediction": prediction,
+                    "prediction_name": class_names[prediction],
+                    "target": int(classes[i]),
+                    "target_name": target_name,
+                    "p_target": float(probs[i, int(classes[i])]),
+                    "png": os.path.basename(path),
+                }
+            )
         with open(os.path.join(out_dir, "explanations.csv.tmp"), "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -171,8 +206,16 @@ def explain(out_dir=None, workdir=None, artifact=None, checkpoint="best", images
         with metric_writer.MetricWriter(out_dir) as writer:
             writer.write_text(step, "explain/target_layer", "/".join(target_path))
             writer.write_images(step, tb_images)
-    return {"out_dir": out_dir, "rows": rows, "maps": maps, "target_path": target_path, "files": files,
-            "images": images, "classes": classes, "probs": probs}
+    return {
+        "out_dir": out_dir,
+        "rows": rows,
+        "maps": maps,
+        "target_path": target_path,
+        "files": files,
+        "images": images,
+        "classes": classes,
+        "probs": probs,
+    }
 
 
 def main(argv):
@@ -183,15 +226,28 @@ def main(argv):
     library_logs.quiet_library_logs()
     f = flags.FLAGS
     try:
-        out = explain(f.out_dir, f.workdir, f.artifact, f.checkpoint, f.images, f.split, f.worst_per_class, f.target,
-                      f.layer, f.image_weight, f.batch_size)
+        out = explain(
+            f.out_dir,
+            f.workdir,
+            f.artifact,
+            f.checkpoint,
+            f.images,
+            f.split,
+            f.worst_per_class,
+            f.target,
+            f.layer,
+            f.image_weight,
+            f.batch_size,
+        )
     except (FileNotFoundError, ValueError, KeyError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
     print(f"{len(out['rows'])} images explained at {'/'.join(out['target_path'])} -> {out['out_dir']}")
     for row in out["rows"]:
-        print(f"  {row['png']}: target {row['target_name']} (p {row['p_target']:.3f}), predicted "
-              f"{row['prediction_name']}" + (f", true {row['label_name']}" if row["label_name"] != "" else ""))
+        print(
+            f"  {row['png']}: target {row['target_name']} (p {row['p_target']:.3f}), predicted "
+            f"{row['prediction_name']}" + (f", true {row['label_name']}" if row["label_name"] != "" else "")
+        )
 
 
 def _define_flags():
@@ -201,11 +257,16 @@ def _define_flags():
     flags.DEFINE_string("checkpoint", "best", "With --workdir: 'best', 'latest' or a step number.")
     flags.DEFINE_string("images", None, "Folder of .jpg/.jpeg/.png images to explain.")
     flags.DEFINE_string("split", "test", "With --worst_per_class: the dataset split to search.")
-    flags.DEFINE_integer("worst_per_class", 0, "Explain the k images of every class with the lowest probability "
-                         "of their true class in --split (needs --workdir).")
+    flags.DEFINE_integer(
+        "worst_per_class",
+        0,
+        "Explain the k images of every class with the lowest probability "
+        "of their true class in --split (needs --workdir).",
+    )
     flags.DEFINE_enum("target", "predicted", TARGETS, "Class whose logit is explained.")
-    flags.DEFINE_string("layer", "", "Module path of the target layer, e.g. trunk/layer3_1 (default: the last "
-                        "block of the last stage).")
+    flags.DEFINE_string(
+        "layer", "", "Module path of the target layer, e.g. trunk/layer3_1 (default: the last block of the last stage)."
+    )
     flags.DEFINE_string("out_dir", None, "Output folder.")
     flags.DEFINE_float("image_weight", 0.5, "Weight of the image in the overlay, in [0, 1].")
     flags.DEFINE_integer("batch_size", 16, "Images per forward/backward pass.")

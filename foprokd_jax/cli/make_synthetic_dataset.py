@@ -8,6 +8,7 @@
 (for isic2019_lt also set input.split_dir=<out>/splits). Class sizes are the real ones times --scale (at
 least --min_per_class); ISIC uses its own recipe (foprokd_jax/data/synthetic.py).
 """
+
 import json
 import os
 import sys
@@ -37,8 +38,13 @@ def write(dataset: str, out: str, scale=None, min_per_class=None, image_size=Non
         if scale is not None or min_per_class is not None:
             raise ValueError("--scale/--min_per_class do not apply to isic2019_lt (see make_synthetic_isic.py)")
     else:
-        kwargs.update({k: v for k, v in [("scale", scale), ("min_per_class", min_per_class),
-                                         ("image_size", image_size)] if v is not None})
+        kwargs.update(
+            {
+                k: v
+                for k, v in [("scale", scale), ("min_per_class", min_per_class), ("image_size", image_size)]
+                if v is not None
+            }
+        )
     summary = synthetic_benchmarks.write_synthetic(dataset, out, **kwargs)
     summary["config"] = {"input.dataset": dataset, "input.image_root": out}
     if dataset == "isic2019_lt":

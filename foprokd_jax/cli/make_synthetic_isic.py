@@ -5,6 +5,7 @@
 Then use `<out>` as the manual_dir for `prepare_isic` and `<out>/splits` as the split folder.
 HAM10000, APTOS 2019 and Hyper-Kvasir: launch/make_synthetic_dataset.py --dataset=... --out=...
 """
+
 import json
 import sys
 
@@ -29,9 +30,15 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         summary = write_synthetic_isic(
-            FLAGS.out, n_max=FLAGS.n_max, val_per_class=FLAGS.val_per_class, test_per_class=FLAGS.test_per_class,
-            image_sizes=[parse_size(s, "image_sizes") for s in FLAGS.image_sizes], folds=[int(f) for f in FLAGS.folds],
-            imbs=FLAGS.imbs, seed=FLAGS.seed)
+            FLAGS.out,
+            n_max=FLAGS.n_max,
+            val_per_class=FLAGS.val_per_class,
+            test_per_class=FLAGS.test_per_class,
+            image_sizes=[parse_size(s, "image_sizes") for s in FLAGS.image_sizes],
+            folds=[int(f) for f in FLAGS.folds],
+            imbs=FLAGS.imbs,
+            seed=FLAGS.seed,
+        )
     except (ValueError, OSError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)

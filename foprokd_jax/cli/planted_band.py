@@ -22,6 +22,7 @@ Reported: the learned radial log-gain profile (mean over rfft2 bins inside vs ou
 held-out explore loss / balanced accuracy of both runs (and of the untrained head). Writes
 planted_band.csv (per-band profile), planted_band.json (summary) and planted_band.png.
 """
+
 import csv
 import json
 import math
@@ -40,19 +41,36 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from foprokd_jax import losses, parallel  # noqa: E402
-from foprokd_jax.methods.fopro import step as fopro_step  # noqa: E402
 from foprokd_jax.data.planted_band import make_planted_band_dataset  # noqa: E402
 from foprokd_jax.methods.fopro import prompt as fourier_prompt  # noqa: E402
+from foprokd_jax.methods.fopro import step as fopro_step  # noqa: E402
+from foprokd_jax.methods.student_step import normalize_images  # noqa: E402
 from foprokd_jax.models.ekd_student import EKDStudent  # noqa: E402
 from foprokd_jax.models.resnet import ResNet  # noqa: E402
 from foprokd_jax.models.torch_init import torch_dense  # noqa: E402
 from foprokd_jax.state import create_train_state  # noqa: E402
-from foprokd_jax.methods.student_step import normalize_images  # noqa: E402
 
-DEFAULTS = dict(image_size=32, num_classes=4, band=(0.25, 0.375), signal_amplitude=0.06,
-                distractor_amplitude=0.12, num_train=2048, num_test=1024, teacher_width=8, variant="radial",
-                num_bands=16, alpha=1.0, share_channels=True, steps=300, batch_size=64, lr_prompt=3e-2, lr_head=1e-2,
-                lambda_adv=0.0, lambda_reg=1e-3, seed=0)
+DEFAULTS = dict(
+    image_size=32,
+    num_classes=4,
+    band=(0.25, 0.375),
+    signal_amplitude=0.06,
+    distractor_amplitude=0.12,
+    num_train=2048,
+    num_test=1024,
+    teacher_width=8,
+    variant="radial",
+    num_bands=16,
+    alpha=1.0,
+    share_channels=True,
+    steps=300,
+    batch_size=64,
+    lr_prompt=3e-2,
+    lr_head=1e-2,
+    lambda_adv=0.0,
+    lambda_reg=1e-3,
+    seed=0,
+)
 
 
 def calibrate_teacher(teacher, variables, images):
@@ -62,8 +80,9 @@ def calibrate_teacher(teacher, variables, images):
     one train-mode pass over the (un-prompted) training images sets them to the data's, as a pretrained
     teacher's would be for its own domain.
     """
-    _, mutated = jax.jit(lambda v, im: teacher.apply(v, normalize_images(im), train=True,
-                                                     mutable=["batch_stats"]))(variables, images)
+    _, mutated = jax.jit(lambda v, im: teacher.apply(v, normalize_images(im), train=True, mutable=["batch_stats"]))(
+        variables, images
+    )
     return jax.device_get({"params": variables["params"], "batch_stats": mutated["batch_stats"]})
 
 
@@ -71,9 +90,10 @@ def _fpg_optimizer(lr_head):
     """Adam per part. The prompt's learning rate is an injected hyperparameter living in the optimizer
     state, so the FPG run and the identity baseline (prompt lr 0: the prompt never moves) share one
     compiled step; compiling dominates the cost of this benchmark on a CPU."""
-    return optax.multi_transform({"prompt": optax.inject_hyperparams(optax.adam)(learning_rate=0.0),
-                                  "explore_head": optax.adam(lr_head)},
-                                 {"prompt": "prompt", "explore_head": "explore_head"})
+    return optax.multi_transform(
+        {"prompt": optax.inject_hyperparams(optax.adam)(learning_rate=0.0), "explore_head": optax.adam(lr_head)},
+        {"prompt": "prompt", "explore_head": "explore_head"},
+    )
 
 
 def _set_prompt_lr(fpg_opt_state, lr):
@@ -87,11 +107,22 @@ def _set_prompt_lr(fpg_opt_state, lr):
 
 def make_models(cfg, feature_dim):
     """(student, prompt, explore head). The student is tiny: it trains alongside but plays no role here."""
-    student = EKDStudent(num_classes=cfg["num_classes"], teacher_dim=feature_dim, stage_sizes=(1, 1, 1, 1),
-                         width=4, bn_axis_name=parallel.DATA_AXIS)
+    student = EKDStudent(
+        num_classes=cfg["num_classes"],
+        teacher_dim=feature_dim,
+        stage_sizes=(1, 1, 1, 1),
+        width=4,
+        bn_axis_name=parallel.DATA_AXIS,
+    )
     # One gain for R, G and B by default: the planted signal is grey, and one profile is easier to read.
-    prompt = fourier_prompt.FourierPrompt(variant=cfg["variant"], alpha=cfg["alpha"], num_bands=cfg["num_bands"],
-                                          share_channels=cfg["share_channels"], hidden=8, depth=2)
+    prompt = fourier_prompt.FourierPrompt(
+        variant=cfg["variant"],
+        alpha=cfg["alpha"],
+        num_bands=cfg["num_bands"],
+        share_channels=cfg["share_channels"],
+        hidden=8,
+        depth=2,
+    )
     return student, prompt, torch_dense(cfg["num_classes"], feature_dim)
 
 
@@ -101,9 +132,13 @@ class PlantedBandBenchmark:
     def __init__(self, cfg, mesh=None):
         self.cfg = cfg = {**DEFAULTS, **cfg}
         self.mesh = mesh or parallel.make_mesh(1)
-        data_kwargs = dict(image_size=cfg["image_size"], num_classes=cfg["num_classes"], band=cfg["band"],
-                           signal_amplitude=cfg["signal_amplitude"],
-                           distractor_amplitude=cfg["distractor_amplitude"])
+        data_kwargs = dict(
+            image_size=cfg["image_size"],
+            num_classes=cfg["num_classes"],
+            band=cfg["band"],
+            signal_amplitude=cfg["signal_amplitude"],
+            distractor_amplitude=cfg["distractor_amplitude"],
+        )
         self.train = make_planted_band_dataset(cfg["num_train"], seed=cfg["seed"], **data_kwargs)
         self.test = make_planted_band_dataset(cfg["num_test"], seed=cfg["seed"] + 10_000, **data_kwargs)
         self.teacher = ResNet(stage_sizes=(1, 1, 1, 1), block="bottleneck", width=cfg["teacher_width"])
@@ -111,17 +146,28 @@ class PlantedBandBenchmark:
         # One jitted init for every model, from an 'rbg' key: eager (op-by-op) inits and threefry's
         # compile time cost more CPU seconds than all the training steps of this benchmark.
         # Kept on the host: each run replicates them afresh, and the step donates (deletes) its input state.
-        teacher_vars, self.student_vars, self.fpg_params0 = jax.device_get(jax.jit(self._init_fn)(
-            jax.random.key(cfg["seed"], impl="rbg")))
+        teacher_vars, self.student_vars, self.fpg_params0 = jax.device_get(
+            jax.jit(self._init_fn)(jax.random.key(cfg["seed"], impl="rbg"))
+        )
         self.teacher_vars = calibrate_teacher(self.teacher, teacher_vars, self.train["image"][:512])
         counts = np.bincount(self.train["label"], minlength=cfg["num_classes"])
         self.cls_loss = losses.make_classification_loss("bsm", counts)
         self.student_tx, self.fpg_tx = optax.adam(3e-4), _fpg_optimizer(cfg["lr_head"])
         self.step = fopro_step.make_fopro_train_step(
-            student=self.student, teacher=self.teacher, prompt=self.prompt, explore_head=self.head,
-            cls_loss=self.cls_loss, optimizer=self.student_tx, fpg_optimizer=self.fpg_tx, free_u=3.0,
-            lambda_cls=1.0, lambda_adv=cfg["lambda_adv"], lambda_reg=cfg["lambda_reg"],
-            teacher_feature_key="pre_logits", mesh=self.mesh)
+            student=self.student,
+            teacher=self.teacher,
+            prompt=self.prompt,
+            explore_head=self.head,
+            cls_loss=self.cls_loss,
+            optimizer=self.student_tx,
+            fpg_optimizer=self.fpg_tx,
+            free_u=3.0,
+            lambda_cls=1.0,
+            lambda_adv=cfg["lambda_adv"],
+            lambda_reg=cfg["lambda_reg"],
+            teacher_feature_key="pre_logits",
+            mesh=self.mesh,
+        )
         self._logits = jax.jit(self._logits_fn)
 
     def _init_fn(self, key):
@@ -129,10 +175,15 @@ class PlantedBandBenchmark:
         size = self.cfg["image_size"]
         dummy = jnp.zeros((1, size, size, 3))
         keys = jax.random.split(key, 4)
-        fpg_params = {"prompt": self.prompt.init(keys[2], dummy)["params"],
-                      "explore_head": self.head.init(keys[3], jnp.zeros((1, self.teacher.feature_dim)))["params"]}
-        return (self.teacher.init(keys[0], dummy, train=False), self.student.init(keys[1], dummy, train=False),
-                fpg_params)
+        fpg_params = {
+            "prompt": self.prompt.init(keys[2], dummy)["params"],
+            "explore_head": self.head.init(keys[3], jnp.zeros((1, self.teacher.feature_dim)))["params"],
+        }
+        return (
+            self.teacher.init(keys[0], dummy, train=False),
+            self.student.init(keys[1], dummy, train=False),
+            fpg_params,
+        )
 
     def train_explore(self, lr_prompt, prompt_params=None):
         """`steps` fopro steps from the initial variables (the prompt's replaced by `prompt_params` if
@@ -145,7 +196,7 @@ class PlantedBandBenchmark:
         state = state.replace(fpg_opt_state=_set_prompt_lr(state.fpg_opt_state, lr_prompt))
         state = parallel.replicate(state, mesh)
         teacher_vars = parallel.replicate(self.teacher_vars, mesh)
-        rng = np.random.default_rng(cfg["seed"] + 2)   # the same batches in both runs
+        rng = np.random.default_rng(cfg["seed"] + 2)  # the same batches in both runs
         history = []
         for _ in range(cfg["steps"]):
             idx = rng.choice(len(self.train["label"]), cfg["batch_size"], replace=False)
@@ -183,8 +234,12 @@ class PlantedBandBenchmark:
         n = len(labels)
         # Pad to whole batches so that one compiled shape serves every call.
         padded = np.concatenate([images, np.zeros(((-n) % batch_size,) + images.shape[1:], images.dtype)])
-        logits = np.concatenate([np.asarray(self._logits(fpg_params, padded[i:i + batch_size]))
-                                 for i in range(0, len(padded), batch_size)])[:n]
+        logits = np.concatenate(
+            [
+                np.asarray(self._logits(fpg_params, padded[i : i + batch_size]))
+                for i in range(0, len(padded), batch_size)
+            ]
+        )[:n]
         loss = float(jnp.mean(self.cls_loss(jnp.asarray(logits), jnp.asarray(labels))))
         preds = logits.argmax(-1)
         recalls = [np.mean(preds[labels == c] == c) for c in range(self.cfg["num_classes"]) if np.any(labels == c)]
@@ -199,7 +254,7 @@ class PlantedBandBenchmark:
         cfg, size = self.cfg, self.cfg["image_size"]
         images = normalize_images(self.test["image"][:num_images])
         _, log_gain = jax.jit(self.prompt.apply)({"params": fpg_params["prompt"]}, images)
-        log_gain = np.asarray(log_gain).mean(axis=(0, -1))           # (H, W//2+1)
+        log_gain = np.asarray(log_gain).mean(axis=(0, -1))  # (H, W//2+1)
         radius = fourier_prompt.radial_frequency_grid(size, size)
         r_lo, r_hi = cfg["band"]
         inside = (radius >= r_lo) & (radius < r_hi)
@@ -207,9 +262,13 @@ class PlantedBandBenchmark:
         profile = np.asarray(profile)[:, 0]
         k = cfg["num_bands"]
         outside_bands = [b for b in range(k) if (b + 1) / k <= r_lo + 1e-9 or b / k >= r_hi - 1e-9]
-        return {"in_band": float(log_gain[inside].mean()), "out_band": float(log_gain[~inside].mean()),
-                "out_band_max": float(np.nanmax(profile[outside_bands])),
-                "radii": np.asarray(radii).tolist(), "profile": profile.tolist()}
+        return {
+            "in_band": float(log_gain[inside].mean()),
+            "out_band": float(log_gain[~inside].mean()),
+            "out_band_max": float(np.nanmax(profile[outside_bands])),
+            "radii": np.asarray(radii).tolist(),
+            "profile": profile.tolist(),
+        }
 
 
 def run_benchmark(cfg, mesh=None, log=print):
@@ -223,24 +282,39 @@ def run_benchmark(cfg, mesh=None, log=print):
     oracle_prompt = bench.oracle_prompt_params()
     oracle = None if oracle_prompt is None else bench.evaluate(bench.train_explore(0.0, oracle_prompt)[0])
     curve, id_curve = ([h["fpg/loss_explore"] for h in hist] for hist in (history, id_history))
-    result = {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
-              "gain": bench.gain_summary(fpg_params),
-              "test_fpg": bench.evaluate(fpg_params), "test_identity": bench.evaluate(id_params),
-              "test_untrained": bench.evaluate(bench.fpg_params0), "test_oracle": oracle,
-              # Start = first step (head at init, identity prompt); end = mean of the last 10 steps.
-              "train_explore_loss_start": curve[0], "train_explore_loss_end": float(np.mean(curve[-10:])),
-              "train_identity_loss_end": float(np.mean(id_curve[-10:])),
-              "identity_prompt_max_abs_logit": float(max(np.abs(x).max()
-                                                         for x in jax.tree.leaves(id_params["prompt"]))),
-              "train_curve_fpg": curve, "train_curve_identity": id_curve, "train_seconds": train_s}
+    result = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+        "gain": bench.gain_summary(fpg_params),
+        "test_fpg": bench.evaluate(fpg_params),
+        "test_identity": bench.evaluate(id_params),
+        "test_untrained": bench.evaluate(bench.fpg_params0),
+        "test_oracle": oracle,
+        # Start = first step (head at init, identity prompt); end = mean of the last 10 steps.
+        "train_explore_loss_start": curve[0],
+        "train_explore_loss_end": float(np.mean(curve[-10:])),
+        "train_identity_loss_end": float(np.mean(id_curve[-10:])),
+        "identity_prompt_max_abs_logit": float(max(np.abs(x).max() for x in jax.tree.leaves(id_params["prompt"]))),
+        "train_curve_fpg": curve,
+        "train_curve_identity": id_curve,
+        "train_seconds": train_s,
+    }
     g = result["gain"]
-    scores = ", ".join(f"{name} {r['loss']:.3f}/{r['bacc']:.3f}" for name, r in (
-        ("fpg", result["test_fpg"]), ("identity", result["test_identity"]),
-        ("untrained", result["test_untrained"]), ("oracle", oracle)) if r)
-    log(f"[{cfg['variant']} seed {cfg['seed']}] log-gain in band {g['in_band']:+.3f}, outside {g['out_band']:+.3f} "
+    scores = ", ".join(
+        f"{name} {r['loss']:.3f}/{r['bacc']:.3f}"
+        for name, r in (
+            ("fpg", result["test_fpg"]),
+            ("identity", result["test_identity"]),
+            ("untrained", result["test_untrained"]),
+            ("oracle", oracle),
+        )
+        if r
+    )
+    log(
+        f"[{cfg['variant']} seed {cfg['seed']}] log-gain in band {g['in_band']:+.3f}, outside {g['out_band']:+.3f} "
         f"(max band outside {g['out_band_max']:+.3f}); held-out explore loss/bacc: {scores}; train explore loss "
         f"{result['train_explore_loss_start']:.3f} -> {result['train_explore_loss_end']:.3f} "
-        f"(identity -> {result['train_identity_loss_end']:.3f}) ({train_s:.1f} s)")
+        f"(identity -> {result['train_identity_loss_end']:.3f}) ({train_s:.1f} s)"
+    )
     return result
 
 
@@ -248,17 +322,43 @@ def write_csv(results, path):
     """One row per (variant, seed, radial band): the learned mean log-gain and whether it is planted."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["variant", "seed", "band", "r_lo", "r_hi", "mean_log_gain", "gain", "in_planted_band",
-                         "test_explore_loss_fpg", "test_explore_loss_identity", "test_bacc_fpg", "test_bacc_identity"])
+        writer.writerow(
+            [
+                "variant",
+                "seed",
+                "band",
+                "r_lo",
+                "r_hi",
+                "mean_log_gain",
+                "gain",
+                "in_planted_band",
+                "test_explore_loss_fpg",
+                "test_explore_loss_identity",
+                "test_bacc_fpg",
+                "test_bacc_identity",
+            ]
+        )
         for r in results:
             cfg, k = r["config"], r["config"]["num_bands"]
             r_lo, r_hi = cfg["band"]
             for b, value in enumerate(r["gain"]["profile"]):
                 inside = b / k >= r_lo - 1e-9 and (b + 1) / k <= r_hi + 1e-9
-                writer.writerow([cfg["variant"], cfg["seed"], b, b / k, (b + 1) / k, f"{value:.5f}",
-                                 f"{math.exp(value):.5f}", int(inside), f"{r['test_fpg']['loss']:.5f}",
-                                 f"{r['test_identity']['loss']:.5f}", f"{r['test_fpg']['bacc']:.5f}",
-                                 f"{r['test_identity']['bacc']:.5f}"])
+                writer.writerow(
+                    [
+                        cfg["variant"],
+                        cfg["seed"],
+                        b,
+                        b / k,
+                        (b + 1) / k,
+                        f"{value:.5f}",
+                        f"{math.exp(value):.5f}",
+                        int(inside),
+                        f"{r['test_fpg']['loss']:.5f}",
+                        f"{r['test_identity']['loss']:.5f}",
+                        f"{r['test_fpg']['bacc']:.5f}",
+                        f"{r['test_identity']['bacc']:.5f}",
+                    ]
+                )
     return path
 
 
@@ -282,14 +382,27 @@ def plot_results(results, path):
         label = f"{r['config']['variant']} (seed {r['config']['seed']})"
         left.stairs(r["gain"]["profile"], edges, baseline=None, lw=2, label=label)
         steps = np.arange(1, len(r["train_curve_fpg"]) + 1)
-        line, = right.plot(steps, _smooth(r["train_curve_fpg"]), lw=1.5, label=f"FPG: {label}")
-        right.plot(steps, _smooth(r["train_curve_identity"]), lw=1.5, ls="--", color=line.get_color(),
-                   label=f"identity prompt: {label}")
-    left.set(xlabel="normalised radial frequency (radial_frequency_grid)", ylabel="learned log-gain (mean per band)",
-             title="Learned FPG gain vs planted band", xlim=(0, 1))
+        (line,) = right.plot(steps, _smooth(r["train_curve_fpg"]), lw=1.5, label=f"FPG: {label}")
+        right.plot(
+            steps,
+            _smooth(r["train_curve_identity"]),
+            lw=1.5,
+            ls="--",
+            color=line.get_color(),
+            label=f"identity prompt: {label}",
+        )
+    left.set(
+        xlabel="normalised radial frequency (radial_frequency_grid)",
+        ylabel="learned log-gain (mean per band)",
+        title="Learned FPG gain vs planted band",
+        xlim=(0, 1),
+    )
     left.legend(fontsize=8)
-    right.set(xlabel="step", ylabel="train explore loss (BSM, 10-step mean)",
-              title="Explore objective: FPG vs identity prompt")
+    right.set(
+        xlabel="step",
+        ylabel="train explore loss (BSM, 10-step mean)",
+        title="Explore objective: FPG vs identity prompt",
+    )
     right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=130)
@@ -327,10 +440,19 @@ def main(argv):
     results = []
     for variant in FLAGS.variants:
         for seed in FLAGS.seeds:
-            cfg = dict(variant=variant, seed=int(seed), steps=FLAGS.steps, batch_size=FLAGS.batch_size,
-                       image_size=FLAGS.image_size, lambda_adv=FLAGS.lambda_adv, lambda_reg=FLAGS.lambda_reg,
-                       lr_prompt=FLAGS.lr_prompt, lr_head=FLAGS.lr_head, signal_amplitude=FLAGS.signal_amplitude,
-                       distractor_amplitude=FLAGS.distractor_amplitude)
+            cfg = dict(
+                variant=variant,
+                seed=int(seed),
+                steps=FLAGS.steps,
+                batch_size=FLAGS.batch_size,
+                image_size=FLAGS.image_size,
+                lambda_adv=FLAGS.lambda_adv,
+                lambda_reg=FLAGS.lambda_reg,
+                lr_prompt=FLAGS.lr_prompt,
+                lr_head=FLAGS.lr_head,
+                signal_amplitude=FLAGS.signal_amplitude,
+                distractor_amplitude=FLAGS.distractor_amplitude,
+            )
             results.append(run_benchmark(cfg))
     with open(os.path.join(FLAGS.out_dir, "planted_band.json"), "w") as f:
         json.dump(results, f, indent=1)

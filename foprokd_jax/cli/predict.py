@@ -14,6 +14,7 @@ present) and restores --checkpoint; --export then writes the student alone (expo
 statistics, architecture, class names, input size; sha256 sidecar) which --artifact uses later without
 the data, the teacher or the training code's state. Docs: docs/evaluation.md.
 """
+
 import csv
 import os
 import sys
@@ -74,11 +75,11 @@ def probs_from_run(run, images: np.ndarray) -> np.ndarray:
     batch_size = run.config.input.eval_batch_size
     logits = []
     for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         pad = batch_size - len(batch)
         padded = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], np.uint8)]) if pad else batch
         global_batch = parallel.host_batch_to_global({"image": padded}, run.mesh)
-        logits.append(np.asarray(jax.device_get(run.parts.predict_step(run.state, global_batch)))[:len(batch)])
+        logits.append(np.asarray(jax.device_get(run.parts.predict_step(run.state, global_batch)))[: len(batch)])
     return metrics.softmax(np.concatenate(logits)).astype(np.float32)
 
 
@@ -88,14 +89,24 @@ def write_csv(path: str, folder: str, paths, probs, class_names) -> str:
         writer = csv.writer(f)
         writer.writerow(["path", "prediction", "prediction_name"] + [f"p_{name}" for name in class_names])
         for image_path, prediction, row in zip(paths, predictions, probs):
-            writer.writerow([os.path.relpath(image_path, folder), int(prediction), class_names[int(prediction)]]
-                            + [f"{p:.6g}" for p in row])
+            writer.writerow(
+                [os.path.relpath(image_path, folder), int(prediction), class_names[int(prediction)]]
+                + [f"{p:.6g}" for p in row]
+            )
     os.replace(path + ".tmp", path)
     return path
 
 
-def predict(images_dir: str, out_csv: str, workdir: str = None, artifact_path: str = None,
-            checkpoint: str = "best", export_path: str = None, recursive: bool = False, restored=None) -> dict:
+def predict(
+    images_dir: str,
+    out_csv: str,
+    workdir: str = None,
+    artifact_path: str = None,
+    checkpoint: str = "best",
+    export_path: str = None,
+    recursive: bool = False,
+    restored=None,
+) -> dict:
     """Everything the CLI does; returns {"csv", "probs", "paths", "skipped", "class_names", "export"}.
 
     `restored`: an `evaluation.RestoredRun` of `workdir` already in memory (skips rebuilding it).
@@ -121,8 +132,11 @@ def predict(images_dir: str, out_csv: str, workdir: str = None, artifact_path: s
         module, variables, meta = export.load_student_with_meta(artifact_path)
         class_names, size = list(meta["class_names"]), int(meta["image_size"])
         images, kept, skipped = load_images(paths, size)
-        probs = (export.predict_probs(module, variables, images) if len(kept)
-                 else np.zeros((0, len(class_names)), np.float32))
+        probs = (
+            export.predict_probs(module, variables, images)
+            if len(kept)
+            else np.zeros((0, len(class_names)), np.float32)
+        )
     os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
     write_csv(out_csv, images_dir, kept, probs, class_names)
     if skipped:

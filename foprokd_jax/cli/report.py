@@ -22,13 +22,13 @@ runs matched by (fold, seed) within each dataset and imbalance factor: mean ± s
 the paired t-test and the exact Wilcoxon signed-rank test (foprokd_jax/statistics.py), with their p-values,
 added to report.md and report.tex and written to paired.csv. Docs: docs/evaluation.md.
 """
+
 import csv
 import glob
 import json
 import math
 import os
 import sys
-
 
 import numpy as np  # noqa: E402
 
@@ -37,12 +37,27 @@ from foprokd_jax import plots, statistics  # noqa: E402
 DEFAULT_DATASET = "isic2019_lt"  # results.json files written before the dataset registry lack 'dataset'
 DEFAULT_METRICS = ("bacc", "macro_f1", "tail_recall", "medium_recall", "head_recall", "mcc")
 SOURCES = ("report", "selection", "last_evals_mean")
-METRIC_LABELS = {"bacc": "BAcc", "macro_f1": "F1", "tail_recall": "Tail", "medium_recall": "Med.",
-                 "head_recall": "Head", "mcc": "MCC", "accuracy": "Acc", "auc": "AUC", "macro_precision": "Prec",
-                 "macro_recall": "Rec", "macro_specificity": "Spec", "kappa": "κ", "kappa_quadratic": "κ (quad.)",
-                 "calibration/ece": "ECE", "calibration/ece_mass": "ECE (mass)", "calibration/brier": "Brier",
-                 "calibration/nll": "NLL", "calibration/temperature_scaling/after/ece": "ECE (T)",
-                 "calibration/temperature_scaling/after/nll": "NLL (T)"}
+METRIC_LABELS = {
+    "bacc": "BAcc",
+    "macro_f1": "F1",
+    "tail_recall": "Tail",
+    "medium_recall": "Med.",
+    "head_recall": "Head",
+    "mcc": "MCC",
+    "accuracy": "Acc",
+    "auc": "AUC",
+    "macro_precision": "Prec",
+    "macro_recall": "Rec",
+    "macro_specificity": "Spec",
+    "kappa": "κ",
+    "kappa_quadratic": "κ (quad.)",
+    "calibration/ece": "ECE",
+    "calibration/ece_mass": "ECE (mass)",
+    "calibration/brier": "Brier",
+    "calibration/nll": "NLL",
+    "calibration/temperature_scaling/after/ece": "ECE (T)",
+    "calibration/temperature_scaling/after/nll": "NLL (T)",
+}
 # Rows are listed baseline first, then in the order the methods build on each other.
 METHOD_ORDER = ("bsm", "ekd", "fopro", "crckd")
 
@@ -82,10 +97,19 @@ def load_run(path: str) -> dict:
     teacher = results.get("teacher")
     if isinstance(teacher, dict):
         teacher = (config.get("teacher") or {}).get("name") or teacher.get("arch")
-    return {"run_dir": run_dir, "results_path": results_path, "results": results, "config": config,
-            "dataset": results.get("dataset") or DEFAULT_DATASET, "method": results["method"], "teacher": teacher,
-            "fold": results.get("fold"), "imb": _imb_key(results.get("imb")),
-            "seed": results.get("seed", config.get("seed")), "best_step": results.get("best_step")}
+    return {
+        "run_dir": run_dir,
+        "results_path": results_path,
+        "results": results,
+        "config": config,
+        "dataset": results.get("dataset") or DEFAULT_DATASET,
+        "method": results["method"],
+        "teacher": teacher,
+        "fold": results.get("fold"),
+        "imb": _imb_key(results.get("imb")),
+        "seed": results.get("seed", config.get("seed")),
+        "best_step": results.get("best_step"),
+    }
 
 
 def collect_runs(patterns=(), sweep_dir=None):
@@ -176,15 +200,27 @@ def aggregate(runs, metrics=DEFAULT_METRICS, source="report", rows=("method", "t
         table["cells"].setdefault(key, []).append(run)
     for table in tables.values():
         groups = table["cells"]
-        table["rows"] = sorted({r for r, _ in groups}, key=lambda label: (
-            METHOD_ORDER.index(label.split(" ")[0]) if label.split(" ")[0] in METHOD_ORDER else len(METHOD_ORDER),
-            label))
+        table["rows"] = sorted(
+            {r for r, _ in groups},
+            key=lambda label: (
+                METHOD_ORDER.index(label.split(" ")[0]) if label.split(" ")[0] in METHOD_ORDER else len(METHOD_ORDER),
+                label,
+            ),
+        )
         table["columns"] = sorted({c for _, c in groups}, key=lambda c: (c is not None, -float(c or 0)))
-        table["cells"] = {key: {"n": len(members), "runs": [m["run_dir"] for m in members],
-                                "metrics": {metric: _summary([v for v in (metric_value(m, source, metric)
-                                                                          for m in members) if v is not None], ddof)
-                                            for metric in metrics}}
-                          for key, members in groups.items()}
+        table["cells"] = {
+            key: {
+                "n": len(members),
+                "runs": [m["run_dir"] for m in members],
+                "metrics": {
+                    metric: _summary(
+                        [v for v in (metric_value(m, source, metric) for m in members) if v is not None], ddof
+                    )
+                    for metric in metrics
+                },
+            }
+            for key, members in groups.items()
+        }
     return tables
 
 
@@ -204,16 +240,24 @@ def _column_title(column) -> str:
 
 
 def markdown(tables: dict, metrics, source: str, scale: float = 100.0, decimals: int = 2, missing=()) -> str:
-    lines = [f"Scores ×{scale:g} on the `{source}` split/summary: mean ± std over runs (folds/seeds); "
-             "`[k/n]`: only k of the n runs define the metric; `—`: no run, or the metric is undefined in all "
-             "of them. imb 0.01 = imbalance ratio 100."]
+    lines = [
+        f"Scores ×{scale:g} on the `{source}` split/summary: mean ± std over runs (folds/seeds); "
+        "`[k/n]`: only k of the n runs define the metric; `—`: no run, or the metric is undefined in all "
+        "of them. imb 0.01 = imbalance ratio 100."
+    ]
     for dataset, table in sorted(tables.items()):
         header = ["Method"]
         for column in table["columns"]:
-            header += [f"{_column_title(column)}n"] + [f"{_column_title(column)}{METRIC_LABELS.get(m, m)}"
-                                                       for m in metrics]
-        lines += ["", f"### {dataset}", "", "| " + " | ".join(header) + " |",
-                  "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+            header += [f"{_column_title(column)}n"] + [
+                f"{_column_title(column)}{METRIC_LABELS.get(m, m)}" for m in metrics
+            ]
+        lines += [
+            "",
+            f"### {dataset}",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        ]
         for row in table["rows"]:
             cells = [row]
             for column in table["columns"]:
@@ -221,8 +265,9 @@ def markdown(tables: dict, metrics, source: str, scale: float = 100.0, decimals:
                 if cell is None:
                     cells += ["0"] + ["—"] * len(metrics)
                     continue
-                cells += [str(cell["n"])] + [_format_cell(cell["metrics"][m], cell["n"], scale, decimals)
-                                             for m in metrics]
+                cells += [str(cell["n"])] + [
+                    _format_cell(cell["metrics"][m], cell["n"], scale, decimals) for m in metrics
+                ]
             lines.append("| " + " | ".join(cells) + " |")
     if missing:
         lines += ["", f"Runs without results.json (unfinished or failed, left out): {len(missing)}", ""]
@@ -268,8 +313,10 @@ def write_runs_csv(runs, metrics, source: str, path: str) -> None:
     with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(fields + list(metrics))
-        for run in sorted(runs, key=lambda r: (r["dataset"], r["method"], str(r["teacher"]), str(r["imb"]),
-                                               str(r["fold"]), str(r["seed"]))):
+        for run in sorted(
+            runs,
+            key=lambda r: (r["dataset"], r["method"], str(r["teacher"]), str(r["imb"]), str(r["fold"]), str(r["seed"])),
+        ):
             values = [metric_value(run, source, m) for m in metrics]
             writer.writerow([run[k] for k in fields] + ["" if v is None else repr(v) for v in values])
     os.replace(path + ".tmp", path)
@@ -294,8 +341,11 @@ def plot_tables(tables: dict, metric: str, out_dir: str) -> list:
             series[row] = points
         path = os.path.join(out_dir, f"{metric.replace('/', '_')}_vs_imbalance_{dataset}.png")
         label = metric.replace("_", " ")  # 'tail recall': the table's short headers are too terse for an axis
-        paths.append(plots.plot_metric_vs_imbalance(series, path, metric_label=label,
-                                                    title=f"{dataset}: {label} vs imbalance (mean ± std)"))
+        paths.append(
+            plots.plot_metric_vs_imbalance(
+                series, path, metric_label=label, title=f"{dataset}: {label} vs imbalance (mean ± std)"
+            )
+        )
     return paths
 
 
@@ -317,16 +367,19 @@ def paired_comparisons(runs, baseline: str, metrics, source: str = "report", row
         cell = cells.setdefault((run["dataset"], run["imb"], row_label(run, rows)), {})
         key = _pair_key(run)
         if key in cell:
-            raise ValueError(f"two runs of row {row_label(run, rows)!r} share fold {key[0]} and seed {key[1]} "
-                             f"({cell[key]['run_dir']}, {run['run_dir']}): pairs would be ambiguous; add a --rows "
-                             "field that tells them apart")
+            raise ValueError(
+                f"two runs of row {row_label(run, rows)!r} share fold {key[0]} and seed {key[1]} "
+                f"({cell[key]['run_dir']}, {run['run_dir']}): pairs would be ambiguous; add a --rows "
+                "field that tells them apart"
+            )
         cell[key] = run
     if not any(label == baseline for _, _, label in cells):
         labels = sorted({label for _, _, label in cells})
         raise ValueError(f"--baseline {baseline!r} is not a row of the report; rows: {labels}")
     out = []
-    for (dataset, imb, label), cell in sorted(cells.items(), key=lambda item: (item[0][0], str(item[0][1]),
-                                                                                item[0][2])):
+    for (dataset, imb, label), cell in sorted(
+        cells.items(), key=lambda item: (item[0][0], str(item[0][1]), item[0][2])
+    ):
         base = cells.get((dataset, imb, baseline))
         if label == baseline or base is None:
             continue
@@ -335,13 +388,29 @@ def paired_comparisons(runs, baseline: str, metrics, source: str = "report", row
         for metric in metrics:
             pairs = [(metric_value(cell[k], source, metric), metric_value(base[k], source, metric)) for k in shared]
             pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-            record = {"dataset": dataset, "imb": imb, "method": label, "baseline": baseline, "metric": metric,
-                      "unmatched": unmatched, "pairs": [list(k) for k in shared]}
+            record = {
+                "dataset": dataset,
+                "imb": imb,
+                "method": label,
+                "baseline": baseline,
+                "metric": metric,
+                "unmatched": unmatched,
+                "pairs": [list(k) for k in shared],
+            }
             if pairs:
                 record.update(statistics.paired_comparison([a for a, _ in pairs], [b for _, b in pairs]))
             else:
-                record.update(n=0, mean_diff=None, std_diff=None, t=None, df=None, p_t=None,
-                              wilcoxon_statistic=None, p_wilcoxon=None, wilcoxon_n_used=0)
+                record.update(
+                    n=0,
+                    mean_diff=None,
+                    std_diff=None,
+                    t=None,
+                    df=None,
+                    p_t=None,
+                    wilcoxon_statistic=None,
+                    p_wilcoxon=None,
+                    wilcoxon_n_used=0,
+                )
             out.append(record)
     return out
 
@@ -363,21 +432,39 @@ PAIRED_HEADER = ("Method", "imb", "Metric", "n", "Δ vs baseline", "t", "p (t-te
 def _paired_cells(record: dict, scale: float, decimals: int) -> list:
     t = "—" if record["t"] is None else f"{record['t']:.3f}"
     w = "—" if record["wilcoxon_statistic"] is None else f"{record['wilcoxon_statistic']:g}"
-    return [record["method"], "—" if record["imb"] is None else str(record["imb"]),
-            METRIC_LABELS.get(record["metric"], record["metric"]), str(record["n"]),
-            _format_diff(record, scale, decimals), t, _format_p(record["p_t"]), w, _format_p(record["p_wilcoxon"])]
+    return [
+        record["method"],
+        "—" if record["imb"] is None else str(record["imb"]),
+        METRIC_LABELS.get(record["metric"], record["metric"]),
+        str(record["n"]),
+        _format_diff(record, scale, decimals),
+        t,
+        _format_p(record["p_t"]),
+        w,
+        _format_p(record["p_wilcoxon"]),
+    ]
 
 
 def paired_markdown(records: list, baseline: str, scale: float = 100.0, decimals: int = 2) -> str:
-    lines = ["", f"## Paired comparison with `{baseline}`", "",
-             f"Runs matched by (fold, seed); Δ = method − baseline (×{scale:g}), mean ± std of the paired differences; "
-             "two-sided paired t-test (df = n − 1) and exact Wilcoxon signed-rank test (zero differences dropped, "
-             "ties averaged; with n ≤ 5 pairs its p cannot fall below 2/2^n, 0.0625 at n = 5)."]
+    lines = [
+        "",
+        f"## Paired comparison with `{baseline}`",
+        "",
+        f"Runs matched by (fold, seed); Δ = method − baseline (×{scale:g}), mean ± std of the paired differences; "
+        "two-sided paired t-test (df = n − 1) and exact Wilcoxon signed-rank test (zero differences dropped, "
+        "ties averaged; with n ≤ 5 pairs its p cannot fall below 2/2^n, 0.0625 at n = 5).",
+    ]
     for dataset in sorted({r["dataset"] for r in records}):
-        lines += ["", f"### {dataset}", "", "| " + " | ".join(PAIRED_HEADER) + " |",
-                  "|" + "|".join(["---"] * 3 + ["---:"] * (len(PAIRED_HEADER) - 3)) + "|"]
-        lines += ["| " + " | ".join(_paired_cells(r, scale, decimals)) + " |" for r in records
-                  if r["dataset"] == dataset]
+        lines += [
+            "",
+            f"### {dataset}",
+            "",
+            "| " + " | ".join(PAIRED_HEADER) + " |",
+            "|" + "|".join(["---"] * 3 + ["---:"] * (len(PAIRED_HEADER) - 3)) + "|",
+        ]
+        lines += [
+            "| " + " | ".join(_paired_cells(r, scale, decimals)) + " |" for r in records if r["dataset"] == dataset
+        ]
     unmatched = sum(r["unmatched"] for r in records if r["metric"] == records[0]["metric"]) if records else 0
     if unmatched:
         lines += ["", f"{unmatched} run(s) had no partner with the same (fold, seed) and were left out of the pairs."]
@@ -385,36 +472,75 @@ def paired_markdown(records: list, baseline: str, scale: float = 100.0, decimals
 
 
 def write_paired_csv(records: list, path: str) -> None:
-    fields = ["dataset", "imb", "method", "baseline", "metric", "n", "unmatched", "mean_diff", "std_diff", "t", "df",
-              "p_t", "wilcoxon_statistic", "p_wilcoxon", "wilcoxon_n_used"]
+    fields = [
+        "dataset",
+        "imb",
+        "method",
+        "baseline",
+        "metric",
+        "n",
+        "unmatched",
+        "mean_diff",
+        "std_diff",
+        "t",
+        "df",
+        "p_t",
+        "wilcoxon_statistic",
+        "p_wilcoxon",
+        "wilcoxon_n_used",
+    ]
     with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(fields)
         for record in records:
-            writer.writerow(["" if record[k] is None else repr(record[k]) if isinstance(record[k], float)
-                             else record[k] for k in fields])
+            writer.writerow(
+                [
+                    "" if record[k] is None else repr(record[k]) if isinstance(record[k], float) else record[k]
+                    for k in fields
+                ]
+            )
     os.replace(path + ".tmp", path)
 
 
-_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(text: str) -> str:
     """Text safe inside a LaTeX table: the ten special characters escaped; ±, —, Δ, κ, − as math/text macros."""
     out = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in str(text))
-    for plain, macro in (("±", r"$\pm$"), ("—", "--"), ("Δ", r"$\Delta$"), ("κ", r"$\kappa$"), ("−", "-"),
-                         ("·", r"$\cdot$"), ("×", r"$\times$")):
+    for plain, macro in (
+        ("±", r"$\pm$"),
+        ("—", "--"),
+        ("Δ", r"$\Delta$"),
+        ("κ", r"$\kappa$"),
+        ("−", "-"),
+        ("·", r"$\cdot$"),
+        ("×", r"$\times$"),
+    ):
         out = out.replace(plain, macro)
     return out
 
 
-def latex(tables: dict, metrics, source: str, scale: float = 100.0, decimals: int = 2, paired=None,
-          baseline: str = "") -> str:
+def latex(
+    tables: dict, metrics, source: str, scale: float = 100.0, decimals: int = 2, paired=None, baseline: str = ""
+) -> str:
     """The Markdown tables as LaTeX `tabular`s (booktabs: \\toprule, \\midrule, \\bottomrule), one per dataset,
     imbalance factors as \\multicolumn groups; plus the paired comparison table with `paired` records."""
-    parts = [f"% launch/report.py: scores x{scale:g} on the '{source}' split, mean $\\pm$ std over runs; needs "
-             "\\usepackage{booktabs}"]
+    parts = [
+        f"% launch/report.py: scores x{scale:g} on the '{source}' split, mean $\\pm$ std over runs; needs "
+        "\\usepackage{booktabs}"
+    ]
     for dataset, table in sorted(tables.items()):
         width = 1 + len(metrics)
         spec = "l" + ("|" + "r" * width) * len(table["columns"])
@@ -422,8 +548,9 @@ def latex(tables: dict, metrics, source: str, scale: float = 100.0, decimals: in
         if any(c is not None for c in table["columns"]):
             groups = [r"\multicolumn{%d}{c}{imb %s}" % (width, latex_escape(c)) for c in table["columns"]]
             lines.append(" & ".join([""] + groups) + r" \\")
-        header = ["Method"] + [latex_escape(h) for _ in table["columns"]
-                               for h in ["n"] + [METRIC_LABELS.get(m, m) for m in metrics]]
+        header = ["Method"] + [
+            latex_escape(h) for _ in table["columns"] for h in ["n"] + [METRIC_LABELS.get(m, m) for m in metrics]
+        ]
         lines += [" & ".join(header) + r" \\", r"\midrule"]
         for row in table["rows"]:
             cells = [latex_escape(row)]
@@ -432,20 +559,28 @@ def latex(tables: dict, metrics, source: str, scale: float = 100.0, decimals: in
                 if cell is None:
                     cells += ["0"] + ["--"] * len(metrics)
                     continue
-                cells += [str(cell["n"])] + [latex_escape(_format_cell(cell["metrics"][m], cell["n"], scale, decimals))
-                                             for m in metrics]
+                cells += [str(cell["n"])] + [
+                    latex_escape(_format_cell(cell["metrics"][m], cell["n"], scale, decimals)) for m in metrics
+                ]
             lines.append(" & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         parts.append("\n".join(lines))
     if paired:
-        lines = [f"% paired comparison with {latex_escape(baseline)}: runs matched by (fold, seed)",
-                 r"\begin{tabular}{lll" + "r" * (len(PAIRED_HEADER) - 3) + "}", r"\toprule",
-                 " & ".join(latex_escape(h) for h in PAIRED_HEADER) + r" \\", r"\midrule"]
+        lines = [
+            f"% paired comparison with {latex_escape(baseline)}: runs matched by (fold, seed)",
+            r"\begin{tabular}{lll" + "r" * (len(PAIRED_HEADER) - 3) + "}",
+            r"\toprule",
+            " & ".join(latex_escape(h) for h in PAIRED_HEADER) + r" \\",
+            r"\midrule",
+        ]
         for dataset in sorted({r["dataset"] for r in paired}):
             if len(tables) > 1:
                 lines.append(r"\multicolumn{%d}{l}{\emph{%s}} \\" % (len(PAIRED_HEADER), latex_escape(dataset)))
-            lines += [" & ".join(latex_escape(c) for c in _paired_cells(r, scale, decimals)) + r" \\"
-                      for r in paired if r["dataset"] == dataset]
+            lines += [
+                " & ".join(latex_escape(c) for c in _paired_cells(r, scale, decimals)) + r" \\"
+                for r in paired
+                if r["dataset"] == dataset
+            ]
         lines += [r"\bottomrule", r"\end{tabular}"]
         parts.append("\n".join(lines))
     return "\n\n".join(parts) + "\n"
@@ -457,9 +592,20 @@ def _write_text(path: str, text: str) -> None:
     os.replace(path + ".tmp", path)
 
 
-def make_report(patterns=(), sweep_dir=None, out_dir=None, metrics=DEFAULT_METRICS, source="report",
-                rows=("method", "teacher"), ddof: int = 1, scale: float = 100.0, decimals: int = 2,
-                plot_metric: str = "tail_recall", baseline: str = "", paired_metrics=None) -> dict:
+def make_report(
+    patterns=(),
+    sweep_dir=None,
+    out_dir=None,
+    metrics=DEFAULT_METRICS,
+    source="report",
+    rows=("method", "teacher"),
+    ddof: int = 1,
+    scale: float = 100.0,
+    decimals: int = 2,
+    plot_metric: str = "tail_recall",
+    baseline: str = "",
+    paired_metrics=None,
+) -> dict:
     """Collects, aggregates and writes everything; returns {"markdown", "latex", "paths", "tables", "missing",
     "runs", "paired"}. With `baseline`, `paired_comparisons` over `paired_metrics` (default `metrics`)."""
     runs, missing = collect_runs(patterns, sweep_dir)
@@ -476,8 +622,12 @@ def make_report(patterns=(), sweep_dir=None, out_dir=None, metrics=DEFAULT_METRI
     if paired is not None:
         text += paired_markdown(paired, baseline, scale, decimals)
     tex = latex(tables, metrics, source, scale, decimals, paired, baseline)
-    paths = {"markdown": os.path.join(out_dir, "report.md"), "csv": os.path.join(out_dir, "report.csv"),
-             "runs_csv": os.path.join(out_dir, "runs.csv"), "latex": os.path.join(out_dir, "report.tex")}
+    paths = {
+        "markdown": os.path.join(out_dir, "report.md"),
+        "csv": os.path.join(out_dir, "report.csv"),
+        "runs_csv": os.path.join(out_dir, "runs.csv"),
+        "latex": os.path.join(out_dir, "report.tex"),
+    }
     _write_text(paths["markdown"], text)
     _write_text(paths["latex"], tex)
     write_csv(tables, metrics, paths["csv"])
@@ -486,8 +636,15 @@ def make_report(patterns=(), sweep_dir=None, out_dir=None, metrics=DEFAULT_METRI
         paths["paired_csv"] = os.path.join(out_dir, "paired.csv")
         write_paired_csv(paired, paths["paired_csv"])
     paths["plots"] = plot_tables(tables, plot_metric, out_dir) if plot_metric else []
-    return {"markdown": text, "latex": tex, "paths": paths, "tables": tables, "missing": missing, "runs": runs,
-            "paired": paired}
+    return {
+        "markdown": text,
+        "latex": tex,
+        "paths": paths,
+        "tables": tables,
+        "missing": missing,
+        "runs": runs,
+        "paired": paired,
+    }
 
 
 def main(argv):
@@ -499,8 +656,20 @@ def main(argv):
     if not f.runs and not f.sweep_dir:
         raise app.UsageError("give --sweep_dir and/or --runs")
     try:
-        out = make_report(f.runs, f.sweep_dir, f.out_dir, f.metrics, f.source, f.rows, f.ddof, f.scale,
-                          f.decimals, f.plot_metric, f.baseline, f.paired_metrics)
+        out = make_report(
+            f.runs,
+            f.sweep_dir,
+            f.out_dir,
+            f.metrics,
+            f.source,
+            f.rows,
+            f.ddof,
+            f.scale,
+            f.decimals,
+            f.plot_metric,
+            f.baseline,
+            f.paired_metrics,
+        )
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
@@ -516,16 +685,25 @@ def _define_flags():
     flags.DEFINE_multi_string("runs", [], "Glob of run folders or results.json files (repeatable).")
     flags.DEFINE_string("sweep_dir", None, "A launch/sweep.py root: reports every run in its sweep.json.")
     flags.DEFINE_string("out_dir", None, "Output folder (default <sweep_dir>/report, else ./report).")
-    flags.DEFINE_enum("source", "report", SOURCES, "Which results.json block: the report split of the best "
-                      "checkpoint, the selection split, or CRCKD's mean over the last evaluations.")
+    flags.DEFINE_enum(
+        "source",
+        "report",
+        SOURCES,
+        "Which results.json block: the report split of the best "
+        "checkpoint, the selection split, or CRCKD's mean over the last evaluations.",
+    )
     flags.DEFINE_list("metrics", list(DEFAULT_METRICS), "Columns, in order (full_report keys, or recall/<class>).")
     flags.DEFINE_list("rows", ["method", "teacher"], "Fields naming a row: results.json facts or config.<key>.")
     flags.DEFINE_integer("ddof", 1, "Delta degrees of freedom of the std (1: sample std, 0: population).")
     flags.DEFINE_float("scale", 100.0, "Multiplier of the shown scores (100: percentages).")
     flags.DEFINE_integer("decimals", 2, "Decimals shown.")
     flags.DEFINE_string("plot_metric", "tail_recall", "Metric plotted against the imbalance ratio ('' = none).")
-    flags.DEFINE_string("baseline", "", "Row label (e.g. 'bsm') every other row is compared with by paired "
-                        "t-test and exact Wilcoxon over matched (fold, seed) runs ('' = no comparison).")
+    flags.DEFINE_string(
+        "baseline",
+        "",
+        "Row label (e.g. 'bsm') every other row is compared with by paired "
+        "t-test and exact Wilcoxon over matched (fold, seed) runs ('' = no comparison).",
+    )
     flags.DEFINE_list("paired_metrics", [], "Metrics of the paired comparison (default: --metrics).")
 
 

@@ -20,6 +20,7 @@ sweep goes on; failures are listed at the end and the exit status is 1. Each run
 status. Children share a persistent XLA compilation cache (--compilation_cache, default
 <sweep_root>/jax_cache), so runs of the same shapes compile once. Docs: docs/evaluation.md.
 """
+
 import json
 import os
 import re
@@ -41,8 +42,18 @@ def _name_part(axis: str, value) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]", "-", text)
 
 
-def expand_grid(config: str, sweep_root: str, methods=(), teachers=(), imbs=(), folds=(), seeds=(),
-                overrides=(), teacherless_methods=("bsm",), python: str = sys.executable) -> list:
+def expand_grid(
+    config: str,
+    sweep_root: str,
+    methods=(),
+    teachers=(),
+    imbs=(),
+    folds=(),
+    seeds=(),
+    overrides=(),
+    teacherless_methods=("bsm",),
+    python: str = sys.executable,
+) -> list:
     """The runs of the grid, in a fixed order (methods, teachers, imbs, folds, seeds nested in that order).
 
     `config` is the base config spec `path[:args]`; grid values are appended to its `:args`. `overrides`
@@ -61,9 +72,9 @@ def expand_grid(config: str, sweep_root: str, methods=(), teachers=(), imbs=(), 
     for method in methods:
         method_teachers = [None] if (not teachers or method in teacherless_methods) else list(teachers)
         for teacher in method_teachers:
-            for imb in (list(imbs) or [None]):
-                for fold in (list(folds) or [None]):
-                    for seed in (list(seeds) or [None]):
+            for imb in list(imbs) or [None]:
+                for fold in list(folds) or [None]:
+                    for seed in list(seeds) or [None]:
                         grid = {"method": method, "teacher": teacher, "imb": imb, "fold": fold, "seed": seed}
                         grid = {axis: value for axis, value in grid.items() if value is not None}
                         name = "_".join(_name_part(axis, grid[axis]) for axis in GRID_ORDER if axis in grid)
@@ -71,8 +82,9 @@ def expand_grid(config: str, sweep_root: str, methods=(), teachers=(), imbs=(), 
                             raise ValueError(f"two grid points give the run name {name!r}; remove duplicates")
                         seen.add(name)
                         args = [a for a in base_args.split(",") if a.strip()]
-                        args += [f"{axis}={grid[axis]}" for axis in ("method", "teacher", "imb", "fold")
-                                 if axis in grid]
+                        args += [
+                            f"{axis}={grid[axis]}" for axis in ("method", "teacher", "imb", "fold") if axis in grid
+                        ]
                         run_config = f"{path}:{','.join(args)}"
                         workdir = os.path.join(sweep_root, name)
                         command = [python, "-m", TRAIN_MODULE, f"--config={run_config}", f"--workdir={workdir}"]
@@ -80,12 +92,19 @@ def expand_grid(config: str, sweep_root: str, methods=(), teachers=(), imbs=(), 
                             command.append(f"--config.seed={grid['seed']}")
                         # A key only other methods read (teacher.* for 'bsm', fpg.* for 'ekd') is not
                         # passed to this run; a key no method reads still fails the run, as a typo must.
-                        foreign = (method_registry.keys_of_other_methods(method) if method in method_registry.METHODS
-                                   else set())
-                        command += [f"--config.{override}" for override in overrides
-                                    if override.partition("=")[0] not in foreign]
-                        runs.append({"name": name, "workdir": workdir, "grid": grid, "config": run_config,
-                                     "command": command})
+                        foreign = (
+                            method_registry.keys_of_other_methods(method)
+                            if method in method_registry.METHODS
+                            else set()
+                        )
+                        command += [
+                            f"--config.{override}"
+                            for override in overrides
+                            if override.partition("=")[0] not in foreign
+                        ]
+                        runs.append(
+                            {"name": name, "workdir": workdir, "grid": grid, "config": run_config, "command": command}
+                        )
     return runs
 
 
@@ -110,8 +129,7 @@ def _log_tail(path: str, lines: int = 5) -> str:
         return ""
 
 
-def run_local(runs: list, sweep_json: str, sweep_info: dict, compilation_cache: str = "",
-              echo=print) -> list:
+def run_local(runs: list, sweep_json: str, sweep_info: dict, compilation_cache: str = "", echo=print) -> list:
     """Runs each pending run in turn (see the module docstring); returns the failed runs."""
     env = dict(os.environ)
     if compilation_cache and "JAX_COMPILATION_CACHE_DIR" not in env:
@@ -132,8 +150,7 @@ def run_local(runs: list, sweep_json: str, sweep_info: dict, compilation_cache: 
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(run['command'])}\n")
             log.flush()
             try:
-                returncode = subprocess.run(run["command"], stdout=log, stderr=subprocess.STDOUT,
-                                            env=env).returncode
+                returncode = subprocess.run(run["command"], stdout=log, stderr=subprocess.STDOUT, env=env).returncode
             except KeyboardInterrupt:
                 run["status"] = "interrupted"
                 _write_json(sweep_json, dict(sweep_info, runs=runs))
@@ -146,28 +163,52 @@ def run_local(runs: list, sweep_json: str, sweep_info: dict, compilation_cache: 
             failed.append(run)
         _write_json(sweep_json, dict(sweep_info, runs=runs))
         eta = sum(durations) / len(durations) * (len(todo) - index)
-        echo(f"[{index}/{len(todo)}] {run['name']}: {run['status']} in {_duration(seconds)} (exit {returncode}) | "
-             f"{index - len(failed)} ok, {len(failed)} failed | ETA {_duration(eta)}")
+        echo(
+            f"[{index}/{len(todo)}] {run['name']}: {run['status']} in {_duration(seconds)} (exit {returncode}) | "
+            f"{index - len(failed)} ok, {len(failed)} failed | ETA {_duration(eta)}"
+        )
         if not finished:
             echo(f"    log {log_path}:\n" + "\n".join("    " + line for line in _log_tail(log_path).splitlines()))
     return failed
 
 
-def sweep(config, sweep_root, methods=(), teachers=(), imbs=(), folds=(), seeds=(), overrides=(),
-          teacherless_methods=("bsm",), mode="local", compilation_cache=None, python=None, echo=print) -> int:
+def sweep(
+    config,
+    sweep_root,
+    methods=(),
+    teachers=(),
+    imbs=(),
+    folds=(),
+    seeds=(),
+    overrides=(),
+    teacherless_methods=("bsm",),
+    mode="local",
+    compilation_cache=None,
+    python=None,
+    echo=print,
+) -> int:
     """Expands the grid, writes sweep.json, then prints or runs the commands; returns the exit status."""
     if mode not in ("local", "print"):
         raise ValueError(f"mode must be 'local' or 'print', got {mode!r}")
     if python is None:
         python = sys.executable if mode == "local" else "python"
-    runs = expand_grid(config, sweep_root, methods, teachers, imbs, folds, seeds, overrides, teacherless_methods,
-                       python)
+    runs = expand_grid(
+        config, sweep_root, methods, teachers, imbs, folds, seeds, overrides, teacherless_methods, python
+    )
     os.makedirs(sweep_root, exist_ok=True)
     sweep_json = os.path.join(sweep_root, "sweep.json")
-    info = {"config": config, "overrides": list(overrides),
-            "grid": {"methods": list(methods), "teachers": list(teachers), "imbs": list(imbs),
-                     "folds": list(folds), "seeds": list(seeds)},
-            "teacherless_methods": list(teacherless_methods)}
+    info = {
+        "config": config,
+        "overrides": list(overrides),
+        "grid": {
+            "methods": list(methods),
+            "teachers": list(teachers),
+            "imbs": list(imbs),
+            "folds": list(folds),
+            "seeds": list(seeds),
+        },
+        "teacherless_methods": list(teacherless_methods),
+    }
     if mode == "print":
         _write_json(sweep_json, dict(info, runs=runs))
         for run in runs:
@@ -191,9 +232,20 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     f = flags.FLAGS
     try:
-        status = sweep(f.config, f.sweep_root, f.methods, f.teachers, f.imbs, [int(x) for x in f.folds],
-                       [int(x) for x in f.seeds], f.override, f.teacherless_methods, f.mode,
-                       f.compilation_cache, f.python)
+        status = sweep(
+            f.config,
+            f.sweep_root,
+            f.methods,
+            f.teachers,
+            f.imbs,
+            [int(x) for x in f.folds],
+            [int(x) for x in f.seeds],
+            f.override,
+            f.teacherless_methods,
+            f.mode,
+            f.compilation_cache,
+            f.python,
+        )
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
@@ -204,20 +256,31 @@ def _define_flags():
     # Defined only when run as a script, so tests can import this module next to other launchers.
     from absl import flags
 
-    flags.DEFINE_string("config", None, "Base config spec path[:args], e.g. configs/isic.py or "
-                        "configs/isic.py:runlocal; the grid's method/teacher/imb/fold are appended to args.")
+    flags.DEFINE_string(
+        "config",
+        None,
+        "Base config spec path[:args], e.g. configs/isic.py or "
+        "configs/isic.py:runlocal; the grid's method/teacher/imb/fold are appended to args.",
+    )
     flags.DEFINE_string("sweep_root", None, "Folder holding one workdir per run and sweep.json.")
     flags.DEFINE_list("methods", [], "Methods (config arg method=...).")
     flags.DEFINE_list("teachers", [], "Teacher registry names (config arg teacher=...); none: the config's.")
     flags.DEFINE_list("imbs", [], "Imbalance factors (config arg imb=...), e.g. 0.01,0.005,0.002.")
     flags.DEFINE_list("folds", [], "Folds (config arg fold=...), e.g. 1,2,3,4,5.")
     flags.DEFINE_list("seeds", [], "Seeds (--config.seed=...); none: the config's.")
-    flags.DEFINE_multi_string("override", [], "key=value, passed to every run as --config.key=value "
-                              "(repeatable), e.g. --override=total_steps=1000.")
+    flags.DEFINE_multi_string(
+        "override",
+        [],
+        "key=value, passed to every run as --config.key=value (repeatable), e.g. --override=total_steps=1000.",
+    )
     flags.DEFINE_list("teacherless_methods", ["bsm"], "Methods without a teacher: the teacher axis is ignored.")
     flags.DEFINE_enum("mode", "local", ["local", "print"], "local: run here one by one; print: print commands.")
-    flags.DEFINE_string("compilation_cache", None, "Persistent XLA cache shared by the runs (default "
-                        "<sweep_root>/jax_cache; '' = off; JAX_COMPILATION_CACHE_DIR in the environment wins).")
+    flags.DEFINE_string(
+        "compilation_cache",
+        None,
+        "Persistent XLA cache shared by the runs (default "
+        "<sweep_root>/jax_cache; '' = off; JAX_COMPILATION_CACHE_DIR in the environment wins).",
+    )
     flags.DEFINE_string("python", None, "Interpreter in the commands (default: this one; 'python' in print mode).")
     flags.mark_flags_as_required(["config", "sweep_root"])
 

@@ -13,6 +13,7 @@ Exit status: 0 done; 1 bad input (config, files, workdir, checkpoint) or a non-f
 `error: ...` on stderr and nothing written; 143 after a SIGTERM, once the checkpoint is saved (rerun the
 same command to resume). docs/reliability.md lists every fault and what happens.
 """
+
 import ast
 import os
 import sys
@@ -47,18 +48,30 @@ def _exit_bad_config(error: Exception):
 
 
 try:  # without --config, ml_collections applies --config.x overrides to the default right here
-    config_flags.DEFINE_config_file("config", config_path.DEMO_CONFIG, "Experiment config file (path[:args]).",
-                                    lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config", config_path.DEMO_CONFIG, "Experiment config file (path[:args]).", lock_config=True
+    )
 except _BAD_CONFIG_ERRORS as _error:
     _exit_bad_config(_error)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard files and results go. "
-                    "Default: workdirs/<config name>.")
-flags.DEFINE_bool("overwrite", False, "If --workdir holds a run made with a different config, move it aside "
-                  "(renamed to <workdir>.replaced-<date>-<time>) and start afresh instead of refusing. A run with "
-                  "the same config is resumed either way.")
-flags.DEFINE_string("compilation_cache", None, "Persistent XLA compilation cache folder, so that reruns, resumes "
-                    "and other folds skip compiling the step. Default: $JAX_COMPILATION_CACHE_DIR, else "
-                    "~/.cache/foprokd_jax/xla; '' turns it off (foprokd_jax/compilation_cache.py).")
+flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics.jsonl, TensorBoard files and results go. Default: workdirs/<config name>.",
+)
+flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "If --workdir holds a run made with a different config, move it aside "
+    "(renamed to <workdir>.replaced-<date>-<time>) and start afresh instead of refusing. A run with "
+    "the same config is resumed either way.",
+)
+flags.DEFINE_string(
+    "compilation_cache",
+    None,
+    "Persistent XLA compilation cache folder, so that reruns, resumes "
+    "and other folds skip compiling the step. Default: $JAX_COMPILATION_CACHE_DIR, else "
+    "~/.cache/foprokd_jax/xla; '' turns it off (foprokd_jax/compilation_cache.py).",
+)
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM: what a shell reports for a process ended by SIGTERM
 
 
@@ -80,6 +93,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from foprokd_jax import library_logs, parallel
+
     library_logs.quiet_library_logs()
     parallel.maybe_initialize_distributed()
     from foprokd_jax import compilation_cache, demo, train

@@ -13,6 +13,7 @@ then one `error:` line on stderr and exit status 1. A folder that matches prints
 this is how the packaged table was made from the official files.
 `--facts=PATH` checks against another facts table (e.g. one written with --write_facts).
 """
+
 import os
 import sys
 
@@ -57,8 +58,10 @@ def main(argv):
     for difference in differences:
         print(difference)
     names = ", ".join(d.name for d in differences)
-    _fail(f"{len(differences)} of {total} split files in {split_dir} differ from the official ones: {names}. "
-          f"{isic_splits.SPLITS_SOURCE_HINT}")
+    _fail(
+        f"{len(differences)} of {total} split files in {split_dir} differ from the official ones: {names}. "
+        f"{isic_splits.SPLITS_SOURCE_HINT}"
+    )
 
 
 def run():

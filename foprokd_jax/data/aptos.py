@@ -12,6 +12,7 @@ There is no validation set in the reference (the test fold is monitored every ep
 'train' and 'test'; `val_fraction` > 0 carves a seeded stratified 'val' (that fraction of ALL images) out
 of the training fold.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,10 @@ REFERENCE_CLASS_COUNTS = (1805, 370, 999, 193, 295)
 NUM_FOLDS = 5
 REFERENCE_SEED = 2020
 DEFAULT_VAL_FRACTION = 0.0
-HINT = ("Download the APTOS 2019 training data (kaggle.com/competitions/aptos2019-blindness-detection) and "
-        "unpack train.csv and train_images/ into input.image_root.")
+HINT = (
+    "Download the APTOS 2019 training data (kaggle.com/competitions/aptos2019-blindness-detection) and "
+    "unpack train.csv and train_images/ into input.image_root."
+)
 
 
 class AptosResized(ResizedImagesBuilder, skip_registration=True):
@@ -47,8 +50,12 @@ def read_labels(path: str) -> label_csv.LabelTable:
     rows = label_csv.read_rows(path, ("id_code", "diagnosis"), HINT)
     label_csv.check_unique(rows, "id_code", path)
     labels = label_csv.labels_from_ints(rows, "diagnosis", len(CLASS_NAMES), path)
-    return label_csv.LabelTable(image_ids=tuple(r["id_code"] for r in rows), labels=np.asarray(labels, np.int32),
-                                origin=path, lines=tuple(r["_line"] for r in rows))
+    return label_csv.LabelTable(
+        image_ids=tuple(r["id_code"] for r in rows),
+        labels=np.asarray(labels, np.int32),
+        origin=path,
+        lines=tuple(r["_line"] for r in rows),
+    )
 
 
 def image_files(image_root: str, table: label_csv.LabelTable) -> list:
@@ -69,7 +76,8 @@ def image_files(image_root: str, table: label_csv.LabelTable) -> list:
     return items
 
 
-def make_splits(table: label_csv.LabelTable, fold: int, seed: int = REFERENCE_SEED,
-                val_fraction: float = DEFAULT_VAL_FRACTION) -> Dict[str, np.ndarray]:
+def make_splits(
+    table: label_csv.LabelTable, fold: int, seed: int = REFERENCE_SEED, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> Dict[str, np.ndarray]:
     """Row indices (ascending = CSV order, like the reference's `df.iloc[idx]`) of 'train', 'test' [+ 'val']."""
     return cv_splits.kfold_splits(table.labels, fold, seed, val_fraction, "APTOS", NUM_FOLDS)

@@ -22,6 +22,7 @@ to torch's RNG stream, but with the same distributions.
 
 Normalisation (ImageNet mean/std) is not done here: it belongs to the model code (foprokd_jax/image_norm.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 AFFINE_SCALE_RANGE = (0.95, 1.20)
-AFFINE_TRANSLATE = (0.05, 0.0)   # fraction of (width, height)
+AFFINE_TRANSLATE = (0.05, 0.0)  # fraction of (width, height)
 ROTATION_DEGREES = 45.0
 BRIGHTNESS = CONTRAST = SATURATION = 0.25
 HUE = 0.01
@@ -42,13 +43,12 @@ def resize_image(pil_image: Image.Image, size: int) -> Image.Image:
     PIL's `resize` filters over the whole footprint when it shrinks (that is what torchvision's
     `antialias=True` maps to for PIL input), so a 1024x1024 ISIC image is not aliased at 224.
     """
-    if pil_image.mode != 'RGB':
-        pil_image = pil_image.convert('RGB')
+    if pil_image.mode != "RGB":
+        pil_image = pil_image.convert("RGB")
     return pil_image.resize((size, size), resample=Image.BILINEAR)
 
 
-def _inverse_affine_matrix(width: int, height: int, angle: float, translate: tuple,
-                           scale: float) -> list:
+def _inverse_affine_matrix(width: int, height: int, angle: float, translate: tuple, scale: float) -> list:
     """Output->input pixel map for PIL `Image.transform(AFFINE)`, as torchvision builds it.
 
     torchvision `_get_inverse_affine_matrix` without shear: M = T * C * R(angle) * S(scale) * C^-1
@@ -107,12 +107,12 @@ def adjust_hue(img: Image.Image, hue_factor: float) -> Image.Image:
     The shift is `np.int32(hue_factor * 255)` (truncation toward zero), so with hue=0.01 it is an
     integer in [-2, 2]; 0 leaves the image untouched apart from the HSV round trip.
     """
-    h, s, v = img.convert('HSV').split()
+    h, s, v = img.convert("HSV").split()
     np_h = np.array(h, dtype=np.uint8)
-    with np.errstate(over='ignore'):
+    with np.errstate(over="ignore"):
         np_h += np.int32(hue_factor * 255).astype(np.uint8)
-    h = Image.fromarray(np_h, 'L')
-    return Image.merge('HSV', (h, s, v)).convert('RGB')
+    h = Image.fromarray(np_h, "L")
+    return Image.merge("HSV", (h, s, v)).convert("RGB")
 
 
 def color_jitter(img: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -144,8 +144,8 @@ def train_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     Deterministic given the generator's state; returns a new uint8 array of the same shape.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f'expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}')
-    img = Image.fromarray(image, 'RGB')
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    img = Image.fromarray(image, "RGB")
     # RandomChoice picks one of the three geometric transforms uniformly.
     img = GEOMETRIC_CHOICES[int(rng.integers(len(GEOMETRIC_CHOICES)))](img, rng)
     img = color_jitter(img, rng)

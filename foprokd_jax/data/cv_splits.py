@@ -10,6 +10,7 @@
 - `carve_validation`: a seeded, stratified (optionally grouped) validation subset of the training rows.
 - `check_disjoint`: refuses splits that share an image (leakage).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,15 +43,18 @@ def stratified_kfold_test_folds(labels: Sequence[int], n_splits: int = 5, seed: 
     num_classes = int(codes.max()) + 1
     counts = np.bincount(codes, minlength=num_classes)
     if np.all(counts < n_splits):
-        raise ValueError(f"n_splits={n_splits} is greater than the number of members of every class "
-                         f"(class sizes {counts.tolist()}).")
+        raise ValueError(
+            f"n_splits={n_splits} is greater than the number of members of every class (class sizes {counts.tolist()})."
+        )
     if counts.min() < n_splits:
-        logging.warning("the smallest class has only %d members, fewer than n_splits=%d: some test folds "
-                        "will not contain it", counts.min(), n_splits)
+        logging.warning(
+            "the smallest class has only %d members, fewer than n_splits=%d: some test folds will not contain it",
+            counts.min(),
+            n_splits,
+        )
     rng = np.random.RandomState(seed)
     sorted_codes = np.sort(codes)
-    quota = np.asarray([np.bincount(sorted_codes[i::n_splits], minlength=num_classes)
-                        for i in range(n_splits)])
+    quota = np.asarray([np.bincount(sorted_codes[i::n_splits], minlength=num_classes) for i in range(n_splits)])
     test_folds = np.empty(codes.size, dtype=np.int64)
     for k in range(num_classes):
         folds_for_class = np.arange(n_splits).repeat(quota[:, k])
@@ -70,15 +74,18 @@ def _group_table(labels: np.ndarray, groups: np.ndarray):
     mixed = np.flatnonzero(labels != group_labels[group_of_row])
     if mixed.size:
         row = int(mixed[0])
-        raise ValueError(f"group {str(groups[row])!r} has rows with different labels "
-                         f"({sorted(set(labels[group_of_row == group_of_row[row]].tolist()))}); a group "
-                         "(e.g. a HAM10000 lesion) must have a single label.")
+        raise ValueError(
+            f"group {str(groups[row])!r} has rows with different labels "
+            f"({sorted(set(labels[group_of_row == group_of_row[row]].tolist()))}); a group "
+            "(e.g. a HAM10000 lesion) must have a single label."
+        )
     sizes = np.bincount(group_of_row, minlength=order.size)
     return group_of_row, group_labels, sizes
 
 
-def stratified_group_kfold_test_folds(labels: Sequence[int], groups: Sequence, n_splits: int = 5,
-                                      seed: int = 0) -> np.ndarray:
+def stratified_group_kfold_test_folds(
+    labels: Sequence[int], groups: Sequence, n_splits: int = 5, seed: int = 0
+) -> np.ndarray:
     """Test fold (0-based) of every row such that all rows of a group share a fold.
 
     Per class (in label order), the class's groups are shuffled with `default_rng([seed, label])`,
@@ -106,8 +113,9 @@ def stratified_group_kfold_test_folds(labels: Sequence[int], groups: Sequence, n
     return group_fold[group_of_row]
 
 
-def carve_validation(labels: Sequence[int], candidates: np.ndarray, fraction: float, seed,
-                     groups: Optional[Sequence] = None) -> np.ndarray:
+def carve_validation(
+    labels: Sequence[int], candidates: np.ndarray, fraction: float, seed, groups: Optional[Sequence] = None
+) -> np.ndarray:
     """Boolean mask over all rows: the validation rows, chosen among `candidates` (row indices).
 
     Per class, about `fraction` of the class's candidate images (whole groups when `groups` is given)
@@ -145,17 +153,25 @@ def check_disjoint(split_ids: Dict[str, Sequence[str]], origin: Dict[str, str]) 
     names = list(split_ids)
     sets = {name: set(split_ids[name]) for name in names}
     for i, first in enumerate(names):
-        for second in names[i + 1:]:
+        for second in names[i + 1 :]:
             shared = sorted(sets[first] & sets[second])
             if shared:
                 raise LeakageError(
                     f"{len(shared)} image(s) are in both the {first!r} split ({origin.get(first, '?')}) and "
                     f"the {second!r} split ({origin.get(second, '?')}), e.g. {shared[:5]}; refusing to train "
-                    "on images that are evaluated.")
+                    "on images that are evaluated."
+                )
 
 
-def kfold_splits(labels: Sequence[int], fold: int, seed: int, val_fraction: float, dataset: str,
-                 num_folds: int = 5, groups: Optional[Sequence] = None) -> Dict[str, np.ndarray]:
+def kfold_splits(
+    labels: Sequence[int],
+    fold: int,
+    seed: int,
+    val_fraction: float,
+    dataset: str,
+    num_folds: int = 5,
+    groups: Optional[Sequence] = None,
+) -> Dict[str, np.ndarray]:
     """Row indices (ascending, i.e. file order) of 'train', 'test' and, if val_fraction > 0, 'val'.
 
     'test' is fold `fold` (1-based) of a stratified k-fold partition: scikit-learn's shuffled
@@ -166,8 +182,10 @@ def kfold_splits(labels: Sequence[int], fold: int, seed: int, val_fraction: floa
         raise ValueError(f"input.fold={fold!r} must be in 1..{num_folds} for {dataset}")
     max_val = 1 - 1 / num_folds
     if not 0 <= val_fraction < max_val:
-        raise ValueError(f"input.val_fraction={val_fraction} must lie in [0, {max_val:g}) for {dataset} (a "
-                         "fraction of all images, taken from the training folds)")
+        raise ValueError(
+            f"input.val_fraction={val_fraction} must lie in [0, {max_val:g}) for {dataset} (a "
+            "fraction of all images, taken from the training folds)"
+        )
     if groups is None:
         test_folds = stratified_kfold_test_folds(labels, num_folds, seed)
     else:

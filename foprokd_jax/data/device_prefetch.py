@@ -11,6 +11,7 @@ after each batch it pulls, and `get_state()` returns the state that belongs to t
 caller. The state is written in the same JSON text grain writes for its own iterators, so checkpoints made
 with and without prefetching are interchangeable.
 """
+
 from __future__ import annotations
 
 import json

@@ -20,6 +20,7 @@ from the other four folds, leaving 70 % for training: 70/10/20.
   only for comparing with published numbers. The test folds are then exactly scikit-learn's
   `StratifiedKFold(5, shuffle=True, random_state=split_seed)` over the metadata rows.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,10 @@ CLASS_NAMES = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 SPLIT_MODES = ("lesion", "image")
 NUM_FOLDS = 5
 DEFAULT_VAL_FRACTION = 0.1
-HINT = ("Download HAM10000 (https://doi.org/10.7910/DVN/DBW86T) and unpack HAM10000_metadata.csv and the "
-        "two image folders into input.image_root.")
+HINT = (
+    "Download HAM10000 (https://doi.org/10.7910/DVN/DBW86T) and unpack HAM10000_metadata.csv and the "
+    "two image folders into input.image_root."
+)
 
 
 class Ham10000Resized(ResizedImagesBuilder, skip_registration=True):
@@ -62,10 +65,15 @@ def read_metadata(path: str) -> label_csv.LabelTable:
         if first["dx"] != row["dx"]:  # the lesion-grouped split needs one label per lesion
             raise label_csv.LabelFileError(
                 f"{path} line {row['_line']}: lesion {row['lesion_id']!r} has dx {row['dx']!r} here but "
-                f"{first['dx']!r} on line {first['_line']}.")
-    return label_csv.LabelTable(image_ids=tuple(r["image_id"] for r in rows), labels=np.asarray(labels, np.int32),
-                                origin=path, lines=tuple(r["_line"] for r in rows),
-                                groups=tuple(r["lesion_id"] for r in rows))
+                f"{first['dx']!r} on line {first['_line']}."
+            )
+    return label_csv.LabelTable(
+        image_ids=tuple(r["image_id"] for r in rows),
+        labels=np.asarray(labels, np.int32),
+        origin=path,
+        lines=tuple(r["_line"] for r in rows),
+        groups=tuple(r["lesion_id"] for r in rows),
+    )
 
 
 def image_files(image_root: str, table: label_csv.LabelTable) -> list:
@@ -77,7 +85,8 @@ def image_files(image_root: str, table: label_csv.LabelTable) -> list:
             listing.update({name: os.path.join(directory, name) for name in os.listdir(directory)})
     if not listing:
         raise label_csv.MissingImageError(
-            f"No HAM10000 image folders in {image_root}: expected {' and '.join(IMAGE_DIRS)}. {HINT}")
+            f"No HAM10000 image folders in {image_root}: expected {' and '.join(IMAGE_DIRS)}. {HINT}"
+        )
     items, missing = [], []
     for image_id, line in zip(table.image_ids, table.lines):
         path = listing.get(f"{image_id}.jpg")
@@ -90,8 +99,13 @@ def image_files(image_root: str, table: label_csv.LabelTable) -> list:
     return items
 
 
-def make_splits(table: label_csv.LabelTable, fold: int, seed: int, split_mode: str = "lesion",
-                val_fraction: float = DEFAULT_VAL_FRACTION) -> Dict[str, np.ndarray]:
+def make_splits(
+    table: label_csv.LabelTable,
+    fold: int,
+    seed: int,
+    split_mode: str = "lesion",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> Dict[str, np.ndarray]:
     """Row indices (ascending, i.e. metadata order) of 'train', 'val' (if val_fraction > 0) and 'test'."""
     if split_mode not in SPLIT_MODES:
         raise ValueError(f"input.split_mode={split_mode!r} is not one of {SPLIT_MODES}")

@@ -16,6 +16,7 @@ of ALL images) out of the training fold. Head/medium/tail (docs/reference_semant
 training fold (`class_groups`); the smallest classes (ileum 9, hemorrhoids 6 images) still appear in
 every test fold.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,10 @@ NUM_FOLDS = 5
 DEFAULT_VAL_FRACTION = 0.0
 HEAD_MIN, TAIL_MAX = 700, 70
 IMAGE_SUFFIXES = (".jpg", ".jpeg")
-HINT = ("Download hyper-kvasir-labeled-images.zip (https://datasets.simula.no/hyper-kvasir/) and unzip it "
-        "so that input.image_root/labeled-images/lower-gi-tract/... exists.")
+HINT = (
+    "Download hyper-kvasir-labeled-images.zip (https://datasets.simula.no/hyper-kvasir/) and unzip it "
+    "so that input.image_root/labeled-images/lower-gi-tract/... exists."
+)
 
 
 class HyperKvasirResized(ResizedImagesBuilder, skip_registration=True):
@@ -93,32 +96,40 @@ def scan_tree(image_root: str) -> label_csv.LabelTable:
         if class_name not in CLASS_TREE:
             raise label_csv.LabelFileError(
                 f"{directory}: {len(images)} image(s) in a folder that is not a Hyper-Kvasir class "
-                f"({class_name!r}); expected one of {list(CLASS_NAMES)}.")
+                f"({class_name!r}); expected one of {list(CLASS_NAMES)}."
+            )
         found += [(os.path.relpath(os.path.join(directory, f), tree), class_name) for f in images]
     found.sort()
     absent = sorted(set(CLASS_NAMES) - {c for _, c in found})
     if absent:
-        raise label_csv.LabelFileError(f"{tree}: no images of the class(es) {absent}; the 23-class benchmark "
-                                       f"needs all of them. {HINT}")
+        raise label_csv.LabelFileError(
+            f"{tree}: no images of the class(es) {absent}; the 23-class benchmark needs all of them. {HINT}"
+        )
     image_ids = [os.path.splitext(os.path.basename(rel))[0] for rel, _ in found]
     first = {}
     for (rel, _), image_id in zip(found, image_ids):
         if image_id in first:
-            raise label_csv.LabelFileError(f"{tree}: image id {image_id!r} appears twice ({first[image_id]} and "
-                                           f"{rel}); ids (file names) must be unique across classes.")
+            raise label_csv.LabelFileError(
+                f"{tree}: image id {image_id!r} appears twice ({first[image_id]} and "
+                f"{rel}); ids (file names) must be unique across classes."
+            )
         first[image_id] = rel
     index = {name: i for i, name in enumerate(CLASS_NAMES)}
-    return label_csv.LabelTable(image_ids=tuple(image_ids),
-                                labels=np.asarray([index[c] for _, c in found], np.int32), origin=tree,
-                                files=tuple(os.path.join(tree, rel) for rel, _ in found))
+    return label_csv.LabelTable(
+        image_ids=tuple(image_ids),
+        labels=np.asarray([index[c] for _, c in found], np.int32),
+        origin=tree,
+        files=tuple(os.path.join(tree, rel) for rel, _ in found),
+    )
 
 
 def image_files(table: label_csv.LabelTable) -> list:
     return list(zip(table.image_ids, table.files))
 
 
-def make_splits(table: label_csv.LabelTable, fold: int, seed: int,
-                val_fraction: float = DEFAULT_VAL_FRACTION) -> Dict[str, np.ndarray]:
+def make_splits(
+    table: label_csv.LabelTable, fold: int, seed: int, val_fraction: float = DEFAULT_VAL_FRACTION
+) -> Dict[str, np.ndarray]:
     """Row indices (sorted-path order) of 'train', 'test' [+ 'val'] for fold 1..5."""
     return cv_splits.kfold_splits(table.labels, fold, seed, val_fraction, "Hyper-Kvasir", NUM_FOLDS)
 

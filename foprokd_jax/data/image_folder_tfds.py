@@ -20,6 +20,7 @@ into `<data_dir>/<dataset name>_size<S>.bad_images.json` (written atomically). P
 then raises an error listing them and leaves no dataset; 'skip' writes the dataset without them and
 records them in its metadata, so split builders can drop them with a warning.
 """
+
 from __future__ import annotations
 
 import collections
@@ -32,9 +33,9 @@ import os
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 import tqdm
+from PIL import Image
 
 from foprokd_jax.data import augment
 
@@ -101,7 +102,7 @@ def _decode_in_order(items: ImageItems, size: int, workers: int) -> Iterable:
 def chunk_items(items: Sequence, image_size: int) -> List[list]:
     """Consecutive chunks of `items`, each under PART_BYTES of raw pixels (see PART_BYTES)."""
     per_part = max(1, PART_BYTES // (image_size * image_size * 3 + 64))
-    return [list(items[i:i + per_part]) for i in range(0, len(items), per_part)]
+    return [list(items[i : i + per_part]) for i in range(0, len(items), per_part)]
 
 
 def report_path(data_dir: str, dataset_name: str, image_size: int) -> str:
@@ -125,8 +126,9 @@ class ResizedImagesConfig(tfds.core.BuilderConfig):
     """One resolution of a resized dataset."""
 
     def __init__(self, *, image_size: int, **kwargs):
-        super().__init__(name=f"size{image_size}", description=f"Images resized to {image_size}x{image_size}.",
-                         **kwargs)
+        super().__init__(
+            name=f"size{image_size}", description=f"Images resized to {image_size}x{image_size}.", **kwargs
+        )
         self.image_size = image_size
 
 
@@ -154,13 +156,18 @@ class ResizedImagesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         # BYTES: the raw buffer. The default (NONE) would upcast every pixel to a varint int64.
-        image_feature = tfds.features.Tensor(shape=(size, size, 3), dtype=np.uint8,
-                                             encoding=tfds.features.Encoding.BYTES)
+        image_feature = tfds.features.Tensor(
+            shape=(size, size, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES
+        )
         # DatasetInfo is built directly: `dataset_info_from_configs` would need package metadata.
         return tfds.core.DatasetInfo(
-            builder=self, description=f"{self.TITLE}, resized once to {size}x{size} (foprokd_jax).",
+            builder=self,
+            description=f"{self.TITLE}, resized once to {size}x{size} (foprokd_jax).",
             features=tfds.features.FeaturesDict({"image": image_feature, "image_id": tfds.features.Text()}),
-            homepage=self.HOMEPAGE, disable_shuffling=True, metadata=tfds.core.MetadataDict())
+            homepage=self.HOMEPAGE,
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
 
     def _split_generators(self, dl_manager):
         del dl_manager  # The files are given, nothing is downloaded.
@@ -173,14 +180,17 @@ class ResizedImagesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         self.info.metadata["parts"] = part_names
         self._written, self._bad, self._padding = [], [], 0
         # One bar over all parts (TFDS's own bars count per part and know no total).
-        progress = tqdm.tqdm(total=len(self._items), unit="img", mininterval=2.0,
-                             desc=f"Resizing {self.TITLE} to {size}x{size}")
+        progress = tqdm.tqdm(
+            total=len(self._items), unit="img", mininterval=2.0, desc=f"Resizing {self.TITLE} to {size}x{size}"
+        )
         # All parts draw, in order, from one stream of the readable images: part k holds the next `quota`
         # of them and the last part the rest, so skipped images never leave a gap inside a part.
         stream = self._readable_images(progress)
         quota = -(-len(self._items) // num_parts)
-        return {name: self._generate_examples(stream, None if k == num_parts - 1 else quota)
-                for k, name in enumerate(part_names)}
+        return {
+            name: self._generate_examples(stream, None if k == num_parts - 1 else quota)
+            for k, name in enumerate(part_names)
+        }
 
     def _readable_images(self, progress):
         size = self.builder_config.image_size
@@ -215,30 +225,40 @@ class ResizedImagesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         if not self._bad and os.path.exists(path):
             os.remove(path)  # A report left by an earlier failed preparation no longer applies.
         if self._bad:
-            _write_json_atomically(path, {"dataset": self.name, "image_size": size, "policy": self._policy,
-                                          "num_listed": len(self._items), "bad_images": self._bad})
+            _write_json_atomically(
+                path,
+                {
+                    "dataset": self.name,
+                    "image_size": size,
+                    "policy": self._policy,
+                    "num_listed": len(self._items),
+                    "bad_images": self._bad,
+                },
+            )
             listing = "; ".join(f"{b['path']} ({b['reason']})" for b in self._bad[:10])
             more = f" and {len(self._bad) - 10} more" if len(self._bad) > 10 else ""
             if self._policy == "fail" or not self._written:
                 raise BadImagesError(
                     f"{len(self._bad)} of {len(self._items)} images could not be read: {listing}{more}. "
                     f"Full list: {path}. Nothing was prepared. Replace the files, or set "
-                    "input.bad_image_policy='skip' to prepare without them.")
-            logging.warning("skipped %d unreadable image(s) (list in %s): %s%s", len(self._bad), path,
-                            listing, more)
+                    "input.bad_image_policy='skip' to prepare without them."
+                )
+            logging.warning("skipped %d unreadable image(s) (list in %s): %s%s", len(self._bad), path, listing, more)
         self.info.metadata["image_ids"] = list(self._written)
         self.info.metadata["bad_images"] = list(self._bad)
         self.info.metadata["padding_records"] = self._padding
 
 
-def make_builder(builder_cls, data_dir: str, image_size: int, items: ImageItems = (),
-                 bad_image_policy: str = "fail") -> ResizedImagesBuilder:
+def make_builder(
+    builder_cls, data_dir: str, image_size: int, items: ImageItems = (), bad_image_policy: str = "fail"
+) -> ResizedImagesBuilder:
     """The builder of `builder_cls` for any image size (`size224`, ... or e.g. `size48`)."""
     config = next((c for c in builder_cls.BUILDER_CONFIGS if c.image_size == image_size), None)
     if config is None:
         config = ResizedImagesConfig(image_size=int(image_size))
-    return builder_cls(config=config, data_dir=data_dir, file_format="array_record", items=items,
-                       bad_image_policy=bad_image_policy)
+    return builder_cls(
+        config=config, data_dir=data_dir, file_format="array_record", items=items, bad_image_policy=bad_image_policy
+    )
 
 
 def is_prepared(builder_cls, data_dir: str, image_size: int) -> bool:
@@ -260,8 +280,10 @@ class ImageStore:
         builder = tfds.builder_from_directory(self.dataset_dir)
         metadata = builder.info.metadata or {}
         if "image_ids" not in metadata:
-            raise ImageFileError(f"{self.dataset_dir}: no image_ids in the dataset metadata; it was not "
-                                 "written by foprokd_jax.data.image_folder_tfds.")
+            raise ImageFileError(
+                f"{self.dataset_dir}: no image_ids in the dataset metadata; it was not "
+                "written by foprokd_jax.data.image_folder_tfds."
+            )
         self.image_ids = tuple(metadata["image_ids"])
         self.image_size = int(metadata["image_size"])
         self.parts = tuple(metadata["parts"])
@@ -283,13 +305,17 @@ class ImageStore:
         """Cheap check that record i really holds image_ids[i] (first, middle and last record)."""
         records = self._records()
         if len(records) != len(self.image_ids) + self.padding_records:
-            raise ImageFileError(f"{self.dataset_dir}: {len(records)} records but {len(self.image_ids)} "
-                                 f"image ids (+ {self.padding_records} padding) in the metadata.")
+            raise ImageFileError(
+                f"{self.dataset_dir}: {len(records)} records but {len(self.image_ids)} "
+                f"image ids (+ {self.padding_records} padding) in the metadata."
+            )
         for i in sorted({0, len(self.image_ids) // 2, len(self.image_ids) - 1}):
             stored = _as_str(records[i]["image_id"])
             if stored != self.image_ids[i]:
-                raise ImageFileError(f"{self.dataset_dir}: record {i} holds {stored!r}, expected "
-                                     f"{self.image_ids[i]!r}; the record order is not the id order.")
+                raise ImageFileError(
+                    f"{self.dataset_dir}: record {i} holds {stored!r}, expected "
+                    f"{self.image_ids[i]!r}; the record order is not the id order."
+                )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -313,8 +339,13 @@ class ImageStore:
         return np.asarray(self._records()[int(index)]["image"], dtype=np.uint8)
 
 
-def prepare_images(builder_cls, items: Union[ImageItems, Callable[[], ImageItems], None], data_dir: str,
-                   image_size: int, bad_image_policy: str = "fail") -> ImageStore:
+def prepare_images(
+    builder_cls,
+    items: Union[ImageItems, Callable[[], ImageItems], None],
+    data_dir: str,
+    image_size: int,
+    bad_image_policy: str = "fail",
+) -> ImageStore:
     """Prepares the resized dataset once (reused afterwards) and opens it.
 
     `items`: the (image id, path) pairs, or a function returning them (called only when the dataset has
@@ -346,7 +377,8 @@ def prepare_images(builder_cls, items: Union[ImageItems, Callable[[], ImageItems
         raise BadImagesError(
             f"{store.dataset_dir} was prepared with bad_image_policy='skip' and lacks {len(store.bad_images)} "
             f"unreadable image(s), e.g. {sorted(store.bad_ids)[:5]}; set input.bad_image_policy='skip' to use "
-            "it, or delete that folder to prepare again.")
+            "it, or delete that folder to prepare again."
+        )
     return store
 
 
@@ -356,8 +388,7 @@ def drop_bad_images(image_ids: Sequence[str], labels: np.ndarray, store: ImageSt
     if keep.all():
         return tuple(image_ids), np.asarray(labels, np.int32)
     dropped = [i for i, k in zip(image_ids, keep) if not k]
-    logging.warning("%s: dropped %d unreadable image(s) skipped at preparation: %s", origin, len(dropped),
-                    dropped[:10])
+    logging.warning("%s: dropped %d unreadable image(s) skipped at preparation: %s", origin, len(dropped), dropped[:10])
     return tuple(i for i, k in zip(image_ids, keep) if k), np.asarray(labels, np.int32)[keep]
 
 
@@ -373,7 +404,8 @@ class StoreSource:
             raise MissingImageError(
                 f"{len(missing)} of {len(image_ids)} images listed in {origin} are not in the prepared images "
                 f"in {store.dataset_dir}, e.g. {missing[:5]}. That folder was prepared from other files: "
-                "delete it to prepare again.")
+                "delete it to prepare again."
+            )
         self.image_ids = tuple(image_ids)
         self.origin = origin
         self.store = store

@@ -1,4 +1,5 @@
 """Reading the label CSVs of the benchmarks with errors that name the file, the row and the value."""
+
 from __future__ import annotations
 
 import csv
@@ -18,12 +19,13 @@ class LabelFileError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class LabelTable:
     """A benchmark's labelled images in file order (the order the splits are computed in)."""
+
     image_ids: tuple
-    labels: np.ndarray      # int32 (n,)
-    origin: str             # the CSV or folder the rows come from, for messages and results.json
-    lines: tuple = ()       # CSV line of each row, for messages
-    groups: tuple = ()      # e.g. the HAM10000 lesion id of each row
-    files: tuple = ()       # image path of each row, when the listing gives it (Hyper-Kvasir)
+    labels: np.ndarray  # int32 (n,)
+    origin: str  # the CSV or folder the rows come from, for messages and results.json
+    lines: tuple = ()  # CSV line of each row, for messages
+    groups: tuple = ()  # e.g. the HAM10000 lesion id of each row
+    files: tuple = ()  # image path of each row, when the listing gives it (Hyper-Kvasir)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -38,8 +40,10 @@ def read_rows(path: str, required_columns: Sequence[str], hint: str = "") -> Lis
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in required_columns if c not in columns]
         if missing:
-            raise LabelFileError(f"{path}: no {missing[0]!r} column (columns: {columns}); expected at least "
-                                 f"{list(required_columns)}. {hint}".strip())
+            raise LabelFileError(
+                f"{path}: no {missing[0]!r} column (columns: {columns}); expected at least "
+                f"{list(required_columns)}. {hint}".strip()
+            )
         rows = []
         for line, row in enumerate(reader, start=2):
             clean = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
@@ -57,8 +61,9 @@ def labels_from_names(rows: Sequence[dict], column: str, names: Sequence[str], p
     for row in rows:
         value = row[column]
         if value not in index:
-            raise LabelFileError(f"{path} line {row['_line']}: unknown {column} {value!r}; expected one of "
-                                 f"{list(names)}.")
+            raise LabelFileError(
+                f"{path} line {row['_line']}: unknown {column} {value!r}; expected one of {list(names)}."
+            )
         labels.append(index[value])
     return labels
 
@@ -69,8 +74,9 @@ def labels_from_ints(rows: Sequence[dict], column: str, num_classes: int, path: 
     for row in rows:
         value = row[column]
         if not (value.isascii() and value.isdigit() and int(value) < num_classes):
-            raise LabelFileError(f"{path} line {row['_line']}: {column} {value!r} is not an integer in "
-                                 f"[0, {num_classes}).")
+            raise LabelFileError(
+                f"{path} line {row['_line']}: {column} {value!r} is not an integer in [0, {num_classes})."
+            )
         labels.append(int(value))
     return labels
 
@@ -83,8 +89,9 @@ def check_unique(rows: Sequence[dict], column: str, path: str) -> None:
         if not value:
             raise LabelFileError(f"{path} line {row['_line']}: empty {column}.")
         if value in first_line:
-            raise LabelFileError(f"{path} line {row['_line']}: {column} {value!r} is listed again (first on "
-                                 f"line {first_line[value]}).")
+            raise LabelFileError(
+                f"{path} line {row['_line']}: {column} {value!r} is listed again (first on line {first_line[value]})."
+            )
         first_line[value] = row["_line"]
 
 
@@ -94,4 +101,5 @@ def missing_files_error(missing: Sequence[tuple], total: int, path: str, where: 
     return MissingImageError(
         f"{len(missing)} of {total} images listed in {path} have no file in {where}; first: line {line}, "
         f"{image_id!r} (expected {expected}). Others: {[m[1] for m in missing[1:6]]}. Unpack the complete "
-        "download, or remove those rows.")
+        "download, or remove those rows."
+    )

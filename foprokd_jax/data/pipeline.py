@@ -21,14 +21,15 @@ Evaluation keeps every example exactly once: the data is laid out in order in gl
 B, the last one padded with zero images and `mask=False`, and all processes yield
 ceil(N / B) batches (big_vision's `make_for_inference` / clu's `pad_dataset` idea).
 """
+
 from __future__ import annotations
 
 import math
 from typing import Callable, Iterator
 
-from absl import flags
 import grain
 import numpy as np
+from absl import flags
 
 from foprokd_jax.data import augment as augment_lib
 from foprokd_jax.data import samplers as samplers_lib
@@ -41,10 +42,12 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 def _per_process_batch(global_batch_size: int, process_index: int, process_count: int) -> int:
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f'bad process_index={process_index} for process_count={process_count}')
+        raise ValueError(f"bad process_index={process_index} for process_count={process_count}")
     if global_batch_size % process_count != 0:
-        raise ValueError(f'global_batch_size={global_batch_size} must be divisible by '
-                         f'process_count={process_count} (each process loads an equal slice).')
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be divisible by "
+            f"process_count={process_count} (each process loads an equal slice)."
+        )
     return global_batch_size // process_count
 
 
@@ -56,8 +59,7 @@ class _ProcessSliceOfGlobalBatches(grain.MapDataset):
     in indices past the length, and `repeat` relies on that).
     """
 
-    def __init__(self, parent: grain.MapDataset, global_batch_size: int, process_index: int,
-                 process_count: int):
+    def __init__(self, parent: grain.MapDataset, global_batch_size: int, process_index: int, process_count: int):
         super().__init__(parent)
         self._parent_length = len(parent)
         self._global = global_batch_size
@@ -65,8 +67,10 @@ class _ProcessSliceOfGlobalBatches(grain.MapDataset):
         self._offset = process_index * self._local
         self._steps = self._parent_length // global_batch_size
         if self._steps == 0:
-            raise ValueError(f'{self._parent_length} examples are fewer than one global batch '
-                             f'of {global_batch_size}; drop_last would leave nothing.')
+            raise ValueError(
+                f"{self._parent_length} examples are fewer than one global batch "
+                f"of {global_batch_size}; drop_last would leave nothing."
+            )
 
     def __len__(self) -> int:
         return self._steps * self._local
@@ -82,28 +86,33 @@ class _ProcessSliceOfGlobalBatches(grain.MapDataset):
         return self._parent[self._parent_index(index)]
 
     def __str__(self) -> str:
-        return (f'ProcessSliceOfGlobalBatches(global={self._global}, local={self._local}, '
-                f'offset={self._offset})')
+        return f"ProcessSliceOfGlobalBatches(global={self._global}, local={self._local}, offset={self._offset})"
 
 
-def _augment_example(example: dict, rng: np.random.Generator,
-                     augment_fn: Callable = augment_lib.train_augment) -> dict:
-    return {'image': augment_fn(example['image'], rng), 'label': example['label']}
+def _augment_example(example: dict, rng: np.random.Generator, augment_fn: Callable = augment_lib.train_augment) -> dict:
+    return {"image": augment_fn(example["image"], rng), "label": example["label"]}
 
 
-def make_train_dataset(source, global_batch_size: int, seed: int, process_index: int = 0,
-                       process_count: int = 1, augment: bool = True, sampler: str = 'instance',
-                       labels=None) -> grain.MapDataset:
+def make_train_dataset(
+    source,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    augment: bool = True,
+    sampler: str = "instance",
+    labels=None,
+) -> grain.MapDataset:
     """The infinite per-process example stream (before batching); see the module docstring.
 
     sampler: 'instance' (shuffle, every example once per epoch), 'class_balanced' or 'sqrt' (samplers.py).
     labels: the training labels in source order, for the class-aware samplers (default `source.labels`).
     """
-    if not 0 <= seed < 2 ** 32:
-        raise ValueError(f'seed must lie in [0, 2**32); got {seed}')
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must lie in [0, 2**32); got {seed}")
     if sampler not in samplers_lib.SAMPLERS:
-        raise ValueError(f'Unknown sampler {sampler!r}; available: {samplers_lib.SAMPLERS}')
-    if sampler == 'instance':
+        raise ValueError(f"Unknown sampler {sampler!r}; available: {samplers_lib.SAMPLERS}")
+    if sampler == "instance":
         # Unchanged since before the samplers existed: the same (seed, epoch) gives the same stream.
         ds = grain.MapDataset.source(source).seed(seed).shuffle()
     else:
@@ -115,9 +124,18 @@ def make_train_dataset(source, global_batch_size: int, seed: int, process_index:
     return ds.repeat()
 
 
-def make_train_iterator(source, global_batch_size: int, seed: int, process_index: int = 0,
-                        process_count: int = 1, worker_count: int = 0, augment: bool = True,
-                        num_threads: int = 8, sampler: str = 'instance', labels=None):
+def make_train_iterator(
+    source,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+    augment: bool = True,
+    num_threads: int = 8,
+    sampler: str = "instance",
+    labels=None,
+):
     """Endless iterator of {'image': uint8 (b, S, S, 3), 'label': int32 (b,)} training batches.
 
     b = global_batch_size // process_count. Checkpointable: `state = it.get_state()` and later
@@ -127,13 +145,12 @@ def make_train_iterator(source, global_batch_size: int, seed: int, process_index
     `make_train_dataset`.
     """
     local_batch = _per_process_batch(global_batch_size, process_index, process_count)
-    ds = make_train_dataset(source, global_batch_size, seed, process_index, process_count, augment,
-                            sampler=sampler, labels=labels)
-    read_options = grain.ReadOptions(num_threads=num_threads,
-                                     prefetch_buffer_size=max(2 * local_batch, 16))
+    ds = make_train_dataset(
+        source, global_batch_size, seed, process_index, process_count, augment, sampler=sampler, labels=labels
+    )
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * local_batch, 16))
     # Batching the element stream is exact: each epoch holds a whole number of local batches.
-    it_ds = ds.to_iter_dataset(read_options).batch(local_batch, drop_remainder=True,
-                                                   batch_fn=_stack_examples)
+    it_ds = ds.to_iter_dataset(read_options).batch(local_batch, drop_remainder=True, batch_fn=_stack_examples)
     if worker_count > 0:
         # grain's worker processes read absl flags; outside an absl app (pytest, notebooks,
         # argparse launchers) they would raise UnparsedFlagAccessError, so use the defaults.
@@ -144,8 +161,10 @@ def make_train_iterator(source, global_batch_size: int, seed: int, process_index
 
 
 def _stack_examples(examples) -> dict:
-    return {'image': np.stack([e['image'] for e in examples]).astype(np.uint8, copy=False),
-            'label': np.asarray([e['label'] for e in examples], dtype=np.int32)}
+    return {
+        "image": np.stack([e["image"] for e in examples]).astype(np.uint8, copy=False),
+        "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
+    }
 
 
 class EvalBatches:
@@ -156,8 +175,9 @@ class EvalBatches:
     Padding rows have a zero image, label 0 and mask False.
     """
 
-    def __init__(self, source, global_batch_size: int, process_index: int = 0,
-                 process_count: int = 1, num_threads: int = 8):
+    def __init__(
+        self, source, global_batch_size: int, process_index: int = 0, process_count: int = 1, num_threads: int = 8
+    ):
         self.source = source
         self.num_examples = len(source)
         self.local_batch = _per_process_batch(global_batch_size, process_index, process_count)
@@ -166,7 +186,7 @@ class EvalBatches:
         self.num_batches = math.ceil(self.num_examples / global_batch_size)
         self.num_threads = num_threads
         first = source[0]
-        self._pad = {'image': np.zeros_like(first['image']), 'label': np.int32(0), 'mask': False}
+        self._pad = {"image": np.zeros_like(first["image"]), "label": np.int32(0), "mask": False}
 
     def __len__(self) -> int:
         return self.num_batches
@@ -181,20 +201,19 @@ class EvalBatches:
         if index >= self.num_examples:
             return self._pad
         example = self.source[index]
-        return {'image': example['image'], 'label': np.int32(example['label']), 'mask': True}
+        return {"image": example["image"], "label": np.int32(example["label"]), "mask": True}
 
     def __iter__(self) -> Iterator[dict]:
         positions = grain.MapDataset.range(self.num_batches * self.local_batch)
         ds = positions.map(self._example).to_iter_dataset(
-            grain.ReadOptions(num_threads=self.num_threads,
-                              prefetch_buffer_size=max(2 * self.local_batch, 16)))
+            grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=max(2 * self.local_batch, 16))
+        )
         for examples in ds.batch(self.local_batch, batch_fn=list):
             batch = _stack_examples(examples)
-            batch['mask'] = np.asarray([e['mask'] for e in examples], dtype=bool)
+            batch["mask"] = np.asarray([e["mask"] for e in examples], dtype=bool)
             yield batch
 
 
-def make_eval_batches(source, global_batch_size: int, process_index: int = 0,
-                      process_count: int = 1) -> EvalBatches:
+def make_eval_batches(source, global_batch_size: int, process_index: int = 0, process_count: int = 1) -> EvalBatches:
     """Eval batches without shuffling or dropping; see `EvalBatches`."""
     return EvalBatches(source, global_batch_size, process_index, process_count)

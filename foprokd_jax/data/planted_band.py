@@ -29,6 +29,7 @@ its own Nyquist frequency, divided by sqrt(2), so r = sqrt(2) * (cycles per pixe
 per image (DC, r = 0) is added too. The result is quantised to uint8 NHWC; quantisation and the rare
 clipping at 0/255 put a negligible amount of energy elsewhere.
 """
+
 import math
 from typing import Sequence, Tuple
 
@@ -78,10 +79,16 @@ def _filtered_noise(rng: np.random.Generator, shape, amplitude_filter: np.ndarra
     return field * (rms / np.maximum(std, 1e-12))
 
 
-def make_planted_band_dataset(num_examples: int, image_size: int = 32, num_classes: int = 4,
-                              band: Sequence[float] = (0.25, 0.375), signal_amplitude: float = 0.06,
-                              distractor_amplitude: float = 0.12, brightness_jitter: float = 0.05,
-                              seed: int = 0) -> dict:
+def make_planted_band_dataset(
+    num_examples: int,
+    image_size: int = 32,
+    num_classes: int = 4,
+    band: Sequence[float] = (0.25, 0.375),
+    signal_amplitude: float = 0.06,
+    distractor_amplitude: float = 0.12,
+    brightness_jitter: float = 0.05,
+    seed: int = 0,
+) -> dict:
     """Planted-band images (see the module docstring); deterministic given `seed`.
 
     Returns dict(image=uint8 (N, S, S, 3), label=int32 (N,), band=(r_lo, r_hi) float32 (2,)).
@@ -93,8 +100,10 @@ def make_planted_band_dataset(num_examples: int, image_size: int = 32, num_class
     size = int(image_size)
     masks = class_masks(size, size, num_classes, (r_lo, r_hi))
     if not np.all(masks.reshape(num_classes, -1).any(axis=1)):
-        raise ValueError(f"band {band} holds no frequency bin of some class at image_size={size}; "
-                         "widen the band or use larger images")
+        raise ValueError(
+            f"band {band} holds no frequency bin of some class at image_size={size}; "
+            "widen the band or use larger images"
+        )
     radius, _ = full_radius_and_angle(size, size)
     low = np.where((radius > 0) & (radius < r_lo), 1.0 / np.maximum(radius, 1e-6), 0.0)
     high = (radius >= r_hi).astype(np.float64)
@@ -106,7 +115,7 @@ def make_planted_band_dataset(num_examples: int, image_size: int = 32, num_class
     distract_high = _filtered_noise(rng, (num_examples, 3, size, size), high, distractor_amplitude)
     brightness = rng.uniform(-brightness_jitter, brightness_jitter, (num_examples, 1, 1, 1))
 
-    images = 0.5 + brightness + signal[:, None] + distract_low + distract_high   # (N, 3, S, S)
+    images = 0.5 + brightness + signal[:, None] + distract_low + distract_high  # (N, 3, S, S)
     images = np.clip(np.round(255.0 * images.transpose(0, 2, 3, 1)), 0, 255).astype(np.uint8)
     return dict(image=images, label=labels, band=np.asarray([r_lo, r_hi], np.float32))
 

@@ -13,6 +13,7 @@ The re-sampled samplers draw with replacement; an epoch has as many draws as the
 be read in any order, which makes the stream deterministic, exactly resumable from grain's iterator state
 (a position) and sliceable per process like the instance stream (pipeline.py).
 """
+
 from __future__ import annotations
 
 import grain
@@ -26,15 +27,21 @@ _SAMPLER_SALT = 0x5A3F_11C7
 def check_labels(labels, num_examples: int) -> np.ndarray:
     """The training labels as an int64 vector of length `num_examples`, or a clear error."""
     if labels is None:
-        raise ValueError("a class-aware sampler needs the training labels: pass labels= (LoadedDataset.train_labels)"
-                         " or use a source with a `.labels` attribute")
+        raise ValueError(
+            "a class-aware sampler needs the training labels: pass labels= (LoadedDataset.train_labels)"
+            " or use a source with a `.labels` attribute"
+        )
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != num_examples:
-        raise ValueError(f"sampler labels must be a 1-D vector with one label per training example "
-                         f"({num_examples}), got shape {labels.shape}")
+        raise ValueError(
+            f"sampler labels must be a 1-D vector with one label per training example "
+            f"({num_examples}), got shape {labels.shape}"
+        )
     if not np.issubdtype(labels.dtype, np.integer) or (len(labels) and labels.min() < 0):
-        raise ValueError(f"sampler labels must be non-negative integers, got dtype {labels.dtype}, "
-                         f"min {labels.min() if len(labels) else None}")
+        raise ValueError(
+            f"sampler labels must be non-negative integers, got dtype {labels.dtype}, "
+            f"min {labels.min() if len(labels) else None}"
+        )
     return labels.astype(np.int64)
 
 
@@ -107,5 +114,4 @@ def resampled_source(source, sampler: str, seed: int, labels=None) -> grain.MapD
     if labels is None:
         labels = getattr(source, "labels", None)
     labels = check_labels(labels, len(source))
-    return ClassResampledEpochs(grain.MapDataset.source(source), labels, class_probabilities(labels, sampler),
-                                seed)
+    return ClassResampledEpochs(grain.MapDataset.source(source), labels, class_probabilities(labels, sampler), seed)

@@ -10,6 +10,7 @@ Each class has its own blob colour, shape and stripe frequency over a dataset-li
 CNN can learn it; HAM10000 lesions get 1-3 images that share the lesion's geometry, as in the real data.
 Deterministic for a seed. ISIC-2019-LT lives in `synthetic.py`.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,15 @@ def scaled_counts(real: Sequence[int], scale: float, min_per_class: int) -> list
     return [max(min_per_class, int(round(n * scale))) for n in real]
 
 
-def draw_class_image(label: int, num_classes: int, width: int, height: int, background: str,
-                     shape_rng: np.random.Generator, noise_rng: np.random.Generator) -> Image.Image:
+def draw_class_image(
+    label: int,
+    num_classes: int,
+    width: int,
+    height: int,
+    background: str,
+    shape_rng: np.random.Generator,
+    noise_rng: np.random.Generator,
+) -> Image.Image:
     """Background + a textured ellipse whose hue (label / num_classes), aspect and stripes encode the class."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = np.array(BACKGROUNDS[background], np.float32) + shape_rng.normal(0, 8, 3)
@@ -52,8 +60,14 @@ def draw_class_image(label: int, num_classes: int, width: int, height: int, back
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
 
 
-def write_synthetic_ham10000(out_dir: str, scale: float = 0.01, min_per_class: int = 10,
-                             image_size: tuple = (60, 45), seed: int = 0, jpeg_quality: int = 90) -> dict:
+def write_synthetic_ham10000(
+    out_dir: str,
+    scale: float = 0.01,
+    min_per_class: int = 10,
+    image_size: tuple = (60, 45),
+    seed: int = 0,
+    jpeg_quality: int = 90,
+) -> dict:
     """HAM10000 layout; lesions of 1-3 images; images alternate between the two part folders."""
     rng = np.random.default_rng([seed, 10])
     counts = scaled_counts([HAM_COUNTS[c] for c in ham10000.CLASS_NAMES], scale, min_per_class)
@@ -75,23 +89,41 @@ def write_synthetic_ham10000(out_dir: str, scale: float = 0.01, min_per_class: i
         for _ in range(size):
             image_id = f"ISIC_{image_index:07d}"
             shape_rng = np.random.default_rng([seed, 11, lesion_number])  # shared by the lesion's images
-            draw_class_image(label, len(counts), width, height, "skin", shape_rng,
-                             np.random.default_rng([seed, 12, image_index])).save(
-                os.path.join(dirs[image_index % 2], f"{image_id}.jpg"), quality=jpeg_quality)
-            records.append([lesion_id, image_id, ham10000.DX_CODES[label], "histo",
-                            str(30 + image_index % 50), ("male", "female")[image_index % 2], "back", "synthetic"])
+            draw_class_image(
+                label, len(counts), width, height, "skin", shape_rng, np.random.default_rng([seed, 12, image_index])
+            ).save(os.path.join(dirs[image_index % 2], f"{image_id}.jpg"), quality=jpeg_quality)
+            records.append(
+                [
+                    lesion_id,
+                    image_id,
+                    ham10000.DX_CODES[label],
+                    "histo",
+                    str(30 + image_index % 50),
+                    ("male", "female")[image_index % 2],
+                    "back",
+                    "synthetic",
+                ]
+            )
             image_index += 1
     metadata = os.path.join(out_dir, ham10000.METADATA_CSV)
     with open(metadata, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"])
         writer.writerows(records)
-    return {"dataset": "ham10000", "image_root": out_dir, "label_csv": metadata, "num_images": len(records),
-            "num_lesions": len(lesions), "class_names": ham10000.CLASS_NAMES, "class_counts": counts}
+    return {
+        "dataset": "ham10000",
+        "image_root": out_dir,
+        "label_csv": metadata,
+        "num_images": len(records),
+        "num_lesions": len(lesions),
+        "class_names": ham10000.CLASS_NAMES,
+        "class_counts": counts,
+    }
 
 
-def write_synthetic_aptos(out_dir: str, scale: float = 0.02, min_per_class: int = 10,
-                          image_size: tuple = (64, 48), seed: int = 0) -> dict:
+def write_synthetic_aptos(
+    out_dir: str, scale: float = 0.02, min_per_class: int = 10, image_size: tuple = (64, 48), seed: int = 0
+) -> dict:
     """APTOS layout: train.csv rows in a random class order, PNGs named by a 12-hex-digit id_code."""
     rng = np.random.default_rng([seed, 20])
     counts = scaled_counts(aptos.REFERENCE_CLASS_COUNTS, scale, min_per_class)
@@ -99,22 +131,41 @@ def write_synthetic_aptos(out_dir: str, scale: float = 0.02, min_per_class: int 
     labels = labels[rng.permutation(labels.size)]
     image_dir = os.path.join(out_dir, aptos.IMAGE_DIR)
     os.makedirs(image_dir, exist_ok=True)
-    id_codes = [f"{int(v):012x}" for v in rng.choice(16 ** 12 - 1, size=labels.size, replace=False)]
+    id_codes = [f"{int(v):012x}" for v in rng.choice(16**12 - 1, size=labels.size, replace=False)]
     width, height = image_size
     for k, (id_code, label) in enumerate(zip(id_codes, labels)):
-        draw_class_image(int(label), len(counts), width, height, "fundus", np.random.default_rng([seed, 21, k]),
-                         np.random.default_rng([seed, 22, k])).save(os.path.join(image_dir, f"{id_code}.png"))
+        draw_class_image(
+            int(label),
+            len(counts),
+            width,
+            height,
+            "fundus",
+            np.random.default_rng([seed, 21, k]),
+            np.random.default_rng([seed, 22, k]),
+        ).save(os.path.join(image_dir, f"{id_code}.png"))
     label_csv = os.path.join(out_dir, aptos.LABEL_CSV)
     with open(label_csv, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id_code", "diagnosis"])
         writer.writerows([[i, int(y)] for i, y in zip(id_codes, labels)])
-    return {"dataset": "aptos", "image_root": out_dir, "label_csv": label_csv, "num_images": int(labels.size),
-            "class_names": aptos.CLASS_NAMES, "class_counts": counts}
+    return {
+        "dataset": "aptos",
+        "image_root": out_dir,
+        "label_csv": label_csv,
+        "num_images": int(labels.size),
+        "class_names": aptos.CLASS_NAMES,
+        "class_counts": counts,
+    }
 
 
-def write_synthetic_hyperkvasir(out_dir: str, scale: float = 0.01, min_per_class: int = 5,
-                                image_size: tuple = (64, 52), seed: int = 0, jpeg_quality: int = 90) -> dict:
+def write_synthetic_hyperkvasir(
+    out_dir: str,
+    scale: float = 0.01,
+    min_per_class: int = 5,
+    image_size: tuple = (64, 52),
+    seed: int = 0,
+    jpeg_quality: int = 90,
+) -> dict:
     """Hyper-Kvasir `labeled-images` tree with all 23 class folders and uuid-named JPEGs."""
     rng = np.random.default_rng([seed, 30])
     names = hyperkvasir.CLASS_NAMES
@@ -128,19 +179,35 @@ def write_synthetic_hyperkvasir(out_dir: str, scale: float = 0.01, min_per_class
         os.makedirs(class_dir, exist_ok=True)
         for _ in range(count):
             image_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
-            draw_class_image(label, len(names), width, height, "endoscopy", np.random.default_rng([seed, 31, k]),
-                             np.random.default_rng([seed, 32, k])).save(
-                os.path.join(class_dir, f"{image_id}.jpg"), quality=jpeg_quality)
+            draw_class_image(
+                label,
+                len(names),
+                width,
+                height,
+                "endoscopy",
+                np.random.default_rng([seed, 31, k]),
+                np.random.default_rng([seed, 32, k]),
+            ).save(os.path.join(class_dir, f"{image_id}.jpg"), quality=jpeg_quality)
             k += 1
-    return {"dataset": "hyperkvasir", "image_root": out_dir, "num_images": k, "class_names": names,
-            "class_counts": counts}
+    return {
+        "dataset": "hyperkvasir",
+        "image_root": out_dir,
+        "num_images": k,
+        "class_names": names,
+        "class_counts": counts,
+    }
 
 
 def write_synthetic(dataset: str, out_dir: str, **kwargs) -> dict:
     """Dispatch by registry name (see foprokd_jax.data.registry.DATASETS)."""
     from foprokd_jax.data import synthetic
-    writers = {"ham10000": write_synthetic_ham10000, "aptos": write_synthetic_aptos,
-               "hyperkvasir": write_synthetic_hyperkvasir, "isic2019_lt": synthetic.write_synthetic_isic}
+
+    writers = {
+        "ham10000": write_synthetic_ham10000,
+        "aptos": write_synthetic_aptos,
+        "hyperkvasir": write_synthetic_hyperkvasir,
+        "isic2019_lt": synthetic.write_synthetic_isic,
+    }
     if dataset not in writers:
         raise ValueError(f"no synthetic writer for dataset {dataset!r}; known: {sorted(writers)}")
     return writers[dataset](out_dir, **kwargs)

@@ -6,6 +6,7 @@ where the ISIC-2019 JPEGs are and joins the official split CSVs to the prepared 
 
 Layout on disk: `<data_dir>/isic_resized/size<S>/1.0.0/`.
 """
+
 from __future__ import annotations
 
 import glob
@@ -17,7 +18,13 @@ import tqdm
 
 from foprokd_jax.data import image_folder_tfds
 from foprokd_jax.data.image_folder_tfds import (  # noqa: F401  (re-exported for existing callers)
-    PART_PREFIX, STANDARD_SIZES, ImageStore, _as_str, chunk_items, load_resized)
+    PART_PREFIX,
+    STANDARD_SIZES,
+    ImageStore,
+    _as_str,
+    chunk_items,
+    load_resized,
+)
 from foprokd_jax.data.isic_splits import SplitTable
 
 IMAGE_DIR_NAME = "ISIC_2019_Training_Input"
@@ -40,7 +47,8 @@ def find_image_dir(manual_dir: str) -> str:
         return manual_dir
     raise IsicImageError(
         f"ISIC-2019 image folder not found: expected {nested} (the unzipped official "
-        f"ISIC_2019_Training_Input.zip), or pass that folder itself.")
+        f"ISIC_2019_Training_Input.zip), or pass that folder itself."
+    )
 
 
 def list_jpegs(image_dir: str) -> list:
@@ -77,26 +85,32 @@ def _warn_if_listing_differs(store: ImageStore, manual_dir: Optional[str]) -> No
     except IsicImageError:
         return  # The JPEGs may legitimately be absent once the resized copy exists.
     if tuple(ids) != store.image_ids and set(ids) != set(store.image_ids) | store.bad_ids:
-        tqdm.tqdm.write(f"WARNING: {store.dataset_dir} holds {len(store)} images but "
-                        f"{manual_dir} now has {len(ids)} JPEGs with other ids; delete the "
-                        "prepared folder to rebuild it.")
+        tqdm.tqdm.write(
+            f"WARNING: {store.dataset_dir} holds {len(store)} images but "
+            f"{manual_dir} now has {len(ids)} JPEGs with other ids; delete the "
+            "prepared folder to rebuild it."
+        )
 
 
-def prepare_isic(manual_dir: Optional[str], data_dir: str, image_size: int = 224,
-                 bad_image_policy: str = "fail") -> ImageStore:
+def prepare_isic(
+    manual_dir: Optional[str], data_dir: str, image_size: int = 224, bad_image_policy: str = "fail"
+) -> ImageStore:
     """Prepares the resized dataset once (reused afterwards) and opens it.
 
     `manual_dir` is the folder that contains `ISIC_2019_Training_Input` (or that folder itself);
     it may be None when the data is already prepared.
     """
+
     def items():
         return [(image_id_of(p), p) for p in list_jpegs(find_image_dir(manual_dir))]
 
     if manual_dir is None and not image_folder_tfds.is_prepared(IsicResized, data_dir, image_size):
-        raise IsicImageError(f"{make_builder(data_dir, None, image_size).data_path} is not prepared and no "
-                             "manual_dir was given.")
-    store = image_folder_tfds.prepare_images(IsicResized, None if manual_dir is None else items, data_dir,
-                                             image_size, bad_image_policy)
+        raise IsicImageError(
+            f"{make_builder(data_dir, None, image_size).data_path} is not prepared and no manual_dir was given."
+        )
+    store = image_folder_tfds.prepare_images(
+        IsicResized, None if manual_dir is None else items, data_dir, image_size, bad_image_policy
+    )
     _warn_if_listing_differs(store, manual_dir)
     return store
 
@@ -113,10 +127,10 @@ class IsicSplitSource(image_folder_tfds.StoreSource):
             raise IsicImageError(
                 f"{len(missing)} of {len(table)} images listed in {table.path} are missing from "
                 f"the prepared images in {store.dataset_dir}, e.g. {missing[:5]}. Check that "
-                "manual_dir holds the full ISIC_2019_Training_Input folder.")
+                "manual_dir holds the full ISIC_2019_Training_Input folder."
+            )
         super().__init__(table.image_ids, np.asarray(table.labels, np.int32), store, table.path)
         self.table = table
 
     def __repr__(self) -> str:
-        return (f"IsicSplitSource({os.path.basename(self.table.path)}, n={len(self)}, "
-                f"size={self.store.image_size})")
+        return f"IsicSplitSource({os.path.basename(self.table.path)}, n={len(self)}, size={self.store.image_size})"

@@ -11,6 +11,7 @@ Each package exports `build(config, mesh, dataset, steps_per_epoch) -> MethodPar
 and `validate(config)` (checks run before any work). `resnet_student.py` and `student_step.py` hold what the
 ResNet-student methods share. The training loop (`foprokd_jax/train.py`) only sees `METHODS`.
 """
+
 import dataclasses
 from typing import Callable
 
@@ -22,9 +23,9 @@ from foprokd_jax.methods.parts import MethodParts
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    build: Callable           # (config, mesh, dataset, steps_per_epoch) -> MethodParts
+    build: Callable  # (config, mesh, dataset, steps_per_epoch) -> MethodParts
     default_config: Callable  # () -> ConfigDict of the method's own subtrees
-    validate: Callable        # (config) -> None, ValueError naming the key
+    validate: Callable  # (config) -> None, ValueError naming the key
 
 
 METHODS = {
@@ -61,5 +62,13 @@ def build_method(config, mesh, dataset, steps_per_epoch: int) -> MethodParts:
     return get_method(config.method).build(config, mesh, dataset, steps_per_epoch)
 
 
-__all__ = ["METHODS", "Method", "MethodParts", "build_method", "get_method", "keys_of_other_methods", "method_keys",
-           "method_names"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodParts",
+    "build_method",
+    "get_method",
+    "keys_of_other_methods",
+    "method_keys",
+    "method_names",
+]

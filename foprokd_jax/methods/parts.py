@@ -1,4 +1,5 @@
 """`MethodParts`: the contract between a method and the method-agnostic training loop (`foprokd_jax/train.py`)."""
+
 import dataclasses
 from typing import Any, Callable, Optional
 
@@ -20,6 +21,7 @@ class MethodParts:
         (e.g. FoPro-KD's prompt images).
     export_student: the evaluated network as `export.StudentSpec` (what `launch/predict.py --export` writes).
     """
+
     state: Any
     frozen: Any
     train_step: Callable

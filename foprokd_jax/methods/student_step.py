@@ -7,6 +7,7 @@ static pieces (student, optimizer, the method's objective) and compiles it with 
 `jax.shard_map` over the 'data' mesh under `jax.jit`, gradients and metrics averaged with `lax.pmean`, student
 BatchNorm statistics synchronised through `bn_axis_name='data'` (docs/pods.md).
 """
+
 from typing import Callable, Optional
 
 import flax.linen as nn
@@ -41,8 +42,9 @@ def float32_outputs(out: dict) -> dict:
     return {name: value.astype(jnp.float32) for name, value in out.items()}
 
 
-def classification_terms(out: dict, labels, cls_loss: Callable, step=None,
-                         axis_name: Optional[str] = parallel.DATA_AXIS) -> dict:
+def classification_terms(
+    out: dict, labels, cls_loss: Callable, step=None, axis_name: Optional[str] = parallel.DATA_AXIS
+) -> dict:
     """{'loss_cls': long-tail loss of the fc logits z1}: the whole BSM baseline objective, EKD's first term.
 
     `cls_loss(logits, labels, step)` is a `losses.make_classification_loss` loss, reduced by `losses.batch_mean`
@@ -51,8 +53,15 @@ def classification_terms(out: dict, labels, cls_loss: Callable, step=None,
     return {"loss_cls": losses.batch_mean(cls_loss, out["z1"], labels, step, axis_name)}
 
 
-def make_student_train_step(*, student: nn.Module, optimizer: optax.GradientTransformation, objective: Objective,
-                            targets_fn: TargetsFn, mesh, donate: bool = True) -> Callable:
+def make_student_train_step(
+    *,
+    student: nn.Module,
+    optimizer: optax.GradientTransformation,
+    objective: Objective,
+    targets_fn: TargetsFn,
+    mesh,
+    donate: bool = True,
+) -> Callable:
     """Builds `train_step(state, frozen, batch) -> (state, metrics)`, compiled data-parallel.
 
     `batch` holds global arrays sharded along 'data': `image` uint8 (B,H,W,3) and `label` int32 (B,).
@@ -60,9 +69,11 @@ def make_student_train_step(*, student: nn.Module, optimizer: optax.GradientTran
     frozen model, `frozen` is ignored; pass an empty dict). `objective(out, labels, targets, step)` gets the
     traced `state.step` (steps done before this one), so DRW switches weights without recompiling.
     """
+
     def train_loss(params, batch_stats, x, labels, targets, step):
-        out, mutated = student.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                     mutable=["batch_stats"])
+        out, mutated = student.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
         out = float32_outputs(out)
         loss, terms = objective(out, labels, targets, step)
         return loss, (terms, mutated["batch_stats"], out["z1"])
@@ -73,19 +84,22 @@ def make_student_train_step(*, student: nn.Module, optimizer: optax.GradientTran
         targets = targets_fn(frozen, x) if targets_fn is not None else None
         grad_fn = jax.value_and_grad(train_loss, has_aux=True)
         (loss, (terms, new_batch_stats, logits)), grads = grad_fn(
-            state.params, state.batch_stats, x, labels, targets, state.step)
+            state.params, state.batch_stats, x, labels, targets, state.step
+        )
         # The per-device loss is a mean over an equal-sized shard, so the mean over devices of the
         # gradients is the gradient of the global-batch mean: the pmap-era recipe, device-count free.
         grads = parallel.pmean(grads)
         updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        step_metrics = dict(terms, loss=loss,
-                            train_accuracy=jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32)))
+        step_metrics = dict(
+            terms, loss=loss, train_accuracy=jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+        )
         step_metrics = parallel.pmean(step_metrics)
         step_metrics["grad_norm"] = optax.tree.norm(grads)
         step_metrics["param_norm"] = optax.tree.norm(new_params)
-        new_state = state.replace(step=state.step + 1, params=new_params, batch_stats=new_batch_stats,
-                                  opt_state=new_opt_state)
+        new_state = state.replace(
+            step=state.step + 1, params=new_params, batch_stats=new_batch_stats, opt_state=new_opt_state
+        )
         return new_state, step_metrics
 
     return parallel.data_parallel(per_device_step, mesh, num_replicated=2, num_sharded=1, donate_first=donate)
@@ -98,6 +112,7 @@ def make_predict_step(student: nn.Module, mesh) -> Callable:
     are gathered so the output is replicated: every process can read the whole global batch (multi-host
     evaluation).
     """
+
     def per_device_predict(state, batch):
         x = normalize_images(batch["image"])
         out = student.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)

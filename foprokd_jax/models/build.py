@@ -5,6 +5,7 @@ The teacher's architecture comes from its artifact's sidecar (`arch`, `family`, 
 config cannot silently pair weights with the wrong network: `config.teacher.arch` must equal the artifact's
 `arch`, and a registered teacher's artifact must produce the registry's feature width.
 """
+
 from typing import Any, Optional, Tuple
 
 import flax
@@ -18,8 +19,9 @@ from foprokd_jax.models.ekd_student import EKDStudent
 from foprokd_jax.porting import artifact
 
 
-def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional[int] = None,
-                          dtype: Any = jnp.float32) -> Tuple[nn.Module, dict, dict]:
+def teacher_from_artifact(
+    path: str, expected_arch: str, *, image_size: Optional[int] = None, dtype: Any = jnp.float32
+) -> Tuple[nn.Module, dict, dict]:
     """(module, variables, record) of a converted teacher; the record goes into checkpoints and results.
 
     `image_size` is the run's input size (checked against a ViT artifact's baked size); `dtype` is the
@@ -36,10 +38,17 @@ def teacher_from_artifact(path: str, expected_arch: str, *, image_size: Optional
         variables = {k: {n: p for n, p in v.items() if n != "classifier"} for k, v in variables.items()}
     feature_dim = module.feature_dim
     if meta.get("feature_dim") not in (None, feature_dim):
-        raise ValueError(f"artifact {path} declares feature_dim {meta['feature_dim']} but its architecture "
-                         f"produces {feature_dim}")
-    record = {"artifact": path, "sha256": meta["sha256"], "arch": meta["arch"], "family": family,
-              "feature_dim": feature_dim, "source": meta.get("source")}
+        raise ValueError(
+            f"artifact {path} declares feature_dim {meta['feature_dim']} but its architecture produces {feature_dim}"
+        )
+    record = {
+        "artifact": path,
+        "sha256": meta["sha256"],
+        "arch": meta["arch"],
+        "family": family,
+        "feature_dim": feature_dim,
+        "source": meta.get("source"),
+    }
     if family == "vit":
         record["image_size"] = int(meta["image_size"])
     return module, variables, record
@@ -56,11 +65,15 @@ def check_registered_teacher(teacher_name: str, record: dict) -> None:
     if spec is None or spec.arch != record["arch"]:
         return
     if record["feature_dim"] != spec.feature_dim:
-        raise ValueError(f"teacher {name!r} should give {spec.feature_dim}-d features but {record['artifact']} "
-                         f"gives {record['feature_dim']}-d")
+        raise ValueError(
+            f"teacher {name!r} should give {spec.feature_dim}-d features but {record['artifact']} "
+            f"gives {record['feature_dim']}-d"
+        )
     if spec.normalisation not in teachers.SUPPORTED_NORMALISATIONS:
-        raise ValueError(f"teacher {name!r} expects {spec.normalisation!r} inputs; the pipeline only feeds "
-                         f"{teachers.SUPPORTED_NORMALISATIONS}")
+        raise ValueError(
+            f"teacher {name!r} expects {spec.normalisation!r} inputs; the pipeline only feeds "
+            f"{teachers.SUPPORTED_NORMALISATIONS}"
+        )
 
 
 def init_student(student: EKDStudent, config, rng: jax.Array) -> dict:
@@ -94,8 +107,10 @@ def load_trunk_weights(variables: dict, path: str, arch: str) -> dict:
             missing.append("/".join(source_key))
             continue
         if tuple(flat_loaded[source_key].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: {'/'.join(source_key)} has shape {flat_loaded[source_key].shape}, the "
-                             f"student trunk expects {value.shape}")
+            raise ValueError(
+                f"{path}: {'/'.join(source_key)} has shape {flat_loaded[source_key].shape}, the "
+                f"student trunk expects {value.shape}"
+            )
         flat[key] = jnp.asarray(np.asarray(flat_loaded[source_key]), value.dtype)
         copied += 1
     if missing:

@@ -14,6 +14,7 @@ All LayerNorms have eps 1e-6 and normalise over channels, which is the last axis
 ``LayerNorm2d`` permutes to get there). GELU is the exact (erf) one. Stochastic depth is off in eval mode.
 Parameters are float32; ``dtype`` sets the compute precision.
 """
+
 from typing import Any, Dict, Sequence
 
 import flax.linen as nn
@@ -41,8 +42,15 @@ class ConvNeXtBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         dim = x.shape[-1]
-        y = nn.Conv(dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=dim, dtype=self.dtype,
-                    param_dtype=jnp.float32, name="dwconv")(x)
+        y = nn.Conv(
+            dim,
+            (7, 7),
+            padding=((3, 3), (3, 3)),
+            feature_group_count=dim,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="dwconv",
+        )(x)
         y = _norm("norm", self.dtype)(y)
         y = nn.Dense(4 * dim, dtype=self.dtype, param_dtype=jnp.float32, name="fc1")(y)
         y = nn.gelu(y, approximate=False)
@@ -69,14 +77,28 @@ class ConvNeXt(nn.Module):
         if len(self.depths) != len(self.dims):
             raise ValueError(f"ConvNeXt depths {tuple(self.depths)} and dims {tuple(self.dims)} differ in length")
         x = x.astype(self.dtype)
-        x = nn.Conv(self.dims[0], (4, 4), strides=(4, 4), padding="VALID", dtype=self.dtype,
-                    param_dtype=jnp.float32, name="stem_conv")(x)
+        x = nn.Conv(
+            self.dims[0],
+            (4, 4),
+            strides=(4, 4),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="stem_conv",
+        )(x)
         x = _norm("stem_norm", self.dtype)(x)
         for stage, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if stage:
                 x = _norm(f"stages_{stage}_downsample_norm", self.dtype)(x)
-                x = nn.Conv(dim, (2, 2), strides=(2, 2), padding="VALID", dtype=self.dtype,
-                            param_dtype=jnp.float32, name=f"stages_{stage}_downsample_conv")(x)
+                x = nn.Conv(
+                    dim,
+                    (2, 2),
+                    strides=(2, 2),
+                    padding="VALID",
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    name=f"stages_{stage}_downsample_conv",
+                )(x)
             for index in range(depth):
                 x = ConvNeXtBlock(self.layerscale_init, dtype=self.dtype, name=f"stages_{stage}_blocks_{index}")(x)
         pooled = _norm("head_norm", self.dtype)(x.mean(axis=(1, 2)))

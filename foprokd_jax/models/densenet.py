@@ -25,6 +25,7 @@ Each dense layer concatenates only its own output onto the running feature map (
 layer), so the HLO grows linearly with depth; the stored activations are the same O(L^2) channels as
 torchvision's non-memory-efficient forward.
 """
+
 import functools
 from typing import Any, Dict, Optional, Sequence
 
@@ -102,8 +103,9 @@ class DenseBlock(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         for index in range(self.num_layers):
-            new = DenseLayer(self.growth_rate, self.bn_size, self.bn_axis_name, self.dtype,
-                             name=f"denselayer{index + 1}")(x, train)
+            new = DenseLayer(
+                self.growth_rate, self.bn_size, self.bn_axis_name, self.dtype, name=f"denselayer{index + 1}"
+            )(x, train)
             # Channel order matches torch.cat([init, new1, new2, ...], dim=1).
             x = jnp.concatenate([x, new], axis=-1)
         return x
@@ -144,8 +146,9 @@ class DenseNetFeatures(nn.Module):
 
         num_features = self.num_init_features
         for index, num_layers in enumerate(self.block_config):
-            x = DenseBlock(num_layers, self.growth_rate, self.bn_size, self.bn_axis_name, self.dtype,
-                           name=f"denseblock{index + 1}")(x, train)
+            x = DenseBlock(
+                num_layers, self.growth_rate, self.bn_size, self.bn_axis_name, self.dtype, name=f"denseblock{index + 1}"
+            )(x, train)
             num_features += num_layers * self.growth_rate
             if index != len(self.block_config) - 1:
                 num_features //= 2
@@ -154,9 +157,9 @@ class DenseNetFeatures(nn.Module):
                     raise ValueError(
                         f"DenseNet input of {input_hw[0]}x{input_hw[1]} px is too small: transition"
                         f"{index + 1} would pool a {x.shape[1]}x{x.shape[2]} map (DenseNet-121 needs "
-                        "at least 29 px, torchvision's min_size)")
-                x = Transition(num_features, self.bn_axis_name, self.dtype,
-                               name=f"transition{index + 1}")(x, train)
+                        "at least 29 px, torchvision's min_size)"
+                    )
+                x = Transition(num_features, self.bn_axis_name, self.dtype, name=f"transition{index + 1}")(x, train)
         return bn("norm5")(x)
 
 
@@ -202,8 +205,15 @@ class DenseNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool) -> Dict[str, jnp.ndarray]:
         x = jnp.asarray(x, self.dtype)
-        x = DenseNetFeatures(self.growth_rate, tuple(self.block_config), self.num_init_features,
-                             self.bn_size, self.bn_axis_name, self.dtype, name="features")(x, train)
+        x = DenseNetFeatures(
+            self.growth_rate,
+            tuple(self.block_config),
+            self.num_init_features,
+            self.bn_size,
+            self.bn_axis_name,
+            self.dtype,
+            name="features",
+        )(x, train)
         pooled = jnp.mean(nn.relu(x), axis=(1, 2))
         out = {"features": pooled}
         if self.num_classes is not None:
@@ -220,5 +230,4 @@ class DenseNet(nn.Module):
 
 def densenet121(**kwargs) -> DenseNet:
     """torchvision ``densenet121``: 1024-d features; 6,953,856 parameters (7,978,856 with 1000 classes)."""
-    return DenseNet(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4,
-                    **kwargs)
+    return DenseNet(growth_rate=32, block_config=(6, 12, 24, 16), num_init_features=64, bn_size=4, **kwargs)

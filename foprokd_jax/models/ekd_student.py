@@ -15,6 +15,7 @@ With the LDAM loss the reference swaps ``fc`` and ``fc_free`` for a cosine class
 docs/reference_semantics.md §5): ``classifier='cosine'`` here, or ``'auto'`` resolved from the loss name by
 ``resolve_classifier``.
 """
+
 from typing import Any, Dict, Optional, Sequence
 
 import flax.linen as nn
@@ -139,8 +140,7 @@ class EKDStudent(nn.Module):
         common = dict(num_classes=None, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="trunk")
         # An empty sequence (a config default) means "use the named trunk", like None.
         if self.stage_sizes:
-            return ResNet(stage_sizes=tuple(self.stage_sizes), block=self.block, width=self.width,
-                          **common)
+            return ResNet(stage_sizes=tuple(self.stage_sizes), block=self.block, width=self.width, **common)
         return get_resnet(self.trunk, width=self.width, **common)
 
     @nn.compact
@@ -152,8 +152,6 @@ class EKDStudent(nn.Module):
         if self.teacher_dim is None:
             # The plain long-tail baseline ('bsm'): no distillation heads, only fc on the raw feature.
             return dict(h=h.astype(f32), z1=z1.astype(f32))
-        p = FreeProjector(self.teacher_dim, bn_axis_name=self.bn_axis_name, dtype=self.dtype,
-                          name="p_free")(h, train)
-        z2 = classifier_head(self.classifier, self.num_classes, self.teacher_dim, name="fc_free",
-                             dtype=self.dtype)(p)
+        p = FreeProjector(self.teacher_dim, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="p_free")(h, train)
+        z2 = classifier_head(self.classifier, self.num_classes, self.teacher_dim, name="fc_free", dtype=self.dtype)(p)
         return dict(h=h.astype(f32), z1=z1.astype(f32), p=p.astype(f32), z2=z2.astype(f32))

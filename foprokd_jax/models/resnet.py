@@ -16,6 +16,7 @@ Parameter names follow torchvision so that porting is a rename (see ``porting/re
 ``conv1``, ``bn1``, ``fc`` and, per block,
 ``layer{i}_{j}/{conv1,bn1,conv2,bn2,conv3,bn3,downsample_conv,downsample_bn}``.
 """
+
 import functools
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -194,8 +195,7 @@ class ResNet(nn.Module):
         if self.num_classes is not None:
             # In the compute dtype: this torchvision fc only serves ported classifiers, never a loss (the
             # student's heads live in EKDStudent, which returns float32).
-            features["logits"] = torch_dense(
-                self.num_classes, pooled.shape[-1], name="fc", dtype=self.dtype)(pooled)
+            features["logits"] = torch_dense(self.num_classes, pooled.shape[-1], name="fc", dtype=self.dtype)(pooled)
         return features
 
 

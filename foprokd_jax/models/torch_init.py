@@ -12,6 +12,7 @@ otherwise training dynamics (and results) drift (docs/reference_semantics.md §7
 
 Flax's defaults differ (lecun_normal kernels, zero biases), hence these helpers.
 """
+
 import math
 from typing import Any, Optional
 

@@ -36,6 +36,7 @@ Parameter names mirror the official DINOv2 ones (``patch_embed``, ``cls_token``,
 ``register_tokens``, ``blocks_{i}/{norm1,attn,ls1,norm2,mlp,ls2}``, ``norm``, ``fc_norm``); fused ``qkv`` weights
 are split into ``query/key/value`` at conversion (a source without a k bias gets a zero one).
 """
+
 import math
 from typing import Any, Dict, Optional
 
@@ -68,8 +69,14 @@ def _layer_norm(name, dtype, epsilon=LN_EPSILON):
 def _dense(features, name, dtype):
     # Init matches the official timm-style init (trunc normal 0.02, zero bias); real weights are
     # always loaded from an artifact, so this only matters for tests and shape inference.
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=_trunc_normal_02,
-                    bias_init=nn.initializers.zeros, name=name)
+    return nn.Dense(
+        features,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=_trunc_normal_02,
+        bias_init=nn.initializers.zeros,
+        name=name,
+    )
 
 
 def rope_periods(head_dim: int, base: float = 100.0) -> np.ndarray:
@@ -117,8 +124,7 @@ class LayerScale(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],),
-                           jnp.float32)
+        gamma = self.param("gamma", nn.initializers.constant(self.init_value), (x.shape[-1],), jnp.float32)
         return x * gamma.astype(x.dtype)
 
 
@@ -146,7 +152,7 @@ class Attention(nn.Module):
         if rope is not None:
             sin, cos, num_prefix = rope
             query, key = apply_rope(query, sin, cos, num_prefix), apply_rope(key, sin, cos, num_prefix)
-        query = query * (head_dim ** -0.5)
+        query = query * (head_dim**-0.5)
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
         weights = nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value).reshape(batch, tokens, dim)
@@ -182,10 +188,12 @@ class Block(nn.Module):
             return y if self.layerscale_init is None else LayerScale(self.layerscale_init, name=name)(y)
 
         y = Attention(self.num_heads, dtype=self.dtype, name="attn")(
-            _layer_norm("norm1", self.dtype, self.norm_epsilon)(x), rope)
+            _layer_norm("norm1", self.dtype, self.norm_epsilon)(x), rope
+        )
         x = x + scaled("ls1", y)
         y = Mlp(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(
-            _layer_norm("norm2", self.dtype, self.norm_epsilon)(x))
+            _layer_norm("norm2", self.dtype, self.norm_epsilon)(x)
+        )
         return x + scaled("ls2", y)
 
 
@@ -205,9 +213,9 @@ class VisionTransformer(nn.Module):
     image_size: int = 224
     layerscale_init: Optional[float] = 1e-5
     norm_epsilon: float = LN_EPSILON
-    position_encoding: str = "learned"   # 'learned' (absolute, baked grid) or 'rope' (DINOv3)
+    position_encoding: str = "learned"  # 'learned' (absolute, baked grid) or 'rope' (DINOv3)
     rope_base: float = 100.0
-    pooling: str = "cls"                 # 'cls' (final norm, CLS token) or 'mean' (patch mean + fc_norm)
+    pooling: str = "cls"  # 'cls' (final norm, CLS token) or 'mean' (patch mean + fc_norm)
     dtype: Any = jnp.float32
 
     @property
@@ -217,8 +225,10 @@ class VisionTransformer(nn.Module):
     @property
     def grid_size(self) -> int:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of the patch size "
-                             f"{self.patch_size} (e.g. 224 = 16 x 14)")
+            raise ValueError(
+                f"image_size {self.image_size} must be a multiple of the patch size "
+                f"{self.patch_size} (e.g. 224 = 16 x 14)"
+            )
         return self.image_size // self.patch_size
 
     @nn.compact
@@ -234,13 +244,20 @@ class VisionTransformer(nn.Module):
                 f"this ViT was built for {self.image_size}x{self.image_size} NHWC inputs (its "
                 f"positional encoding is for a {grid}x{grid} grid) but got shape "
                 f"{tuple(x.shape)}; convert the teacher again with --image_size={x.shape[1]} "
-                "or resize the input")
+                "or resize the input"
+            )
         batch = x.shape[0]
         dim = self.embed_dim
 
-        x = nn.Conv(dim, (self.patch_size, self.patch_size),
-                    strides=(self.patch_size, self.patch_size), padding="VALID",
-                    dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(x)
+        x = nn.Conv(
+            dim,
+            (self.patch_size, self.patch_size),
+            strides=(self.patch_size, self.patch_size),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="patch_embed",
+        )(x)
         x = x.reshape(batch, grid * grid, dim)  # row-major, as torch's flatten(2).transpose(1, 2)
 
         cls_token = self.param("cls_token", nn.initializers.normal(1e-6), (1, 1, dim), jnp.float32)
@@ -250,8 +267,9 @@ class VisionTransformer(nn.Module):
             x = x + pos_embed.astype(x.dtype)
         if self.num_register_tokens:
             # Official prepare_tokens_with_masks: registers go after CLS, after the pos-embed add.
-            registers = self.param("register_tokens", nn.initializers.normal(1e-6),
-                                   (1, self.num_register_tokens, dim), jnp.float32)
+            registers = self.param(
+                "register_tokens", nn.initializers.normal(1e-6), (1, self.num_register_tokens, dim), jnp.float32
+            )
             registers = jnp.broadcast_to(registers, (batch, self.num_register_tokens, dim))
             x = jnp.concatenate([x[:, :1], registers.astype(x.dtype), x[:, 1:]], axis=1)
         rope = None
@@ -263,8 +281,14 @@ class VisionTransformer(nn.Module):
             rope = (sin, cos, 1 + self.num_register_tokens)
 
         for index in range(self.depth):
-            x = Block(self.num_heads, self.mlp_ratio, self.layerscale_init, self.norm_epsilon,
-                      dtype=self.dtype, name=f"blocks_{index}")(x, rope)
+            x = Block(
+                self.num_heads,
+                self.mlp_ratio,
+                self.layerscale_init,
+                self.norm_epsilon,
+                dtype=self.dtype,
+                name=f"blocks_{index}",
+            )(x, rope)
 
         prefix = 1 + self.num_register_tokens
         if self.pooling == "mean":
@@ -292,20 +316,31 @@ def dinov2_vit(arch: str, image_size: int = 224, dtype: Any = jnp.float32) -> Vi
     if image_size <= 0 or image_size % PATCH_SIZE:
         raise ValueError(f"image_size {image_size} must be a positive multiple of {PATCH_SIZE}")
     embed_dim, depth, num_heads, registers = DINOV2_CONFIGS[arch]
-    return VisionTransformer(embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                             num_register_tokens=registers, image_size=image_size, dtype=dtype)
+    return VisionTransformer(
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        num_register_tokens=registers,
+        image_size=image_size,
+        dtype=dtype,
+    )
 
 
 # arch -> VisionTransformer options of the ViT teachers imported from timm-style layouts
 # (porting/timm_vit_weights.py). Unlisted options keep the DINOv2 defaults above.
-_DINOV3 = dict(patch_size=16, num_register_tokens=4, norm_epsilon=1e-5, position_encoding="rope",
-               rope_base=100.0)  # timm eva.py vit_*_patch16_dinov3: rope_temperature=100, LayerNorm eps 1e-5
+_DINOV3 = dict(
+    patch_size=16, num_register_tokens=4, norm_epsilon=1e-5, position_encoding="rope", rope_base=100.0
+)  # timm eva.py vit_*_patch16_dinov3: rope_temperature=100, LayerNorm eps 1e-5
 VIT_ARCHS: Dict[str, Dict[str, Any]] = {
-    **{arch: dict(embed_dim=d, depth=n, num_heads=h, patch_size=PATCH_SIZE, num_register_tokens=r)
-       for arch, (d, n, h, r) in DINOV2_CONFIGS.items() if r},
+    **{
+        arch: dict(embed_dim=d, depth=n, num_heads=h, patch_size=PATCH_SIZE, num_register_tokens=r)
+        for arch, (d, n, h, r) in DINOV2_CONFIGS.items()
+        if r
+    },
     # RETFound (MAE ViT-L/16): no LayerScale; fine-tuned with global_pool -> mean patch token + fc_norm.
-    "retfound_vitl16": dict(embed_dim=1024, depth=24, num_heads=16, patch_size=16, layerscale_init=None,
-                            pooling="mean"),
+    "retfound_vitl16": dict(
+        embed_dim=1024, depth=24, num_heads=16, patch_size=16, layerscale_init=None, pooling="mean"
+    ),
     # BiomedCLIP's vision tower: open_clip's timm vit_base_patch16_224 trunk, CLS token after the final norm.
     "biomedclip_vitb16": dict(embed_dim=768, depth=12, num_heads=12, patch_size=16, layerscale_init=None),
     "dinov3_vits16": dict(embed_dim=384, depth=12, num_heads=6, **_DINOV3),
@@ -313,8 +348,19 @@ VIT_ARCHS: Dict[str, Dict[str, Any]] = {
     "dinov3_vitl16": dict(embed_dim=1024, depth=24, num_heads=16, **_DINOV3),
 }
 # Sidecar keys that describe a VisionTransformer (written by the converter, read by teachers.build_teacher_module).
-VIT_OPTION_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "num_register_tokens",
-                   "layerscale_init", "norm_epsilon", "position_encoding", "rope_base", "pooling")
+VIT_OPTION_KEYS = (
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "patch_size",
+    "mlp_ratio",
+    "num_register_tokens",
+    "layerscale_init",
+    "norm_epsilon",
+    "position_encoding",
+    "rope_base",
+    "pooling",
+)
 
 
 def vit_options(arch: str) -> Dict[str, Any]:
@@ -326,6 +372,9 @@ def vit_options(arch: str) -> Dict[str, Any]:
         given = dict(embed_dim=d, depth=n, num_heads=h, num_register_tokens=r)
     else:
         raise ValueError(f"unknown ViT arch {arch!r}; expected one of {sorted({**VIT_ARCHS, **DINOV2_CONFIGS})}")
-    defaults = {field: getattr(VisionTransformer, field) for field in VIT_OPTION_KEYS
-                if field not in ("embed_dim", "depth", "num_heads")}
+    defaults = {
+        field: getattr(VisionTransformer, field)
+        for field in VIT_OPTION_KEYS
+        if field not in ("embed_dim", "depth", "num_heads")
+    }
     return {**defaults, **given}

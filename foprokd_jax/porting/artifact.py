@@ -9,6 +9,7 @@ Both files are first written to temporary names in the destination directory and
 place with ``os.replace`` (atomic on POSIX), so a crash never leaves a half-written artifact behind.
 Loading re-hashes the ``.npz`` and refuses a file whose digest differs from the sidecar's.
 """
+
 import hashlib
 import json
 import os
@@ -50,8 +51,7 @@ def _flatten(variables: Mapping[str, Any]) -> Dict[str, np.ndarray]:
 
 def _temp_path_beside(path: str, suffix: str) -> str:
     directory = os.path.dirname(os.path.abspath(path))
-    handle, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix,
-                                    dir=directory)
+    handle, temp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=suffix, dir=directory)
     os.close(handle)
     # mkstemp creates the file 0600; give the artifact the permissions a plain open() would.
     umask = os.umask(0)
@@ -79,8 +79,13 @@ def save_artifact(path: str, variables: Mapping[str, Any], meta: Mapping[str, An
             np.savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
-        sidecar = {"feature_dim": None, "source": None, **dict(meta),
-                   "sha256": sha256_file(npz_temp), "format_version": FORMAT_VERSION}
+        sidecar = {
+            "feature_dim": None,
+            "source": None,
+            **dict(meta),
+            "sha256": sha256_file(npz_temp),
+            "format_version": FORMAT_VERSION,
+        }
         with open(json_temp, "w", encoding="utf-8") as handle:
             json.dump(sidecar, handle, indent=2, sort_keys=True)
             handle.write("\n")
@@ -95,29 +100,31 @@ def save_artifact(path: str, variables: Mapping[str, Any], meta: Mapping[str, An
     return sidecar
 
 
-def load_artifact(path: str, expected_arch: Optional[str] = None
-                  ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def load_artifact(path: str, expected_arch: Optional[str] = None) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Load ``(variables, meta)`` after checking the sidecar, the sha256 and (optionally) the arch."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher artifact not found: {path} "
-                                "(create it with launch/convert_teacher.py)")
+        raise FileNotFoundError(f"teacher artifact not found: {path} (create it with launch/convert_teacher.py)")
     meta_path = sidecar_path(path)
     if not os.path.isfile(meta_path):
-        raise FileNotFoundError(f"sidecar {meta_path} of teacher artifact {path} is missing; "
-                                "re-run launch/convert_teacher.py")
+        raise FileNotFoundError(
+            f"sidecar {meta_path} of teacher artifact {path} is missing; re-run launch/convert_teacher.py"
+        )
     with open(meta_path, "r", encoding="utf-8") as handle:
         meta = json.load(handle)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"artifact {path} has format_version {meta.get('format_version')!r}; "
-                         f"this code reads version {FORMAT_VERSION}")
+        raise ValueError(
+            f"artifact {path} has format_version {meta.get('format_version')!r}; "
+            f"this code reads version {FORMAT_VERSION}"
+        )
 
     actual = sha256_file(path)
     if actual != meta.get("sha256"):
-        raise ValueError(f"artifact {path} is corrupt or was modified: sha256 {actual} != "
-                         f"{meta.get('sha256')} recorded in {meta_path}")
+        raise ValueError(
+            f"artifact {path} is corrupt or was modified: sha256 {actual} != "
+            f"{meta.get('sha256')} recorded in {meta_path}"
+        )
     if expected_arch is not None and meta.get("arch") != expected_arch:
-        raise ValueError(f"artifact {path} holds a {meta.get('arch')!r} but {expected_arch!r} "
-                         "was expected")
+        raise ValueError(f"artifact {path} holds a {meta.get('arch')!r} but {expected_arch!r} was expected")
 
     with np.load(path, allow_pickle=False) as archive:
         flat = {tuple(key.split(_KEY_SEPARATOR)): archive[key] for key in archive.files}

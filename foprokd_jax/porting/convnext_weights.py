@@ -15,6 +15,7 @@ timm (``convnext_tiny.*`` ``pytorch_model.bin`` / ``model.safetensors``)::
 
 The classifier is never part of a teacher (its feature is the pooled, normalised trunk output).
 """
+
 import re
 from typing import Any, Dict, Mapping, Tuple
 
@@ -42,8 +43,10 @@ def detect_format(state_dict: Mapping[str, Any]) -> str:
         return "torchvision"
     if "stem.0.weight" in state_dict:
         return "timm"
-    raise ValueError("not a torchvision (features.0.0.weight) or timm (stem.0.weight) ConvNeXt state dict; "
-                     f"first keys: {sorted(state_dict)[:8]}")
+    raise ValueError(
+        "not a torchvision (features.0.0.weight) or timm (stem.0.weight) ConvNeXt state dict; "
+        f"first keys: {sorted(state_dict)[:8]}"
+    )
 
 
 def _leaf(module: str, field: str, value):
@@ -157,12 +160,18 @@ def convnext_to_flax(state_dict: Mapping[str, Any], arch: str, fmt: str = "auto"
         converted[path], sources[path] = np.asarray(array, np.float32), key
     missing = ["params/" + "/".join(p) for p in expected if p not in converted]
     unexpected += [f"{sources[p]} (-> {'/'.join(p)})" for p in converted if p not in expected]
-    bad = [f"{sources[p]} -> params/{'/'.join(p)}: checkpoint gives {converted[p].shape}, {arch} needs {shape}"
-           for p, shape in expected.items() if p in converted and converted[p].shape != shape]
+    bad = [
+        f"{sources[p]} -> params/{'/'.join(p)}: checkpoint gives {converted[p].shape}, {arch} needs {shape}"
+        for p, shape in expected.items()
+        if p in converted and converted[p].shape != shape
+    ]
     if missing or unexpected or bad:
         parts = [f"the {fmt} state dict does not match {arch}:"]
-        for title, items in (("unexpected checkpoint keys", unexpected), ("missing from the checkpoint", missing),
-                             ("shape mismatches", bad)):
+        for title, items in (
+            ("unexpected checkpoint keys", unexpected),
+            ("missing from the checkpoint", missing),
+            ("shape mismatches", bad),
+        ):
             if items:
                 parts.append(_listing(title, items))
         raise ValueError("\n".join(parts))

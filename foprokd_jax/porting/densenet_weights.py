@@ -16,6 +16,7 @@ regex torchvision's ``_load_state_dict`` uses, so both spellings convert. ``num_
 Flax counterpart and is skipped. The result is checked against ``jax.eval_shape`` of the Flax model's
 init; unexpected keys, missing variables and shape mismatches are all reported in one error.
 """
+
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -32,13 +33,13 @@ FAMILY = "densenet"
 FEATURE_KEY = "features"
 # torchvision constructor arguments per architecture (models/densenet.py: densenet121, ...).
 ARCHS: Dict[str, Dict[str, Any]] = {
-    "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64,
-                    "bn_size": 4},
+    "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4},
 }
 
 # torchvision ``_load_state_dict``: 'features.denseblock1.denselayer1.norm.1.weight' -> '...norm1.weight'.
 _LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 _BN_FIELDS = {
     "weight": ("params", "scale"),
     "bias": ("params", "bias"),
@@ -68,8 +69,9 @@ def is_legacy_state_dict(state_dict: Mapping[str, Any]) -> bool:
     return any(_LEGACY_KEY.match(key) for key in state_dict)
 
 
-def build_model(arch: str, num_classes: Optional[int] = None,
-                model_kwargs: Optional[Mapping[str, Any]] = None, **kwargs) -> DenseNet:
+def build_model(
+    arch: str, num_classes: Optional[int] = None, model_kwargs: Optional[Mapping[str, Any]] = None, **kwargs
+) -> DenseNet:
     """The Flax DenseNet for a torchvision arch name, or for explicit torchvision constructor arguments
     (``model_kwargs``: growth_rate, block_config, num_init_features, bn_size), e.g. a reduced test net."""
     if model_kwargs is None:
@@ -79,13 +81,14 @@ def build_model(arch: str, num_classes: Optional[int] = None,
     return DenseNet(**model_kwargs, num_classes=num_classes, **kwargs)
 
 
-def expected_variable_shapes(arch: str, num_classes: Optional[int],
-                             model_kwargs: Optional[Mapping[str, Any]] = None
-                             ) -> Dict[Tuple[str, ...], Tuple]:
+def expected_variable_shapes(
+    arch: str, num_classes: Optional[int], model_kwargs: Optional[Mapping[str, Any]] = None
+) -> Dict[Tuple[str, ...], Tuple]:
     """Flattened {(collection, *path): shape} of the Flax model's variables, without running init."""
     model = build_model(arch, num_classes, model_kwargs)
     abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False))
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+    )
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
@@ -110,9 +113,12 @@ def _flax_location(torch_key: str) -> Optional[Tuple[Tuple[str, ...], str]]:
     return None
 
 
-def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
-                  include_classifier: Optional[bool] = None,
-                  model_kwargs: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+def torch_to_flax(
+    state_dict: Mapping[str, Any],
+    arch: str = "densenet121",
+    include_classifier: Optional[bool] = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> Dict[str, Any]:
     """Convert a torchvision DenseNet ``state_dict`` (either key spelling) to Flax variables.
 
     Args:
@@ -135,8 +141,10 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
         include_classifier = "classifier.weight" in state_dict
     if include_classifier:
         if "classifier.weight" not in state_dict:
-            raise ValueError("include_classifier=True but the state dict has no 'classifier.weight'; "
-                             f"keys start with: {sorted(state_dict)[:10]}")
+            raise ValueError(
+                "include_classifier=True but the state dict has no 'classifier.weight'; "
+                f"keys start with: {sorted(state_dict)[:10]}"
+            )
         num_classes = int(np.shape(state_dict["classifier.weight"])[0])
     else:
         num_classes = None
@@ -160,20 +168,26 @@ def torch_to_flax(state_dict: Mapping[str, Any], arch: str = "densenet121",
             mismatched_keys.add(flat_key)
             continue
         if array.shape != expected[flat_key]:
-            mismatched.append(f"{key} -> {'/'.join(flat_key)}: checkpoint {array.shape} "
-                              f"(after layout change) vs model {expected[flat_key]}")
+            mismatched.append(
+                f"{key} -> {'/'.join(flat_key)}: checkpoint {array.shape} "
+                f"(after layout change) vs model {expected[flat_key]}"
+            )
             mismatched_keys.add(flat_key)
             continue
         converted[flat_key] = np.ascontiguousarray(array)
 
     missing = ["/".join(k) for k in expected if k not in converted and k not in mismatched_keys]
-    raise_if_mismatched(f"state dict does not match Flax {arch} (include_classifier={include_classifier}):",
-                        unexpected, mismatched, missing, max_listed=_MAX_LISTED)
+    raise_if_mismatched(
+        f"state dict does not match Flax {arch} (include_classifier={include_classifier}):",
+        unexpected,
+        mismatched,
+        missing,
+        max_listed=_MAX_LISTED,
+    )
     return flax.traverse_util.unflatten_dict(converted)
 
 
-def load_densenet_variables(path: str, arch: str = "densenet121",
-                            keep_classifier: bool = True) -> Dict[str, Any]:
+def load_densenet_variables(path: str, arch: str = "densenet121", keep_classifier: bool = True) -> Dict[str, Any]:
     """``{'params', 'batch_stats'}`` of a converted DenseNet artifact, after checking sha256 and arch.
 
     ``keep_classifier=False`` drops the ImageNet ``classifier`` (CRCKD replaces it, docs/crckd.md §R2), so

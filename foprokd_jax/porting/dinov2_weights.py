@@ -23,6 +23,7 @@ mode='bicubic')`` with ``scale_factor=(g + 0.1) / M`` and no antialiasing for th
 interpolate_offset=0.0, interpolate_antialias=True). Both torch kernels are re-implemented below as
 separable resampling matrices; tests check them against torch.
 """
+
 import math
 import re
 from typing import Any, Dict, Mapping, Tuple
@@ -104,8 +105,7 @@ def _antialiased_bicubic_matrix(in_size: int, out_size: int, scale: float) -> np
         center = scale * (_F32(i) + _F32(0.5))
         lo = max(int(center - support + _F32(0.5)), 0)  # int() truncates toward zero, like torch
         hi = min(int(center + support + _F32(0.5)), in_size)
-        weights = [_torch_aa_cubic((_F32(j) - center + _F32(0.5)) * inv_scale)
-                   for j in range(lo, hi)]
+        weights = [_torch_aa_cubic((_F32(j) - center + _F32(0.5)) * inv_scale) for j in range(lo, hi)]
         total = _F32(0)
         for weight in weights:
             total += weight
@@ -115,8 +115,9 @@ def _antialiased_bicubic_matrix(in_size: int, out_size: int, scale: float) -> np
     return matrix
 
 
-def resize_pos_embed(pos_embed: np.ndarray, grid: int, interpolate_offset: float = 0.1,
-                     interpolate_antialias: bool = False) -> np.ndarray:
+def resize_pos_embed(
+    pos_embed: np.ndarray, grid: int, interpolate_offset: float = 0.1, interpolate_antialias: bool = False
+) -> np.ndarray:
     """Official ``interpolate_pos_encoding`` for a square ``grid``: (1, 1+M*M, D) -> (1, 1+grid^2, D)."""
     if pos_embed.ndim != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must have shape (1, 1 + M*M, D), got {pos_embed.shape}")
@@ -168,8 +169,10 @@ def _fused_qkv_entries(prefix: Tuple[str, ...], rest: str, value, key):
         if value.shape[0] % 3:
             raise _ShapeError(f"{key}: fused qkv of shape {value.shape} is not 3 x D rows")
         parts = np.split(np.asarray(value), 3, axis=0)
-        return [(prefix + ("attn", name, leaf), _linear(part) if leaf == "kernel" else part)
-                for name, part in zip(("query", "key", "value"), parts)]
+        return [
+            (prefix + ("attn", name, leaf), _linear(part) if leaf == "kernel" else part)
+            for name, part in zip(("query", "key", "value"), parts)
+        ]
     return None
 
 
@@ -206,10 +209,12 @@ _HF_RENAMES = {
 
 def _official_entries(key, value):
     top = {
-        "cls_token": ("cls_token",), "pos_embed": ("pos_embed",),
+        "cls_token": ("cls_token",),
+        "pos_embed": ("pos_embed",),
         "register_tokens": ("register_tokens",),
         "patch_embed.proj.bias": ("patch_embed", "bias"),
-        "norm.weight": ("norm", "scale"), "norm.bias": ("norm", "bias"),
+        "norm.weight": ("norm", "scale"),
+        "norm.bias": ("norm", "bias"),
     }
     if key in top:
         return [(top[key], value)]
@@ -230,10 +235,12 @@ def _official_entries(key, value):
 
 def _hf_entries(key, value):
     top = {
-        "embeddings.cls_token": ("cls_token",), "embeddings.position_embeddings": ("pos_embed",),
+        "embeddings.cls_token": ("cls_token",),
+        "embeddings.position_embeddings": ("pos_embed",),
         "embeddings.register_tokens": ("register_tokens",),
         "embeddings.patch_embeddings.projection.bias": ("patch_embed", "bias"),
-        "layernorm.weight": ("norm", "scale"), "layernorm.bias": ("norm", "bias"),
+        "layernorm.weight": ("norm", "scale"),
+        "layernorm.bias": ("norm", "bias"),
     }
     if key in top:
         return [(top[key], value)]
@@ -255,8 +262,9 @@ def _hf_entries(key, value):
 def expected_param_shapes(arch: str, image_size: int) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """Flattened {path: shape} of the Flax model's params, from ``jax.eval_shape`` (no compute)."""
     model = dinov2_vit(arch, image_size=image_size)
-    abstract = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+    )
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract["params"]))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
@@ -268,8 +276,9 @@ def _listing(title, items):
     return f"  {title} ({len(items)}):\n    {shown}{more}"
 
 
-def _convert(state_dict: Mapping[str, Any], arch: str, image_size: int, entries_fn,
-             ignored: Tuple[str, ...], layout: str) -> Dict[str, Any]:
+def _convert(
+    state_dict: Mapping[str, Any], arch: str, image_size: int, entries_fn, ignored: Tuple[str, ...], layout: str
+) -> Dict[str, Any]:
     if arch not in DINOV2_CONFIGS:
         raise ValueError(f"unknown DINOv2 arch {arch!r}; expected one of {sorted(DINOV2_CONFIGS)}")
     if image_size <= 0 or image_size % PATCH_SIZE:
@@ -296,8 +305,7 @@ def _convert(state_dict: Mapping[str, Any], arch: str, image_size: int, entries_
     pos_path = ("pos_embed",)
     if pos_path in converted:
         try:
-            converted[pos_path] = resize_pos_embed(converted[pos_path], grid,
-                                                   **interpolation_settings(arch))
+            converted[pos_path] = resize_pos_embed(converted[pos_path], grid, **interpolation_settings(arch))
         except ValueError as error:
             bad_shapes.append(f"{sources[pos_path]}: {error}")
             del converted[pos_path]
@@ -307,37 +315,35 @@ def _convert(state_dict: Mapping[str, Any], arch: str, image_size: int, entries_
     unexpected += [f"{sources[path]} (-> {'/'.join(path)})" for path in extra]
     for path, shape in expected.items():
         if path in converted and converted[path].shape != shape:
-            bad_shapes.append(f"{sources[path]} -> params/{'/'.join(path)}: checkpoint gives "
-                              f"{converted[path].shape}, {arch} needs {shape}")
+            bad_shapes.append(
+                f"{sources[path]} -> params/{'/'.join(path)}: checkpoint gives "
+                f"{converted[path].shape}, {arch} needs {shape}"
+            )
     if missing or unexpected or bad_shapes:
         parts = [f"the {layout} state dict does not match {arch} (image_size {image_size}):"]
         if unexpected:
             parts.append(_listing("unexpected checkpoint keys", unexpected))
         if missing:
-            parts.append(_listing("missing from the checkpoint",
-                                  ["params/" + "/".join(path) for path in missing]))
+            parts.append(_listing("missing from the checkpoint", ["params/" + "/".join(path) for path in missing]))
         if bad_shapes:
             parts.append(_listing("shape mismatches", bad_shapes))
         raise ValueError("\n".join(parts))
     return {"params": flax.traverse_util.unflatten_dict(converted)}
 
 
-def official_dinov2_to_flax(state_dict: Mapping[str, Any], arch: str,
-                            image_size: int = 224) -> Dict[str, Any]:
+def official_dinov2_to_flax(state_dict: Mapping[str, Any], arch: str, image_size: int = 224) -> Dict[str, Any]:
     """Official facebookresearch/dinov2 ``state_dict`` -> ``{'params': ...}`` for ``dinov2_vit``."""
     return _convert(state_dict, arch, image_size, _official_entries, ("mask_token",), "official DINOv2")
 
 
-def hf_dinov2_to_flax(state_dict: Mapping[str, Any], arch: str, image_size: int = 224
-                      ) -> Dict[str, Any]:
+def hf_dinov2_to_flax(state_dict: Mapping[str, Any], arch: str, image_size: int = 224) -> Dict[str, Any]:
     """Hugging Face ``Dinov2Model`` safetensors ``state_dict`` -> ``{'params': ...}``.
 
     Keys may carry the ``dinov2.`` prefix of task models (e.g. ``Dinov2ForImageClassification``);
     their ``classifier.*`` head is dropped.
     """
-    if state_dict and all(key.startswith("dinov2.") or key.startswith("classifier.")
-                          for key in state_dict):
-        state_dict = {key[len("dinov2."):] if key.startswith("dinov2.") else key: value
-                      for key, value in state_dict.items()}
-    return _convert(state_dict, arch, image_size, _hf_entries, ("embeddings.mask_token",),
-                    "Hugging Face DINOv2")
+    if state_dict and all(key.startswith("dinov2.") or key.startswith("classifier.") for key in state_dict):
+        state_dict = {
+            key[len("dinov2.") :] if key.startswith("dinov2.") else key: value for key, value in state_dict.items()
+        }
+    return _convert(state_dict, arch, image_size, _hf_entries, ("embeddings.mask_token",), "Hugging Face DINOv2")

@@ -18,6 +18,7 @@ tests/test_explain.py; it writes ``num_batches_tracked = 0`` so that ``load_stat
 ``jax.eval_shape`` of the Flax model's init, and any unexpected key, missing key or shape mismatch
 raises a single error listing all of them (in the spirit of big_vision's ``merge_params``).
 """
+
 import re
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -126,13 +127,13 @@ def expected_variable_shapes(arch: str, num_classes: Optional[int]) -> Dict[Tupl
     """Flattened {(collection, *path): shape} of the Flax model's variables, without running init."""
     model = get_resnet(arch, num_classes=num_classes)
     abstract = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False))
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+    )
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
-def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str,
-                               include_fc: bool = True) -> Dict[str, Any]:
+def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str, include_fc: bool = True) -> Dict[str, Any]:
     """Convert a torchvision ResNet ``state_dict`` to ``{'params': ..., 'batch_stats': ...}``.
 
     Args:
@@ -146,8 +147,9 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str,
     """
     if include_fc:
         if "fc.weight" not in state_dict:
-            raise ValueError("include_fc=True but the state dict has no 'fc.weight'; "
-                             f"keys start with: {sorted(state_dict)[:10]}")
+            raise ValueError(
+                f"include_fc=True but the state dict has no 'fc.weight'; keys start with: {sorted(state_dict)[:10]}"
+            )
         num_classes = int(np.shape(state_dict["fc.weight"])[0])
     else:
         num_classes = None
@@ -176,16 +178,19 @@ def torchvision_resnet_to_flax(state_dict: Mapping[str, Any], arch: str,
             mismatched_keys.add(flat_key)
             continue
         if array.shape != expected[flat_key]:
-            mismatched.append(f"{key} -> {'/'.join(flat_key)}: checkpoint {array.shape} "
-                              f"(after layout change) vs model {expected[flat_key]}")
+            mismatched.append(
+                f"{key} -> {'/'.join(flat_key)}: checkpoint {array.shape} "
+                f"(after layout change) vs model {expected[flat_key]}"
+            )
             mismatched_keys.add(flat_key)
             continue
         converted[flat_key] = np.ascontiguousarray(array)
 
     # A variable whose checkpoint entry had the wrong shape is reported once, as a mismatch.
     missing = ["/".join(k) for k in expected if k not in converted and k not in mismatched_keys]
-    raise_if_mismatched(f"state dict does not match Flax {arch} (include_fc={include_fc}):", unexpected,
-                        mismatched, missing)
+    raise_if_mismatched(
+        f"state dict does not match Flax {arch} (include_fc={include_fc}):", unexpected, mismatched, missing
+    )
 
     variables = flax.traverse_util.unflatten_dict(converted)
     variables.setdefault("batch_stats", {})
@@ -201,19 +206,26 @@ def extract_moco_v2_encoder_q(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
     drop its projection MLP (``fc.0.*``, ``fc.2.*``; any other ``fc.*`` too), because the teacher
     feature is the 2048-d pooled output before the MLP (docs/reference_semantics.md §6).
     """
-    encoder = {key[len(MOCO_ENCODER_PREFIX):]: value for key, value in state_dict.items()
-               if key.startswith(MOCO_ENCODER_PREFIX)}
+    encoder = {
+        key[len(MOCO_ENCODER_PREFIX) :]: value
+        for key, value in state_dict.items()
+        if key.startswith(MOCO_ENCODER_PREFIX)
+    }
     if not encoder:
         raise ValueError(
             f"this is not a MoCo-v2 checkpoint: no '{MOCO_ENCODER_PREFIX}*' keys found; "
-            f"first keys are {sorted(state_dict)[:10]}")
+            f"first keys are {sorted(state_dict)[:10]}"
+        )
     return {key: value for key, value in encoder.items() if not (key == "fc" or key.startswith("fc."))}
 
 
 def _looks_like_state_dict(obj: Any) -> bool:
-    return (isinstance(obj, Mapping) and len(obj) > 0
-            and all(isinstance(k, str) for k in obj)
-            and all(hasattr(v, "shape") for v in obj.values()))
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) for k in obj)
+        and all(hasattr(v, "shape") for v in obj.values())
+    )
 
 
 def unwrap_state_dict(checkpoint_obj: Any) -> Mapping[str, Any]:
@@ -227,8 +239,10 @@ def unwrap_state_dict(checkpoint_obj: Any) -> Mapping[str, Any]:
             return checkpoint_obj
     kind = type(checkpoint_obj).__name__
     keys = sorted(map(str, checkpoint_obj))[:10] if isinstance(checkpoint_obj, Mapping) else []
-    raise ValueError(f"unrecognised checkpoint: a {kind} that is neither a state dict nor a dict "
-                     f"wrapping one under {list(_WRAPPER_KEYS)}; top-level keys: {keys}")
+    raise ValueError(
+        f"unrecognised checkpoint: a {kind} that is neither a state dict nor a dict "
+        f"wrapping one under {list(_WRAPPER_KEYS)}; top-level keys: {keys}"
+    )
 
 
 def detect_format(checkpoint_obj: Any) -> str:
@@ -245,12 +259,16 @@ def detect_format(checkpoint_obj: Any) -> str:
 def strip_data_parallel_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
     """Remove the 'module.' prefix that nn.DataParallel adds, if every key carries it."""
     if state_dict and all(key.startswith("module.") for key in state_dict):
-        return {key[len("module."):]: value for key, value in state_dict.items()}
+        return {key[len("module.") :]: value for key, value in state_dict.items()}
     return state_dict
 
 
-_FLAX_BN_FIELDS = {("params", "scale"): "weight", ("params", "bias"): "bias", ("batch_stats", "mean"): "running_mean",
-                   ("batch_stats", "var"): "running_var"}
+_FLAX_BN_FIELDS = {
+    ("params", "scale"): "weight",
+    ("params", "bias"): "bias",
+    ("batch_stats", "mean"): "running_mean",
+    ("batch_stats", "var"): "running_var",
+}
 _FLAX_BLOCK = re.compile(r"^layer(\d+)_(\d+)$")
 
 
@@ -280,8 +298,9 @@ def flax_resnet_to_torchvision(variables: Mapping[str, Any]) -> Dict[str, np.nda
     -> weight/bias/running_mean/running_var, plus ``num_batches_tracked`` (int64 0) for every BatchNorm. An
     ``fc`` in the variables becomes ``fc.*``. Raises ValueError listing every variable without a counterpart.
     """
-    flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(
-        {k: v for k, v in variables.items() if k in ("params", "batch_stats")}))
+    flat = flax.traverse_util.flatten_dict(
+        flax.core.unfreeze({k: v for k, v in variables.items() if k in ("params", "batch_stats")})
+    )
     state_dict, unknown = {}, []
     for (collection, *path), value in flat.items():
         mapped = _torch_key(collection, tuple(path)) if len(path) >= 2 else None
@@ -296,7 +315,7 @@ def flax_resnet_to_torchvision(variables: Mapping[str, Any]) -> Dict[str, np.nda
             value = value.T
         state_dict[key] = np.ascontiguousarray(value)
         if key.endswith(".running_mean"):
-            state_dict[key[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+            state_dict[key[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
     raise_if_mismatched("Flax variables that are not a models/resnet.py ResNet:", unknown, [], [])
     return dict(sorted(state_dict.items()))
 

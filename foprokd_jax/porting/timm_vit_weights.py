@@ -30,6 +30,7 @@ mask tokens are not part of a teacher and are skipped.
   the change of normalisation folded into the patch embedding, exactly (it is affine and the patch conv has no
   padding), so the artifact takes the pipeline's ImageNet-normalised images.
 """
+
 import re
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
@@ -61,8 +62,10 @@ def unwrap(checkpoint: Any) -> Tuple[Dict[str, Any], str]:
     while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
         key = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
         if key is None:
-            raise ValueError("unrecognised checkpoint: no tensor state dict at the top level or under "
-                             f"{_WRAPPERS} (top-level keys: {sorted(map(str, obj))[:10]})")
+            raise ValueError(
+                "unrecognised checkpoint: no tensor state dict at the top level or under "
+                f"{_WRAPPERS} (top-level keys: {sorted(map(str, obj))[:10]})"
+            )
         container.append(key)
         obj = obj[key]
     if not isinstance(obj, Mapping):
@@ -70,11 +73,11 @@ def unwrap(checkpoint: Any) -> Tuple[Dict[str, Any], str]:
     state = dict(obj)
     for prefix in ("module.",):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
             container.append(prefix.rstrip("."))
     for prefix in ("visual.trunk.", "module.visual.trunk."):
         if any(k.startswith(prefix) for k in state):  # open_clip: keep the timm trunk of the vision tower
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             container.append(prefix.rstrip("."))
             break
     return state, "/".join(container) or "state dict"
@@ -107,13 +110,17 @@ def _block_entries(prefix, rest, value, key, bias_masks):
         module, field = rest.split(".")
         return [(prefix + (module, _NORMS[field]), value)]
     if rest == "attn.qkv.weight":
-        return [(prefix + ("attn", name, "kernel"), _linear(key, part))
-                for name, part in zip(("query", "key", "value"), _split3(key, value))]
+        return [
+            (prefix + ("attn", name, "kernel"), _linear(key, part))
+            for name, part in zip(("query", "key", "value"), _split3(key, value))
+        ]
     if rest == "attn.qkv.bias":
         mask = bias_masks.get(key + "_mask")
         value = np.asarray(value) * (1.0 if mask is None else np.asarray(mask, np.float32))
-        return [(prefix + ("attn", name, "bias"), part)
-                for name, part in zip(("query", "key", "value"), _split3(key, value))]
+        return [
+            (prefix + ("attn", name, "bias"), part)
+            for name, part in zip(("query", "key", "value"), _split3(key, value))
+        ]
     if rest in ("attn.q_bias", "attn.v_bias"):
         return [(prefix + ("attn", "query" if rest == "attn.q_bias" else "value", "bias"), value)]
     if rest in _LAYERSCALE:
@@ -147,8 +154,9 @@ def _top_entries(key, value):
 def expected_param_shapes(options: Mapping[str, Any], image_size: int) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
     """Flattened {path: shape} of the Flax model's params, from ``jax.eval_shape`` (no compute)."""
     model = vit.VisionTransformer(image_size=image_size, **options)
-    abstract = jax.eval_shape(lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32)))
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+    )
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(abstract["params"]))
     return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
@@ -160,23 +168,33 @@ def _listing(title, items):
     return f"  {title} ({len(items)}):\n    {shown}{more}"
 
 
-def fold_input_normalisation(kernel: np.ndarray, bias: np.ndarray, source_mean: Sequence[float],
-                             source_std: Sequence[float], target_mean: Sequence[float],
-                             target_std: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+def fold_input_normalisation(
+    kernel: np.ndarray,
+    bias: np.ndarray,
+    source_mean: Sequence[float],
+    source_std: Sequence[float],
+    target_mean: Sequence[float],
+    target_std: Sequence[float],
+) -> Tuple[np.ndarray, np.ndarray]:
     """Patch-embed (HWIO kernel, bias) that gives on ``target``-normalised images what the original gives on
     ``source``-normalised ones: x_src = x_tgt * (std_t / std_s) + (mean_t - mean_s) / std_s per channel."""
     scale = np.asarray(target_std, np.float64) / np.asarray(source_std, np.float64)
     shift = (np.asarray(target_mean, np.float64) - np.asarray(source_mean, np.float64)) / np.asarray(
-        source_std, np.float64)
+        source_std, np.float64
+    )
     kernel64 = np.asarray(kernel, np.float64)
     new_bias = np.asarray(bias, np.float64) + np.einsum("hwco,c->o", kernel64, shift)
     return (kernel64 * scale[None, None, :, None]).astype(np.float32), new_bias.astype(np.float32)
 
 
-def timm_vit_to_flax(state_dict: Mapping[str, Any], options: Mapping[str, Any], image_size: int,
-                     arch: str = "vit", layout: Optional[str] = None,
-                     fold_normalisation: Optional[Tuple[Sequence[float], ...]] = None
-                     ) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+def timm_vit_to_flax(
+    state_dict: Mapping[str, Any],
+    options: Mapping[str, Any],
+    image_size: int,
+    arch: str = "vit",
+    layout: Optional[str] = None,
+    fold_normalisation: Optional[Tuple[Sequence[float], ...]] = None,
+) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """A timm-layout (or official DINOv3) state dict -> (``{'params': ...}``, notes for the sidecar).
 
     ``options``: the VisionTransformer options (``vit.vit_options(arch)``, or reduced shapes in tests).
@@ -197,8 +215,11 @@ def timm_vit_to_flax(state_dict: Mapping[str, Any], options: Mapping[str, Any], 
         value = np.asarray(value)
         try:
             match = _BLOCK.match(key)
-            entries = (_block_entries((f"blocks_{int(match.group(1))}",), match.group(2), value, key, bias_masks)
-                       if match else _top_entries(key, value))
+            entries = (
+                _block_entries((f"blocks_{int(match.group(1))}",), match.group(2), value, key, bias_masks)
+                if match
+                else _top_entries(key, value)
+            )
         except _ShapeError as error:
             bad_shapes.append(str(error))
             continue
@@ -212,8 +233,11 @@ def timm_vit_to_flax(state_dict: Mapping[str, Any], options: Mapping[str, Any], 
     notes: Dict[str, Any] = {"source_layout": layout}
     filled = []
     for path, shape in expected.items():  # q/k/v biases a source without them implies (Eva's k), as zeros
-        if path[1:2] == ("attn",) and path[2:] in (("query", "bias"), ("key", "bias"), ("value", "bias")) \
-                and path not in converted:
+        if (
+            path[1:2] == ("attn",)
+            and path[2:] in (("query", "bias"), ("key", "bias"), ("value", "bias"))
+            and path not in converted
+        ):
             converted[path], sources[path] = np.zeros(shape, np.float32), "(no bias in the source: zeros)"
             filled.append(path[2])
     if filled:
@@ -244,22 +268,26 @@ def timm_vit_to_flax(state_dict: Mapping[str, Any], options: Mapping[str, Any], 
             notes["pos_embed_cls_entry"] = "zero (source has none)"
         try:
             notes["pos_embed_source_grid"] = int(np.sqrt(pos.shape[1] - 1))
-            converted[pos_path] = resize_pos_embed(pos, image_size // patch, interpolate_offset=0.0,
-                                                   interpolate_antialias=True)
+            converted[pos_path] = resize_pos_embed(
+                pos, image_size // patch, interpolate_offset=0.0, interpolate_antialias=True
+            )
         except ValueError as error:
             bad_shapes.append(f"{sources[pos_path]}: {error}")
             del converted[pos_path]
 
     if fold_normalisation is not None and ("patch_embed", "kernel") in converted:
         converted[("patch_embed", "kernel")], converted[("patch_embed", "bias")] = fold_input_normalisation(
-            converted[("patch_embed", "kernel")], converted[("patch_embed", "bias")], *fold_normalisation)
+            converted[("patch_embed", "kernel")], converted[("patch_embed", "bias")], *fold_normalisation
+        )
 
     missing = [path for path in expected if path not in converted]
     unexpected += [f"{sources[path]} (-> {'/'.join(path)})" for path in converted if path not in expected]
     for path, shape in expected.items():
         if path in converted and converted[path].shape != shape:
-            bad_shapes.append(f"{sources[path]} -> params/{'/'.join(path)}: checkpoint gives "
-                              f"{converted[path].shape}, {arch} needs {shape}")
+            bad_shapes.append(
+                f"{sources[path]} -> params/{'/'.join(path)}: checkpoint gives "
+                f"{converted[path].shape}, {arch} needs {shape}"
+            )
     if missing or unexpected or bad_shapes:
         parts = [f"the {layout} state dict does not match {arch} (image_size {image_size}):"]
         if unexpected:

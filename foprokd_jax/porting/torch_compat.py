@@ -8,6 +8,7 @@ import; only the C++ ops stay unavailable, which weight porting does not need.
 
 Only ``launch/convert_teacher.py`` and tests call this; training code never imports torch.
 """
+
 import sys
 
 # Signature shared by both detection ops in torchvision's C++ registration.
@@ -28,6 +29,7 @@ def import_torchvision():
     """
     try:
         import torchvision  # pylint: disable=import-outside-toplevel
+
         return torchvision
     except RuntimeError as error:
         # Any other import failure is a real problem that the schema trick cannot fix.
@@ -43,4 +45,5 @@ def import_torchvision():
         except RuntimeError:
             pass  # already declared, e.g. by an earlier call in this process
     import torchvision  # pylint: disable=import-outside-toplevel
+
     return torchvision

@@ -4,6 +4,7 @@ teacher. Any long-tail loss of `foprokd_jax/losses.py` can replace BSM (`config.
 
 Files: `config.py` (its config keys), `step.py` (the compiled step), `method.py` (`build`).
 """
+
 from foprokd_jax.methods.bsm.config import default_config, validate
 from foprokd_jax.methods.bsm.method import build
 

@@ -1,4 +1,5 @@
 """Config subtrees of 'bsm': the shared ResNet-student keys only (student, loss, optim; no teacher)."""
+
 from foprokd_jax.methods import resnet_student
 
 

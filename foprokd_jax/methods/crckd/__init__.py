@@ -6,6 +6,7 @@ Modules: `model` (DenseNet-121 + fc + classifier, embed heads), `losses`, `memor
 `optimizer`, `data` (two views + contrast indices), `state`, `step`, `config` (`config.crckd.*`), `method`
 (`build`). docs/crckd.md lists every choice and how each ambiguity of the reference code was settled.
 """
+
 from foprokd_jax.methods.crckd.config import default_config, validate
 from foprokd_jax.methods.crckd.method import build
 

@@ -18,6 +18,7 @@ The affine warp goes through PIL's C `Image.transform` with torchvision's invers
 what torchvision's PIL backend does), flips and rot90 through PIL's `transpose` (tested against
 torchvision / torch.flip / torch.rot90). No per-pixel Python.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -44,8 +45,9 @@ def _affine_pil(img: Image.Image, angle: float, translate: Sequence[int]) -> Ima
     return img.transform(img.size, Image.AFFINE, matrix, Image.NEAREST, fillcolor=(0, 0, 0))
 
 
-def _random_view_pil(img: Image.Image, rng: np.random.Generator, degrees: float, translate: float,
-                     hflip: bool) -> Image.Image:
+def _random_view_pil(
+    img: Image.Image, rng: np.random.Generator, degrees: float, translate: float, hflip: bool
+) -> Image.Image:
     angle = float(rng.uniform(-degrees, degrees))
     tx = int(round(float(rng.uniform(-translate * img.width, translate * img.width))))
     ty = int(round(float(rng.uniform(-translate * img.height, translate * img.height))))
@@ -67,8 +69,9 @@ def affine(image: np.ndarray, angle: float, translate: Sequence[int]) -> np.ndar
     return np.asarray(_affine_pil(Image.fromarray(image, "RGB"), angle, translate))
 
 
-def random_view(image: np.ndarray, rng: np.random.Generator, degrees: float, translate: float,
-                hflip: bool = True) -> np.ndarray:
+def random_view(
+    image: np.ndarray, rng: np.random.Generator, degrees: float, translate: float, hflip: bool = True
+) -> np.ndarray:
     """RandomAffine(degrees, translate=(t, t)) + RandomHorizontalFlip, torchvision's draws and rounding.
 
     angle ~ U(-degrees, degrees); tx = round(U(-t W, t W)), ty = round(U(-t H, t H)) (RandomAffine.get_params).
@@ -84,8 +87,15 @@ def rot_flip(image: np.ndarray, vflip: bool, k: int) -> np.ndarray:
 class ContrastSampler:
     """Draws one anchor's contrast indices (docs/crckd.md §R4.2); the class pools are built once from the labels."""
 
-    def __init__(self, train_labels, num_classes: int, num_positives: int, num_negatives: int,
-                 positive_mode: str = "multi_pos", negative_mode: str = "sup"):
+    def __init__(
+        self,
+        train_labels,
+        num_classes: int,
+        num_positives: int,
+        num_negatives: int,
+        positive_mode: str = "multi_pos",
+        negative_mode: str = "sup",
+    ):
         labels = np.asarray(train_labels, np.int64)
         if positive_mode not in POSITIVE_MODES:
             raise ValueError(f"config.crckd.positive_mode={positive_mode!r} is not one of {POSITIVE_MODES}")
@@ -106,8 +116,10 @@ class ContrastSampler:
             if not len(members):
                 continue
             if positive_mode == "multi_pos" and len(members) < num_positives:
-                raise ValueError(f"class {k} has {len(members)} training examples, fewer than "
-                                 f"config.crckd.nce_p={num_positives} positives drawn without replacement")
+                raise ValueError(
+                    f"class {k} has {len(members)} training examples, fewer than "
+                    f"config.crckd.nce_p={num_positives} positives drawn without replacement"
+                )
             if negative_mode == "sup" and not len(self.others[k]):
                 raise ValueError(f"class {k} holds every training example: 'sup' negatives need another class")
         if negative_mode == "unsup" and self.num_examples < 2:
@@ -123,7 +135,7 @@ class ContrastSampler:
             positives = rng.choice(self.members[label], self.num_positives, replace=False)
         else:
             positives = np.empty(1, np.int64)
-        positives[0] = index   # memory.py `idx[:, 0] = y`: the anchor's own slot is always positive #1
+        positives[0] = index  # memory.py `idx[:, 0] = y`: the anchor's own slot is always positive #1
         if self.negative_mode == "sup":
             pool = self.others[label]
             negatives = rng.choice(pool, self.num_negatives, replace=self.num_negatives > len(pool))
@@ -137,8 +149,15 @@ class ContrastSampler:
 class TwoViewTransform:
     """grain `random_map` transform: example {'image', 'label', 'index'} -> the CRCKD training example."""
 
-    def __init__(self, sampler: ContrastSampler, degrees: float = 10.0, translate: float = 0.02,
-                 hflip: bool = True, teacher_rot_flip: bool = True, augment: bool = True):
+    def __init__(
+        self,
+        sampler: ContrastSampler,
+        degrees: float = 10.0,
+        translate: float = 0.02,
+        hflip: bool = True,
+        teacher_rot_flip: bool = True,
+        augment: bool = True,
+    ):
         self.sampler = sampler
         self.degrees, self.translate, self.hflip = degrees, translate, hflip
         self.teacher_rot_flip, self.augment = teacher_rot_flip, augment
@@ -157,9 +176,13 @@ class TwoViewTransform:
                 raise ValueError(f"teacher rot90 needs square images, got {image.shape[:2]}")
             teacher = _rot_flip_pil(teacher, bool(rng.integers(0, 2)), int(rng.integers(0, 4)))
         label, index = int(example["label"]), int(example["index"])
-        return {"image": np.asarray(student), "image_teacher": np.asarray(teacher),
-                "label": np.int32(label), "index": np.int32(index),
-                "contrast_idx": self.sampler.sample(index, label, rng)}
+        return {
+            "image": np.asarray(student),
+            "image_teacher": np.asarray(teacher),
+            "label": np.int32(label),
+            "index": np.int32(index),
+            "contrast_idx": self.sampler.sample(index, label, rng),
+        }
 
 
 class _AttachIndex:
@@ -176,11 +199,18 @@ def _stack(examples) -> dict:
     return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-def make_train_dataset(source, transform: TwoViewTransform, global_batch_size: int, seed: int,
-                       process_index: int = 0, process_count: int = 1, sampler: str = "instance",
-                       labels=None) -> grain.MapDataset:
+def make_train_dataset(
+    source,
+    transform: TwoViewTransform,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    sampler: str = "instance",
+    labels=None,
+) -> grain.MapDataset:
     """The infinite per-process CRCKD example stream (before batching); `pipeline.make_train_dataset` twin."""
-    if not 0 <= seed < 2 ** 32:
+    if not 0 <= seed < 2**32:
         raise ValueError(f"seed must lie in [0, 2**32); got {seed}")
     num_examples = len(source)
     # The source position is the memory slot. Indices past the length encode the epoch (grain), hence the %.
@@ -189,8 +219,9 @@ def make_train_dataset(source, transform: TwoViewTransform, global_batch_size: i
         ds = ds.seed(seed).shuffle()
     elif sampler in samplers_lib.SAMPLERS:
         labels = samplers_lib.check_labels(labels, num_examples)
-        ds = samplers_lib.ClassResampledEpochs(ds, labels, samplers_lib.class_probabilities(labels, sampler),
-                                               seed).seed(seed)
+        ds = samplers_lib.ClassResampledEpochs(
+            ds, labels, samplers_lib.class_probabilities(labels, sampler), seed
+        ).seed(seed)
     else:
         raise ValueError(f"Unknown sampler config.input.sampler={sampler!r}; available: {samplers_lib.SAMPLERS}")
     # Before the process slice, so an example's randomness depends only on its global position.
@@ -198,16 +229,26 @@ def make_train_dataset(source, transform: TwoViewTransform, global_batch_size: i
     return _ProcessSliceOfGlobalBatches(ds, global_batch_size, process_index, process_count).repeat()
 
 
-def make_train_iterator(source, transform: TwoViewTransform, global_batch_size: int, seed: int,
-                        process_index: int = 0, process_count: int = 1, worker_count: int = 0,
-                        num_threads: int = 8, sampler: str = "instance", labels=None):
+def make_train_iterator(
+    source,
+    transform: TwoViewTransform,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+    num_threads: int = 8,
+    sampler: str = "instance",
+    labels=None,
+):
     """Endless, checkpointable iterator of this process's slice of each global training batch.
 
     Batch: image, image_teacher uint8 (b, S, S, 3); label, index int32 (b,); contrast_idx int32 (b, P + K).
     """
     local_batch = _per_process_batch(global_batch_size, process_index, process_count)
-    ds = make_train_dataset(source, transform, global_batch_size, seed, process_index, process_count,
-                            sampler=sampler, labels=labels)
+    ds = make_train_dataset(
+        source, transform, global_batch_size, seed, process_index, process_count, sampler=sampler, labels=labels
+    )
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * local_batch, 16))
     it_ds = ds.to_iter_dataset(read_options).batch(local_batch, drop_remainder=True, batch_fn=_stack)
     if worker_count > 0:

@@ -3,6 +3,7 @@
 Every formula is transcribed from the authors' code (docs/crckd.md §R3-§R6); the docs/crckd.md section and the
 reference file are cited on each function. All of them work in float32.
 """
+
 import jax
 import jax.numpy as jnp
 
@@ -35,8 +36,9 @@ def nce_loss_per_example(scores: jnp.ndarray, num_positives: int, n_data: int) -
     the positives; batches are never that small, and this function keeps the general formula.)
     """
     if not 0 < num_positives < scores.shape[-1]:
-        raise ValueError(f"num_positives={num_positives} must lie in [1, {scores.shape[-1]}) for scores "
-                         f"of shape {scores.shape}")
+        raise ValueError(
+            f"num_positives={num_positives} must lie in [1, {scores.shape[-1]}) for scores of shape {scores.shape}"
+        )
     num_negatives = scores.shape[-1] - num_positives
     noise = num_negatives / float(n_data)
     pos, neg = scores[:, :num_positives], scores[:, num_positives:]
@@ -60,8 +62,9 @@ def class_centroids(memory: jnp.ndarray, labels: jnp.ndarray, num_classes: int, 
     return l2_normalize(sums / counts[:, None])
 
 
-def crp_loss_per_example(g_s: jnp.ndarray, g_t: jnp.ndarray, centroids_s: jnp.ndarray,
-                         centroids_t: jnp.ndarray, temperature: float) -> jnp.ndarray:
+def crp_loss_per_example(
+    g_s: jnp.ndarray, g_t: jnp.ndarray, centroids_s: jnp.ndarray, centroids_t: jnp.ndarray, temperature: float
+) -> jnp.ndarray:
     """KL(softmax(r_t) || softmax(r_s)) per example, r = <g, centroids> / tau (docs/crckd.md §R5.2-5.3).
 
     Student embedding vs student-memory centroids against teacher embedding vs teacher-memory centroids;

@@ -12,6 +12,7 @@ re-sampling input pipeline) follow one deterministic rule: the LAST occurrence i
 and its update starts from the pre-step row (updates are not chained). This is what a sequential
 `index_copy_` does on CPU; on CUDA the reference's winner is unspecified.
 """
+
 import math
 
 import jax
@@ -33,8 +34,7 @@ def last_occurrence_mask(indices: jnp.ndarray) -> jnp.ndarray:
     return ~jnp.any(same & later, axis=1)
 
 
-def momentum_update(memory: jnp.ndarray, indices: jnp.ndarray, new_rows: jnp.ndarray,
-                    momentum: float) -> jnp.ndarray:
+def momentum_update(memory: jnp.ndarray, indices: jnp.ndarray, new_rows: jnp.ndarray, momentum: float) -> jnp.ndarray:
     """memory[i] <- normalize(m * memory[i] + (1 - m) * new) for every i in `indices` (no gradient).
 
     `indices` (B,) and `new_rows` (B, D) are the global batch; duplicates: last occurrence wins (module doc).

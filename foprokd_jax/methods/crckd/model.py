@@ -8,6 +8,7 @@
 * `EmbedHead` (`embed_s`, `embed_t`): Linear(128 -> 128) with torch's default weight AND bias init (the
   criterion's heads are outside the wrapper), then L2 normalisation without epsilon (`Normalize(2)`).
 """
+
 import functools
 from typing import Any, Optional, Sequence
 
@@ -35,17 +36,30 @@ class CrckdNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool):
-        backbone = DenseNet(growth_rate=self.growth_rate, block_config=tuple(self.block_config),
-                            num_init_features=self.num_init_features, bn_size=self.bn_size, num_classes=None,
-                            bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="densenet")
+        backbone = DenseNet(
+            growth_rate=self.growth_rate,
+            block_config=tuple(self.block_config),
+            num_init_features=self.num_init_features,
+            bn_size=self.bn_size,
+            num_classes=None,
+            bn_axis_name=self.bn_axis_name,
+            dtype=self.dtype,
+            name="densenet",
+        )
         pooled = backbone(x, train)["features"]
         feature4 = self._linear(self.feat_dim, "fc_layer")(pooled)
         logits = self._linear(self.num_classes, "classifier")(feature4)
         return {"features": feature4.astype(jnp.float32), "logits": logits.astype(jnp.float32)}
 
     def _linear(self, features: int, name: str) -> nn.Dense:
-        return nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32, kernel_init=torch_linear_kernel_init,
-                        bias_init=nn.initializers.zeros, name=name)
+        return nn.Dense(
+            features,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=torch_linear_kernel_init,
+            bias_init=nn.initializers.zeros,
+            name=name,
+        )
 
 
 class EmbedHead(nn.Module):
@@ -81,8 +95,11 @@ def init_params(net: CrckdNet, embed: EmbedHead, rng: jax.Array, image_size: int
     if backbone_variables is not None:
         student = _with_backbone(student, backbone_variables)
         teacher = _with_backbone(teacher, backbone_variables)
-    params = {"net": student["params"], "embed_s": _init_variables(embed, embed_s_rng, (1, embed.dim_in))["params"],
-              "embed_t": _init_variables(embed, embed_t_rng, (1, embed.dim_in))["params"]}
+    params = {
+        "net": student["params"],
+        "embed_s": _init_variables(embed, embed_s_rng, (1, embed.dim_in))["params"],
+        "embed_t": _init_variables(embed, embed_t_rng, (1, embed.dim_in))["params"],
+    }
     return params, student["batch_stats"], teacher["params"]
 
 
@@ -93,11 +110,15 @@ def _with_backbone(variables: dict, backbone_variables: dict) -> dict:
         target = flax.core.unfreeze(variables[collection]["densenet"])
         loaded = flax.core.unfreeze(backbone_variables.get(collection, {}))
         if jax.tree_util.tree_structure(loaded) != jax.tree_util.tree_structure(target):
-            raise ValueError(f"DenseNet backbone artifact: its {collection} tree does not match the model "
-                             "(another architecture, or the ImageNet classifier left in?)")
+            raise ValueError(
+                f"DenseNet backbone artifact: its {collection} tree does not match the model "
+                "(another architecture, or the ImageNet classifier left in?)"
+            )
         for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(target), jax.tree_util.tree_leaves(loaded)):
             if tuple(want.shape) != tuple(got.shape):
-                raise ValueError(f"DenseNet backbone artifact: {collection}{jax.tree_util.keystr(path)} has shape "
-                                 f"{tuple(got.shape)}, the model expects {tuple(want.shape)}")
+                raise ValueError(
+                    f"DenseNet backbone artifact: {collection}{jax.tree_util.keystr(path)} has shape "
+                    f"{tuple(got.shape)}, the model expects {tuple(want.shape)}"
+                )
         out[collection] = dict(variables[collection], densenet=jax.tree.map(jnp.asarray, loaded))
     return out

@@ -8,13 +8,15 @@ torch's weight_decay adds wd * param to the gradient BEFORE the moments (L2, not
 `add_decayed_weights` before `scale_by_adam`. beta1 is injected per step; like torch, the bias correction
 1 - beta1_t^t uses the CURRENT beta1.
 """
+
 import optax
 
 from foprokd_jax.methods.crckd.schedule import OneCycle
 
 
-def make_optimizer(one_cycle: OneCycle, *, weight_decay: float = 5e-4, b2: float = 0.999,
-                   eps: float = 1e-8) -> optax.GradientTransformation:
+def make_optimizer(
+    one_cycle: OneCycle, *, weight_decay: float = 5e-4, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
     """The chain add_decayed_weights -> Adam(beta1 from the schedule) -> -lr(step).
 
     Both schedules are evaluated at the optimiser's own update count (0 for the first update), which is the

@@ -7,6 +7,7 @@ crossing an epoch boundary never recompiles (docs/crckd.md §R12).
 Sources: train_CRCKD.py (`update_ema_variables`, `get_current_consistency_weight`, the loss assembly and
 the per-epoch LR reset), utils/ramps.py (`sigmoid_rampup`), torch `OneCycleLR` (docs/crckd.md §R3, §R6, §R7).
 """
+
 import dataclasses
 import math
 
@@ -38,6 +39,7 @@ class LossWeights:
     L_WCE + consistency * rampup(epoch) * L_KL + ccd_weight_post * L_CCD + crp_weight * L_CRP.
     The ramp-up is indexed by the epoch counted from 0, not from `begin_distill_epoch`.
     """
+
     ccd_weight_pre: float = 0.1
     ccd_weight_post: float = 0.01
     crp_weight: float = 1.0
@@ -79,6 +81,7 @@ class OneCycle:
     each epoch and OneCycleLR overwrites it only after the next step, so the FIRST step of every epoch from
     epoch 1 on runs at that LR; beta1 is not affected.
     """
+
     total_steps: int
     max_lr: float = 3e-4
     pct_start: float = 0.3
@@ -118,5 +121,8 @@ class OneCycle:
 
     def beta1(self, step):
         in_up, pct_up, pct_down = self._phase(step)
-        return jnp.where(in_up, _cos_anneal(self.max_momentum, self.base_momentum, pct_up),
-                         _cos_anneal(self.base_momentum, self.max_momentum, pct_down))
+        return jnp.where(
+            in_up,
+            _cos_anneal(self.max_momentum, self.base_momentum, pct_up),
+            _cos_anneal(self.base_momentum, self.max_momentum, pct_down),
+        )

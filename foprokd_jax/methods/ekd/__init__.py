@@ -7,6 +7,7 @@ Files: `config.py` (keys: the teacher, loss.free_u), `objective.py` (the EKD los
 `step.py` (the compiled step), `method.py` (`build`). The released code path line by line:
 docs/reference_semantics.md.
 """
+
 from foprokd_jax.methods.ekd.config import default_config, validate
 from foprokd_jax.methods.ekd.method import build
 

@@ -1,4 +1,5 @@
 """`build(config, mesh, dataset, steps_per_epoch) -> MethodParts` for 'ekd'."""
+
 import jax
 
 from foprokd_jax.methods import resnet_student
@@ -14,7 +15,14 @@ def build(config, mesh, dataset, steps_per_epoch: int):
     student_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
     state = resnet_student.init_student_state(config, student, optimizer, student_rng)
     train_step = ekd_step.make_train_step(
-        student=student, teacher=teacher, cls_loss=resnet_student.classification_loss(config, dataset, steps_per_epoch),
-        optimizer=optimizer, free_u=config.loss.free_u, teacher_feature_key=config.teacher.feature_key, mesh=mesh)
-    return resnet_student.method_parts(config, mesh, dataset, student, state, teacher_vars, train_step,
-                                       meta={"teacher": teacher_meta})
+        student=student,
+        teacher=teacher,
+        cls_loss=resnet_student.classification_loss(config, dataset, steps_per_epoch),
+        optimizer=optimizer,
+        free_u=config.loss.free_u,
+        teacher_feature_key=config.teacher.feature_key,
+        mesh=mesh,
+    )
+    return resnet_student.method_parts(
+        config, mesh, dataset, student, state, teacher_vars, train_step, meta={"teacher": teacher_meta}
+    )

@@ -7,6 +7,7 @@ with the frozen teacher f in inference mode on the same augmented batch x as the
 reference's choice; any long-tail loss of `losses.make_classification_loss` can take its place (docs/long_tail.md).
 FoPro-KD's student minimises the same objective with the prompted teacher's features (`methods/fopro/step.py`).
 """
+
 from typing import Callable, Optional
 
 import jax.numpy as jnp
@@ -15,8 +16,15 @@ from foprokd_jax import losses, parallel
 from foprokd_jax.methods.student_step import classification_terms, float32_outputs
 
 
-def ekd_objective(out: dict, labels, cls_loss: Callable, free_u: float, teacher_feat: jnp.ndarray, step=None,
-                  axis_name: Optional[str] = parallel.DATA_AXIS):
+def ekd_objective(
+    out: dict,
+    labels,
+    cls_loss: Callable,
+    free_u: float,
+    teacher_feat: jnp.ndarray,
+    step=None,
+    axis_name: Optional[str] = parallel.DATA_AXIS,
+):
     """The EKD loss from the student's outputs (h, z1, p, z2) and the teacher's features. Returns (loss, terms).
 
     `step` is the optimizer step count (DRW switches weights on it).

@@ -10,6 +10,7 @@ Everything FoPro-KD adds to EKD is in this folder:
 - `plots.py`: the learned gain spectrum and prompted images; `frequency_analysis.py`: a teacher's frequency
   preferences (launch/analyze_frequency.py).
 """
+
 from foprokd_jax.methods.fopro.config import default_config, validate
 from foprokd_jax.methods.fopro.method import build
 

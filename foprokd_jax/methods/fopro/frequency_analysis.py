@@ -23,6 +23,7 @@ r = sqrt(2): a high-pass at radius 1.0 still keeps the diagonal corner bins, and
 radius >= sqrt(2) is the identity. On a 32-pixel image the bins are 1/16 = 0.0625 apart in r, so any
 low-pass radius below that keeps only the DC term (the mean colour).
 """
+
 import csv
 import functools
 import math
@@ -45,6 +46,7 @@ CSV_COLUMNS = ("kind", "radius", "feature_cosine", "probe_bacc", "n_train", "n_t
 # ----------------------------------------------------------------------------------------------------
 # Filters
 # ----------------------------------------------------------------------------------------------------
+
 
 def normalised_radius(height: int, width: int) -> np.ndarray:
     """r of every rfft2 bin, shape (height, width // 2 + 1); see the module docstring."""
@@ -88,9 +90,9 @@ def radial_filter(images_float01, radius, kind: str, clip: bool = True) -> jnp.n
 # Teacher features
 # ----------------------------------------------------------------------------------------------------
 
+
 @functools.partial(jax.jit, static_argnames=("module", "feature_key", "filtered"))
-def _features_batch(module: nn.Module, variables, images, radius, highpass, *, feature_key: str,
-                    filtered: bool):
+def _features_batch(module: nn.Module, variables, images, radius, highpass, *, feature_key: str, filtered: bool):
     # uint8 travels to the device (4x less traffic) and is scaled here; floats are taken as [0, 1].
     x = images.astype(jnp.float32) / 255.0 if images.dtype == jnp.uint8 else images.astype(jnp.float32)
     if filtered:
@@ -100,8 +102,15 @@ def _features_batch(module: nn.Module, variables, images, radius, highpass, *, f
     return out[feature_key].astype(jnp.float32)
 
 
-def teacher_features(module: nn.Module, variables, images_uint8_or_float, feature_key: str = "pre_logits",
-                     batch_size: int = 64, radius: Optional[float] = None, kind: str = "lowpass") -> np.ndarray:
+def teacher_features(
+    module: nn.Module,
+    variables,
+    images_uint8_or_float,
+    feature_key: str = "pre_logits",
+    batch_size: int = 64,
+    radius: Optional[float] = None,
+    kind: str = "lowpass",
+) -> np.ndarray:
     """(N, D) float32 features of the frozen teacher in inference mode (BN running statistics).
 
     Images are NHWC, uint8 in [0, 255] or float in [0, 1]; they are ImageNet-normalised here. With
@@ -129,12 +138,13 @@ def teacher_features(module: nn.Module, variables, images_uint8_or_float, featur
     highpass_arg = np.bool_(kind == "highpass")
     chunks = []
     for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         real = batch.shape[0]
         if real < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - real,) + batch.shape[1:], batch.dtype)])
-        feats = _features_batch(module, variables, batch, radius_arg, highpass_arg,
-                                feature_key=feature_key, filtered=radius is not None)
+        feats = _features_batch(
+            module, variables, batch, radius_arg, highpass_arg, feature_key=feature_key, filtered=radius is not None
+        )
         chunks.append(feats[:real])  # stays on the device: dispatch of the next batch is not blocked
     return np.concatenate([np.asarray(c) for c in chunks], axis=0)
 
@@ -152,6 +162,7 @@ def feature_similarity(f_filtered, f_original, eps: float = 1e-8) -> float:
 # ----------------------------------------------------------------------------------------------------
 # Linear probe
 # ----------------------------------------------------------------------------------------------------
+
 
 def balanced_accuracy(labels, preds) -> float:
     """Mean recall over the classes present in `labels` (sklearn's balanced_accuracy_score)."""
@@ -186,8 +197,16 @@ def _fit_probe(x, y, num_classes: int, steps: int, lr, l2):
     return params
 
 
-def linear_probe_bacc(train_feats, train_labels, test_feats, test_labels, num_classes: int,
-                      steps: int = 300, lr: float = 0.05, l2: float = 1e-3) -> float:
+def linear_probe_bacc(
+    train_feats,
+    train_labels,
+    test_feats,
+    test_labels,
+    num_classes: int,
+    steps: int = 300,
+    lr: float = 0.05,
+    l2: float = 1e-3,
+) -> float:
     """Balanced test accuracy of a class-balanced multinomial logistic regression on frozen features.
 
     Features are standardised with the train mean and std (dimensions constant on train become 0).
@@ -210,8 +229,9 @@ def linear_probe_bacc(train_feats, train_labels, test_feats, test_labels, num_cl
     scale = np.where(std > 1e-6 * max(float(std.max(initial=0.0)), 1e-12), 1.0 / np.maximum(std, 1e-12), 0.0)
     xtr = (xtr - mean) * scale
     xte = (xte - mean) * scale
-    params = _fit_probe(jnp.asarray(xtr), jnp.asarray(ytr), int(num_classes), int(steps),
-                        jnp.float32(lr), jnp.float32(l2))
+    params = _fit_probe(
+        jnp.asarray(xtr), jnp.asarray(ytr), int(num_classes), int(steps), jnp.float32(lr), jnp.float32(l2)
+    )
     logits = xte @ np.asarray(params["w"]) + np.asarray(params["b"])
     return balanced_accuracy(yte, np.argmax(logits, axis=-1))
 
@@ -220,11 +240,24 @@ def linear_probe_bacc(train_feats, train_labels, test_feats, test_labels, num_cl
 # Sweep, CSV, figure
 # ----------------------------------------------------------------------------------------------------
 
-def frequency_sweep(module: nn.Module, variables, train_images, train_labels, test_images, test_labels,
-                    radii: Sequence[float], kinds: Sequence[str] = KINDS, feature_key: str = "pre_logits",
-                    batch_size: int = 64, num_classes: int = 8, probe_steps: int = 300,
-                    probe_lr: float = 0.05, probe_l2: float = 1e-3,
-                    log: Optional[Callable[[str], None]] = None) -> list:
+
+def frequency_sweep(
+    module: nn.Module,
+    variables,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    radii: Sequence[float],
+    kinds: Sequence[str] = KINDS,
+    feature_key: str = "pre_logits",
+    batch_size: int = 64,
+    num_classes: int = 8,
+    probe_steps: int = 300,
+    probe_lr: float = 0.05,
+    probe_l2: float = 1e-3,
+    log: Optional[Callable[[str], None]] = None,
+) -> list:
     """One row per (kind, radius), after a baseline row (kind 'none', radius NaN, cosine 1).
 
     Train and test images are filtered identically; `feature_cosine` compares filtered with unfiltered
@@ -237,26 +270,42 @@ def frequency_sweep(module: nn.Module, variables, train_images, train_labels, te
     if any(not math.isfinite(r) or r < 0 for r in radii):
         raise ValueError(f"radii must be finite and >= 0, got {radii}")
     log = log or (lambda message: None)
-    embed = functools.partial(teacher_features, module, variables, feature_key=feature_key,
-                              batch_size=batch_size)
-    probe = functools.partial(linear_probe_bacc, train_labels=train_labels, test_labels=test_labels,
-                              num_classes=num_classes, steps=probe_steps, lr=probe_lr, l2=probe_l2)
+    embed = functools.partial(teacher_features, module, variables, feature_key=feature_key, batch_size=batch_size)
+    probe = functools.partial(
+        linear_probe_bacc,
+        train_labels=train_labels,
+        test_labels=test_labels,
+        num_classes=num_classes,
+        steps=probe_steps,
+        lr=probe_lr,
+        l2=probe_l2,
+    )
     sizes = {"n_train": int(len(train_labels)), "n_test": int(len(test_labels))}
 
     base_train, base_test = embed(train_images), embed(test_images)
-    rows = [{"kind": BASELINE_KIND, "radius": math.nan, "feature_cosine": 1.0,
-             "probe_bacc": probe(base_train, test_feats=base_test), **sizes}]
+    rows = [
+        {
+            "kind": BASELINE_KIND,
+            "radius": math.nan,
+            "feature_cosine": 1.0,
+            "probe_bacc": probe(base_train, test_feats=base_test),
+            **sizes,
+        }
+    ]
     log(f"unfiltered: probe bacc {rows[0]['probe_bacc']:.4f}")
     for kind in kinds:
         for radius in radii:
             train_feats = embed(train_images, radius=radius, kind=kind)
             test_feats = embed(test_images, radius=radius, kind=kind)
-            row = {"kind": kind, "radius": radius,
-                   "feature_cosine": feature_similarity(test_feats, base_test),
-                   "probe_bacc": probe(train_feats, test_feats=test_feats), **sizes}
+            row = {
+                "kind": kind,
+                "radius": radius,
+                "feature_cosine": feature_similarity(test_feats, base_test),
+                "probe_bacc": probe(train_feats, test_feats=test_feats),
+                **sizes,
+            }
             rows.append(row)
-            log(f"{kind} r={radius:g}: feature cosine {row['feature_cosine']:.4f}, "
-                f"probe bacc {row['probe_bacc']:.4f}")
+            log(f"{kind} r={radius:g}: feature cosine {row['feature_cosine']:.4f}, probe bacc {row['probe_bacc']:.4f}")
     return rows
 
 
@@ -285,12 +334,15 @@ def format_sweep_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-_KIND_STYLE = {"lowpass": dict(color="#4c72b0", marker="o", label="low-pass (keep r <= radius)"),
-               "highpass": dict(color="#c44e52", marker="s", label="high-pass (keep r > radius)")}
+_KIND_STYLE = {
+    "lowpass": dict(color="#4c72b0", marker="o", label="low-pass (keep r <= radius)"),
+    "highpass": dict(color="#c44e52", marker="s", label="high-pass (keep r > radius)"),
+}
 
 
-def plot_frequency_sweep(rows: Sequence[dict], out_png: str, title: str = "Teacher frequency preferences",
-                         chance: Optional[float] = None) -> str:
+def plot_frequency_sweep(
+    rows: Sequence[dict], out_png: str, title: str = "Teacher frequency preferences", chance: Optional[float] = None
+) -> str:
     """Two panels against the cut-off radius: feature cosine, and probe balanced accuracy.
 
     The unfiltered probe is a dashed line on the right panel; `chance` (e.g. 1/8) a dotted one.
@@ -311,8 +363,13 @@ def plot_frequency_sweep(rows: Sequence[dict], out_png: str, title: str = "Teach
         bacc_axis.plot(radii, [r["probe_bacc"] for r in kind_rows], **_KIND_STYLE[kind])
     cos_axis.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     if baseline is not None:
-        bacc_axis.axhline(baseline["probe_bacc"], color="black", linestyle="--", linewidth=1.2,
-                          label=f"unfiltered ({baseline['probe_bacc']:.3f})")
+        bacc_axis.axhline(
+            baseline["probe_bacc"],
+            color="black",
+            linestyle="--",
+            linewidth=1.2,
+            label=f"unfiltered ({baseline['probe_bacc']:.3f})",
+        )
     if chance is not None:
         bacc_axis.axhline(chance, color="gray", linestyle=":", linewidth=1, label=f"chance ({chance:.3f})")
     for axis in (cos_axis, bacc_axis):

@@ -3,6 +3,7 @@
 Built with `matplotlib.figure.Figure` and the Agg canvas, never pyplot (like `foprokd_jax/plots.py`), so
 nothing needs a display. `prompt_visuals` returns uint8 arrays for `MetricWriter.write_images`.
 """
+
 import math
 import os
 from typing import Optional
@@ -34,7 +35,7 @@ def _gain_figure(log_gain, image_width: Optional[int] = None) -> Figure:
     Rows are fftshifted so DC sits mid-height (negative vertical frequencies below); axes in cycles/pixel.
     """
     log_gain = np.asarray(log_gain, np.float32)
-    mean_gain = log_gain.reshape((-1,) + log_gain.shape[-3:]).mean(axis=0)   # (H, W//2+1, C)
+    mean_gain = log_gain.reshape((-1,) + log_gain.shape[-3:]).mean(axis=0)  # (H, W//2+1, C)
     h, w_half, num_channels = mean_gain.shape
     width = 2 * (w_half - 1) if image_width is None else image_width
     shifted = np.fft.fftshift(mean_gain, axes=0)
@@ -46,13 +47,20 @@ def _gain_figure(log_gain, image_width: Optional[int] = None) -> Figure:
 
     figure = Figure(figsize=(3.0 * num_channels + 5.0, 3.6), layout="constrained")
     # Channel panels, a dedicated colour-bar column, then the wider radial-profile panel.
-    axes = figure.subplots(1, num_channels + 2,
-                           gridspec_kw={"width_ratios": [1] * num_channels + [0.07, 1.5]})
+    axes = figure.subplots(1, num_channels + 2, gridspec_kw={"width_ratios": [1] * num_channels + [0.07, 1.5]})
     image = None
     for channel in range(num_channels):
         axis = axes[channel]
-        image = axis.imshow(shifted[:, :, channel], cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent,
-                            origin="lower", aspect="auto", interpolation="nearest")
+        image = axis.imshow(
+            shifted[:, :, channel],
+            cmap="RdBu_r",
+            vmin=-limit,
+            vmax=limit,
+            extent=extent,
+            origin="lower",
+            aspect="auto",
+            interpolation="nearest",
+        )
         axis.set_title(_channel_label(channel, num_channels))
         axis.set_xlabel("horizontal freq. (cycles/px)")
         if channel == 0:
@@ -67,8 +75,13 @@ def _gain_figure(log_gain, image_width: Optional[int] = None) -> Figure:
     profile_axis.axhline(0.0, color="gray", linewidth=0.8)
     for channel in range(num_channels):
         color = _CHANNEL_COLORS[channel] if num_channels == 3 else "black"
-        profile_axis.plot(np.asarray(radii), np.asarray(profile[:, channel]), marker=".", color=color,
-                          label=_channel_label(channel, num_channels))
+        profile_axis.plot(
+            np.asarray(radii),
+            np.asarray(profile[:, channel]),
+            marker=".",
+            color=color,
+            label=_channel_label(channel, num_channels),
+        )
     profile_axis.yaxis.set_major_formatter(as_gain)
     profile_axis.set_xlabel("radius (1 = Nyquist corner)")
     profile_axis.set_ylabel("mean gain over the ring")
@@ -129,7 +142,7 @@ def image_grid(rows, gap: int = 2) -> np.ndarray:
     grid = np.full((len(rows) * (h + gap) - gap, count * (w + gap) - gap, c), 255, np.uint8)
     for r, row in enumerate(rows):
         for i in range(count):
-            grid[r * (h + gap):r * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = row[i]
+            grid[r * (h + gap) : r * (h + gap) + h, i * (w + gap) : i * (w + gap) + w] = row[i]
     return grid
 
 

@@ -30,6 +30,7 @@ The FFT needs float32 (XLA's RFFT rejects bf16), so the whole FPG runs in float3
 dtype. Run it per device (inside the shard-mapped step), never on a batch-sharded global array under
 plain jit: that compiles to all-gathers of the whole batch (docs/fpg.md §3.4; jax-ml/jax#13081).
 """
+
 import math
 from typing import Optional, Tuple
 
@@ -63,8 +64,7 @@ def band_index(h: int, w: int, num_bands: int) -> np.ndarray:
     return np.minimum(np.floor(radius * num_bands), num_bands - 1).astype(np.int32)
 
 
-def _modulate_spectrum(spectrum: jnp.ndarray, log_gain: jnp.ndarray, hw: Tuple[int, int],
-                       clip: bool) -> jnp.ndarray:
+def _modulate_spectrum(spectrum: jnp.ndarray, log_gain: jnp.ndarray, hw: Tuple[int, int], clip: bool) -> jnp.ndarray:
     """irfft2(exp(log_gain) * spectrum): amplitude scaled, phase untouched; optionally clipped to [0, 1]."""
     gain = jnp.exp(log_gain.astype(jnp.float32))
     # irfft2 reads only the half spectrum and returns a real array; for the self-conjugate columns
@@ -116,8 +116,9 @@ def _pad_hermitian_spectrum(features: jnp.ndarray, w: int) -> jnp.ndarray:
     We prefer this exact continuation to zero or edge padding, which invent a boundary that does not
     exist in the full spectrum (RECONSTRUCTION choice; hidden layers reuse the same rule).
     """
+
     def mirror_v(columns):
-        return jnp.roll(jnp.flip(columns, axis=1), 1, axis=1)   # row v -> row (-v) mod H
+        return jnp.roll(jnp.flip(columns, axis=1), 1, axis=1)  # row v -> row (-v) mod H
 
     left = mirror_v(features[:, :, 1:2])
     right = mirror_v(features[:, :, -2:-1] if w % 2 == 0 else features[:, :, -1:])
@@ -135,6 +136,7 @@ class FourierPrompt(nn.Module):
       share_channels: one gain for all colour channels instead of one per channel.
       hidden, depth: the 'conditional' CNN: depth x [3x3 conv, hidden channels, ReLU] -> 3x3 conv.
     """
+
     variant: str = "spectrum"
     alpha: float = 1.0
     num_bands: int = 16
@@ -152,12 +154,10 @@ class FourierPrompt(nn.Module):
         spectrum = jnp.fft.rfft2(x01, axes=(1, 2))
 
         if self.variant == "spectrum":
-            logits = self.param("gain_logits", nn.initializers.zeros, (h, w // 2 + 1, gain_channels),
-                                jnp.float32)[None]
+            logits = self.param("gain_logits", nn.initializers.zeros, (h, w // 2 + 1, gain_channels), jnp.float32)[None]
         elif self.variant == "radial":
-            band_logits = self.param("band_logits", nn.initializers.zeros, (self.num_bands, gain_channels),
-                                     jnp.float32)
-            logits = band_logits[band_index(h, w, self.num_bands)][None]   # (1, H, W//2+1, C or 1)
+            band_logits = self.param("band_logits", nn.initializers.zeros, (self.num_bands, gain_channels), jnp.float32)
+            logits = band_logits[band_index(h, w, self.num_bands)][None]  # (1, H, W//2+1, C or 1)
         else:
             logits = self._conditional_logits(spectrum, h, w, gain_channels)
 
@@ -177,15 +177,26 @@ class FourierPrompt(nn.Module):
         """
         batch = spectrum.shape[0]
         amplitude = jax.lax.stop_gradient(jnp.abs(spectrum)) / math.sqrt(h * w)
-        radius = jnp.broadcast_to(jnp.asarray(radial_frequency_grid(h, w))[None, :, :, None],
-                                  (batch, h, w // 2 + 1, 1))
+        radius = jnp.broadcast_to(jnp.asarray(radial_frequency_grid(h, w))[None, :, :, None], (batch, h, w // 2 + 1, 1))
         features = jnp.concatenate([jnp.log1p(amplitude), radius], axis=-1)
         he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
         for layer in range(self.depth):
-            features = nn.Conv(self.hidden, (3, 3), padding="VALID", kernel_init=he_normal,
-                               param_dtype=jnp.float32, name=f"conv_{layer}")(_pad_hermitian_spectrum(features, w))
+            features = nn.Conv(
+                self.hidden,
+                (3, 3),
+                padding="VALID",
+                kernel_init=he_normal,
+                param_dtype=jnp.float32,
+                name=f"conv_{layer}",
+            )(_pad_hermitian_spectrum(features, w))
             features = nn.relu(features)
         # Zero output layer: M = 1 at init, so training starts as plain EKD.
-        return nn.Conv(gain_channels, (3, 3), padding="VALID", kernel_init=nn.initializers.zeros,
-                       bias_init=nn.initializers.zeros, param_dtype=jnp.float32,
-                       name="conv_out")(_pad_hermitian_spectrum(features, w))
+        return nn.Conv(
+            gain_channels,
+            (3, 3),
+            padding="VALID",
+            kernel_init=nn.initializers.zeros,
+            bias_init=nn.initializers.zeros,
+            param_dtype=jnp.float32,
+            name="conv_out",
+        )(_pad_hermitian_spectrum(features, w))

@@ -13,6 +13,7 @@ distils features instead.
 The worked example of docs/adding_a_method.md: `config.py` (keys), `objective.py` (the loss), `method.py`
 (`build`, on the shared student step of `methods/student_step.py`).
 """
+
 from foprokd_jax.methods.hinton_kd.config import default_config, validate
 from foprokd_jax.methods.hinton_kd.method import build
 

@@ -1,4 +1,5 @@
 """Config subtrees of 'hinton_kd': the shared ResNet-student keys plus `config.hinton_kd`."""
+
 import ml_collections
 
 from foprokd_jax.methods import resnet_student
@@ -12,7 +13,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.hinton_kd.teacher_artifact = "teachers/hinton_teacher.npz"
     # Defaults of the KD baseline in CRD's benchmark code (Tian et al., ICLR 2020, github.com/HobbitLong/RepDistiller):
     c.hinton_kd.temperature = 4.0  # tau of the softened distributions (> 0)
-    c.hinton_kd.alpha = 0.9        # weight of the soft term; 1 - alpha weighs the long-tail loss on the labels
+    c.hinton_kd.alpha = 0.9  # weight of the soft term; 1 - alpha weighs the long-tail loss on the labels
     return c
 
 

@@ -1,4 +1,5 @@
 """`build(config, mesh, dataset, steps_per_epoch) -> MethodParts` for 'hinton_kd'."""
+
 import jax
 
 from foprokd_jax import export
@@ -12,13 +13,22 @@ def load_teacher(config, dataset):
     path = config.hinton_kd.teacher_artifact
     wrapped, variables, meta = export.load_student_with_meta(path)
     if list(meta["class_names"]) != list(dataset.class_names):
-        raise ValueError(f"config.hinton_kd.teacher_artifact={path} was trained on classes {meta['class_names']}, "
-                         f"this run's dataset {dataset.name} has {list(dataset.class_names)}")
+        raise ValueError(
+            f"config.hinton_kd.teacher_artifact={path} was trained on classes {meta['class_names']}, "
+            f"this run's dataset {dataset.name} has {list(dataset.class_names)}"
+        )
     if int(meta["image_size"]) != int(config.input.image_size):
-        raise ValueError(f"config.hinton_kd.teacher_artifact={path} takes {meta['image_size']} px images, "
-                         f"config.input.image_size is {config.input.image_size}")
-    record = {"artifact": path, "sha256": meta["sha256"], "arch": meta["arch"], "method": meta.get("method"),
-              "logits_key": meta.get("logits_key")}
+        raise ValueError(
+            f"config.hinton_kd.teacher_artifact={path} takes {meta['image_size']} px images, "
+            f"config.input.image_size is {config.input.image_size}"
+        )
+    record = {
+        "artifact": path,
+        "sha256": meta["sha256"],
+        "arch": meta["arch"],
+        "method": meta.get("method"),
+        "logits_key": meta.get("logits_key"),
+    }
     # The step feeds normalised images: apply the exported network itself, not its uint8 wrapper.
     return wrapped.student, variables, record
 
@@ -39,7 +49,16 @@ def build(config, mesh, dataset, steps_per_epoch: int):
     def objective(out, labels, teacher_logits, step):
         return hinton_objective(out, labels, teacher_logits, cls_loss, cfg.temperature, cfg.alpha, step)
 
-    train_step = student_step.make_student_train_step(student=student, optimizer=optimizer, objective=objective,
-                                                      targets_fn=targets, mesh=mesh)
-    return resnet_student.method_parts(config, mesh, dataset, student, state, teacher_vars, train_step,
-                                       meta={"teacher": None, "hinton_teacher": record})
+    train_step = student_step.make_student_train_step(
+        student=student, optimizer=optimizer, objective=objective, targets_fn=targets, mesh=mesh
+    )
+    return resnet_student.method_parts(
+        config,
+        mesh,
+        dataset,
+        student,
+        state,
+        teacher_vars,
+        train_step,
+        meta={"teacher": None, "hinton_teacher": record},
+    )
