@@ -35,12 +35,12 @@ import os
 import re
 import time
 
-import flax  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from benchmarks.numerics_agreement import (  # noqa: E402
+from benchmarks.numerics_agreement import (
     band_gradient_agreement,
     feature_agreement,
     gradient_agreement,
@@ -48,18 +48,18 @@ from benchmarks.numerics_agreement import (  # noqa: E402
     scalar_relative_error,
     stablehlo_fft_signatures,
 )
-from configs import common  # noqa: E402
-from foprokd_jax import losses  # noqa: E402
-from foprokd_jax.data import synthetic  # noqa: E402
-from foprokd_jax.data.isic_splits import NUM_CLASSES  # noqa: E402
-from foprokd_jax.methods import student_step  # noqa: E402
-from foprokd_jax.methods.ekd.objective import ekd_objective  # noqa: E402
-from foprokd_jax.methods.fopro import method as fopro_method  # noqa: E402
-from foprokd_jax.methods.fopro import step as fopro_step  # noqa: E402
-from foprokd_jax.models import build  # noqa: E402
-from foprokd_jax.models.ekd_student import EKDStudent  # noqa: E402
-from foprokd_jax.models.resnet import BN_MOMENTUM, ResNet, resnet50  # noqa: E402
-from foprokd_jax.porting import artifact  # noqa: E402
+from configs import common
+from foprokd_jax import losses
+from foprokd_jax.data import synthetic
+from foprokd_jax.data.isic_splits import NUM_CLASSES
+from foprokd_jax.methods import student_step
+from foprokd_jax.methods.ekd.objective import ekd_objective
+from foprokd_jax.methods.fopro import method as fopro_method
+from foprokd_jax.methods.fopro import step as fopro_step
+from foprokd_jax.models import build
+from foprokd_jax.models.ekd_student import EKDStudent
+from foprokd_jax.models.resnet import BN_MOMENTUM, ResNet, resnet50
+from foprokd_jax.porting import artifact
 
 STUDENT_KEYS = ("h", "z1", "z2", "p")
 TEACHER_STAGES = ("stem", "stage1", "stage2", "stage3", "stage4", "pre_logits")

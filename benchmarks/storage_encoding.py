@@ -43,11 +43,11 @@ import os
 import statistics
 import tempfile
 
-import numpy as np  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+import numpy as np
+from PIL import Image, ImageDraw
 
-from benchmarks import cpu_contention, report  # noqa: E402
-from foprokd_jax.data import augment  # noqa: E402
+from benchmarks import cpu_contention, report
+from foprokd_jax.data import augment
 
 ISIC_2019_IMAGES = 25331
 # TFDS's array_record writer and data-source reader options (tensorflow_datasets file_adapters.py).

@@ -11,7 +11,8 @@ Ablations (same command, other arguments):
     method=ekd                      the released EKD (teacher sees the un-prompted image)
     method=bsm                      the long-tail baseline, no teacher
     method=hinton_kd                logit KD from a model trained on these classes, exported by launch/predict.py
-                                    --export: --config.hinton_kd.teacher_artifact=<student.npz> (docs/adding_a_method.md)
+                                    --export: --config.hinton_kd.teacher_artifact=<student.npz>
+                                    (docs/adding_a_method.md)
     method=fopro,akd=False          +FPG without adversarial KD (fpg.lambda_adv = 0)
     method=fopro,fpg=radial         FPG variant: 16 radial frequency bands x 3 channels
     method=fopro,fpg=conditional    FPG variant: input-conditional CNN on the log-amplitude

@@ -119,7 +119,7 @@ class Checkpointer:
         sys.stderr = orbax_noise.ClosedLoopReportFilter(real_stderr)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**args))
-        except Exception as error:  # noqa: BLE001 - re-raised with the checkpoint named
+        except Exception as error:  # any failure: re-raised with the checkpoint named
             # The filters stay: reads of the failed restore still in flight keep reporting.
             orbax_noise.silence_abandoned_reads()
             raise CheckpointRestoreError(self._describe_restore_failure(step, state_like, error)) from error
@@ -137,7 +137,7 @@ class Checkpointer:
             stored = self._manager.item_metadata(step)["state"]
             stored_tree = getattr(stored, "tree", stored)
             diff = tree_difference(stored_tree, state_like)
-        except Exception:  # noqa: BLE001 - the metadata itself is unreadable: a truncated checkpoint
+        except Exception:  # the metadata itself is unreadable: a truncated checkpoint
             diff = None
         others = [s for s in self.all_steps() if s != step]
         advice = (

@@ -117,7 +117,7 @@ def test_torch_ekd_reference_step_runs_and_learns():
     step, info = torch_ekd.build_ekd_step(image_size=32, batch_size=4, threads=1)
     assert info["memory_format"] == "channels_last" and info["threads"] == 1
     losses = [step() for _ in range(4)]  # one fixed batch: Adam must bring the EKD loss down
-    assert all(l == l for l in losses) and losses[-1] < losses[0]
+    assert all(v == v for v in losses) and losses[-1] < losses[0]
     with pytest.raises(ValueError, match="threads"):
         torch_ekd.build_ekd_step(image_size=32, batch_size=2, threads=0)
 

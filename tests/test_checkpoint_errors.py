@@ -22,7 +22,7 @@ def _orbax_error(tmp_path):
     """A real exception raised inside Orbax (restoring a folder that does not exist)."""
     try:
         ocp.StandardCheckpointer().restore(str(tmp_path / "missing"))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         return error
     pytest.fail("Orbax restored a missing checkpoint")
 

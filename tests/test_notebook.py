@@ -1,17 +1,19 @@
 """The Colab notebook: the .ipynb matches its py:percent twin, and the .ipynb itself runs end to end under nbclient
 (run-local: synthetic data, the install cell skipped because the package is importable, no Drive outside Colab)."""
 
+import importlib.util
 import json
 import os
-import sys
 
 import nbformat
 from nbclient import NotebookClient
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "reproduce_isic.ipynb")
-sys.path.insert(0, os.path.join(ROOT, "notebooks"))
-import build_ipynb  # noqa: E402
+# notebooks/ is not a package: load its builder by path (no sys.path change).
+_spec = importlib.util.spec_from_file_location("build_ipynb", os.path.join(ROOT, "notebooks", "build_ipynb.py"))
+build_ipynb = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build_ipynb)
 
 
 def test_ipynb_is_in_sync_with_its_twin():

@@ -18,7 +18,7 @@ from foprokd_jax.porting.torch_compat import import_torchvision
 from tests import cli_runs
 
 torchvision = import_torchvision()
-import timm  # after the torchvision shim: timm imports torchvision
+import timm  # noqa: E402  (after the torchvision shim: timm imports torchvision)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = 32  # 2x2 patches of 16 px; config.input.image_size is set to it (runlocal's 28 is for 14-px DINOv2)

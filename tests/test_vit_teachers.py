@@ -31,7 +31,7 @@ from foprokd_jax.porting.torch_compat import import_torchvision
 from tests.parity_report import parity_report
 
 torchvision = import_torchvision()
-import timm  # after the torchvision shim: timm imports torchvision
+import timm  # noqa: E402  (after the torchvision shim: timm imports torchvision)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOLERANCE = 1e-5  # of the output scale (max |reference|)

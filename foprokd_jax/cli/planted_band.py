@@ -31,7 +31,7 @@ import time
 
 from absl import app, flags
 
-from foprokd_jax import xla_flags  # noqa: E402
+from foprokd_jax import xla_flags
 
 xla_flags.apply_cpu_defaults()  # before any JAX computation: XLA reads XLA_FLAGS once (docs/performance.md)
 

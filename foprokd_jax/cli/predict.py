@@ -20,7 +20,7 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from foprokd_jax import xla_flags  # noqa: E402
+from foprokd_jax import xla_flags
 
 xla_flags.apply_cpu_defaults()  # before any JAX computation: XLA reads XLA_FLAGS once (docs/performance.md)
 

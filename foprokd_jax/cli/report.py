@@ -30,9 +30,9 @@ import math
 import os
 import sys
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from foprokd_jax import plots, statistics  # noqa: E402
+from foprokd_jax import plots, statistics
 
 DEFAULT_DATASET = "isic2019_lt"  # results.json files written before the dataset registry lack 'dataset'
 DEFAULT_METRICS = ("bacc", "macro_f1", "tail_recall", "medium_recall", "head_recall", "mcc")

@@ -111,7 +111,7 @@ class DevicePrefetcher:
                     return
         except StopIteration:
             self._offer(_END)
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+        except BaseException as error:  # handed to the consumer, raised there
             self._offer(_Failure(error))
 
     def close(self) -> None:

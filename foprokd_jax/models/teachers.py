@@ -18,7 +18,8 @@ from foprokd_jax.models.resnet import ResNet, get_resnet
 
 FAMILIES = ("resnet", "vit", "densenet", "convnext")
 # Every artifact takes ImageNet-normalised inputs, which is what the pipeline feeds the student
-# (docs/reference_semantics.md §6: "the right normalisation for MoCo, torchvision and DINOv2"). A teacher trained on other statistics (BiomedCLIP:
+# (docs/reference_semantics.md §6: "the right normalisation for MoCo, torchvision and DINOv2"). A teacher trained
+# on other statistics (BiomedCLIP:
 # OpenAI CLIP's) gets the change of normalisation folded into its patch embedding at conversion (exact: it is
 # affine and the patch conv has no padding), so no per-teacher re-normalisation is needed in the step.
 SUPPORTED_NORMALISATIONS = ("imagenet",)
@@ -275,7 +276,7 @@ def artifact_family(meta: dict) -> str:
 def _densenet_module(meta: dict, dtype: Any):
     """A headless DenseNet (output key 'features') from the sidecar's torchvision constructor arguments, if
     present, else by `arch` (size-agnostic like a ResNet: it ends in a global average pool)."""
-    from foprokd_jax.models import densenet  # pylint: disable=import-outside-toplevel
+    from foprokd_jax.models import densenet
 
     if meta.get("growth_rate"):
         return densenet.DenseNet(
@@ -301,8 +302,9 @@ def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optio
     (`embed_dim`/`depth`/`num_heads`/`patch_size`/`layerscale_init`/`norm_epsilon`/`position_encoding`/`pooling`,
     DINOv2 defaults for those it lacks), else by `arch`, at the sidecar's baked `image_size` (the positional
     embedding was interpolated to that grid at conversion, as torch does at run time, docs/reference_semantics.md
-    §13.15), or by explicit `embed_dim`/`depth`/`num_heads` for reduced test teachers. `image_size` is the run's input size; a ViT artifact baked for another size is
-    refused, since silently re-interpolating here would bypass the conversion's torch-parity checks.
+    §13.15), or by explicit `embed_dim`/`depth`/`num_heads` for reduced test teachers. `image_size` is the run's
+    input size; a ViT artifact baked for another size is refused, since silently re-interpolating here would bypass
+    the conversion's torch-parity checks.
     """
     family = artifact_family(meta)
     if family == "resnet":
@@ -318,7 +320,7 @@ def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optio
     if family == "densenet":
         return _densenet_module(meta, dtype)
     if family == "convnext":
-        from foprokd_jax.models import convnext  # pylint: disable=import-outside-toplevel
+        from foprokd_jax.models import convnext
 
         if meta.get("dims"):  # size-agnostic (global average pool), like a ResNet
             return convnext.ConvNeXt(
@@ -326,7 +328,7 @@ def build_teacher_module(meta: dict, dtype: Any = jnp.float32, image_size: Optio
             )
         return convnext.get_convnext(meta["arch"], dtype=dtype)
 
-    from foprokd_jax.models import vit  # pylint: disable=import-outside-toplevel  (keeps ResNet-only use light)
+    from foprokd_jax.models import vit  # imported here: keeps ResNet-only use light
 
     baked = meta.get("image_size")
     if baked is None:

@@ -14,7 +14,8 @@ never imports torch. The mapping is mechanical because the Flax module reuses to
 ``num_batches_tracked`` has no Flax counterpart and is skipped. The inverse direction
 (``flax_resnet_to_torchvision``, ``ekd_student_to_torchvision``: Flax variables -> torchvision state dict
 of numpy arrays) serves parity checks against torch tools, e.g. the Grad-CAM comparison of
-tests/test_explain.py; it writes ``num_batches_tracked = 0`` so that ``load_state_dict(strict=True)`` accepts it. The converted tree is checked against
+tests/test_explain.py; it writes ``num_batches_tracked = 0`` so that ``load_state_dict(strict=True)`` accepts it.
+The converted tree is checked against
 ``jax.eval_shape`` of the Flax model's init, and any unexpected key, missing key or shape mismatch
 raises a single error listing all of them (in the spirit of big_vision's ``merge_params``).
 """

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from foprokd_jax import frequency
-from foprokd_jax.image_norm import normalize, unnormalize  # noqa: F401  (part of this module's API)
+from foprokd_jax.image_norm import normalize, unnormalize
 
 VARIANTS = ("spectrum", "radial", "conditional")
 

@@ -156,8 +156,8 @@ def make_fopro_train_step(
 ) -> Callable:
     """Builds `train_step(state, teacher_vars, batch) -> (state, metrics)` for method 'fopro'.
 
-    Same contract as `student_step.make_student_train_step`; `state.fpg_params` holds {'prompt', 'explore_head'}. Metrics:
-    the student's and the FPG's loss terms, norms, and `fpg/updated` (1.0 when the FPG stepped).
+    Same contract as `student_step.make_student_train_step`; `state.fpg_params` holds {'prompt', 'explore_head'}.
+    Metrics: the student's and the FPG's loss terms, norms, and `fpg/updated` (1.0 when the FPG stepped).
 
     `update_every = k > 1` (config `fpg.update_every`, a speed switch, docs/fpg.md) trains the FPG only on
     steps with `state.step % k == 0` (see `make_sparse_fpg_step`); k = 1 is the joint every-step program.
