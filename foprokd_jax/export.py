@@ -112,6 +112,12 @@ class InferenceStudent(nn.Module):
 
 def export_student(path: str, run, source: Optional[str] = None) -> dict:
     """Writes the student of a restored run (evaluation.RestoredRun) to `path` (.npz) + sidecar; returns it."""
+    variables, meta = student_variables_and_meta(run, source)
+    return artifact.save_artifact(path, variables, meta)
+
+
+def student_variables_and_meta(run, source: Optional[str] = None) -> Tuple[dict, dict]:
+    """(numpy variables, sidecar meta) of the student of a restored run: what `export_student` writes."""
     spec = student_spec(run)
     variables = jax.tree.map(np.asarray, jax.device_get(spec.variables(run.state)))
     variables = {k: v for k, v in variables.items() if k in ("params", "batch_stats") and v}
@@ -130,7 +136,7 @@ def export_student(path: str, run, source: Optional[str] = None) -> dict:
         "source": source or os.path.abspath(run.workdir),
         "config": config,
     }
-    return artifact.save_artifact(path, variables, meta)
+    return variables, meta
 
 
 def load_student(path: str) -> Tuple[nn.Module, dict, list]:

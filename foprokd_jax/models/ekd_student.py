@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from foprokd_jax.losses import l2_normalize
-from foprokd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ResNet, get_resnet
+from foprokd_jax.models import students
+from foprokd_jax.models.resnet import BN_EPSILON, BN_MOMENTUM, ResNet
 from foprokd_jax.models.torch_init import torch_dense
 
 
@@ -116,9 +117,9 @@ class EKDStudent(nn.Module):
       num_classes: C, the number of target classes.
       teacher_dim: D_t, the width of the teacher embedding that ``p`` is distilled towards; None builds
         the student without ``p_free``/``fc_free`` (the BSM-only baseline).
-      trunk: torchvision name of the trunk ('resnet18' or 'resnet50'). Ignored when ``stage_sizes``
-        is non-empty, which builds a custom (e.g. tiny test) trunk from ``stage_sizes``/``block``/
-        ``width``.
+      trunk: the backbone, a ``models/students.py`` arch ('resnet18', 'resnet50', 'mobilenet_v3_large',
+        'efficientnet_b0', 'vit_tiny_patch16'). For a ResNet, a non-empty ``stage_sizes`` builds a custom
+        (e.g. tiny test) trunk from ``stage_sizes``/``block``/``width``; the other backbones ignore all three.
       bn_axis_name: mesh axis for synchronised BN, used by the trunk and by ``p_free``.
       dtype: compute dtype (float32, or bfloat16 for GPU/TPU mixed precision). Parameters and BN statistics
         stay float32 and every output (h, z1, p, z2) is returned in float32, so the losses run in float32.
@@ -136,16 +137,33 @@ class EKDStudent(nn.Module):
     dtype: Any = jnp.float32
     classifier: str = "linear"
 
-    def _build_trunk(self) -> ResNet:
-        common = dict(num_classes=None, bn_axis_name=self.bn_axis_name, dtype=self.dtype, name="trunk")
-        # An empty sequence (a config default) means "use the named trunk", like None.
-        if self.stage_sizes:
-            return ResNet(stage_sizes=tuple(self.stage_sizes), block=self.block, width=self.width, **common)
-        return get_resnet(self.trunk, width=self.width, **common)
+    def _build_trunk(self, image_size: int) -> nn.Module:
+        # An empty sequence (a config default) means "use the named trunk", like None; stage_sizes only
+        # shapes ResNets (the other backbones have fixed published depths).
+        if self.stage_sizes and self.trunk in students.RESNET_ARCHS:
+            return ResNet(
+                stage_sizes=tuple(self.stage_sizes),
+                block=self.block,
+                width=self.width,
+                num_classes=None,
+                bn_axis_name=self.bn_axis_name,
+                dtype=self.dtype,
+                name="trunk",
+            )
+        trunk, _ = students.build_backbone(
+            self.trunk,
+            None,
+            self.dtype,
+            bn_axis_name=self.bn_axis_name,
+            image_size=image_size,
+            resnet_width=self.width,
+            name="trunk",
+        )
+        return trunk
 
     @nn.compact
     def __call__(self, x, train: bool) -> Dict[str, jnp.ndarray]:
-        h = self._build_trunk()(x, train)["pre_logits"]
+        h = self._build_trunk(x.shape[1])(x, train)["pre_logits"]
         feature_dim = h.shape[-1]
         f32 = jnp.float32  # outputs feed the losses: cast back from the compute dtype (no-op in float32)
         z1 = classifier_head(self.classifier, self.num_classes, feature_dim, name="fc", dtype=self.dtype)(h)
