@@ -1,8 +1,8 @@
 """What the methods that train the paper's ResNet student share: 'bsm', 'ekd', 'fopro' and 'hinton_kd'.
 
 - their config subtrees `student`, `optim` (the reference's torch-style Adam) and the checks of those keys;
-- building the student (`models/ekd_student.py`: ResNet trunk + fc, plus EKD's p_free/fc_free when it distils
-  a teacher's features) and the frozen feature teacher of a config (`config.teacher`);
+- building the student (`models/ekd_student.py`: a `models/students.py` backbone + fc, plus EKD's
+  p_free/fc_free when it distils a teacher's features) and the frozen feature teacher of a config (`config.teacher`);
 - the reference "skin" training stream and the parts every such method hands the training loop.
 
 Each method package then adds only its own objective and step (docs/adding_a_method.md).
@@ -16,7 +16,7 @@ from foprokd_jax import export, losses, parallel
 from foprokd_jax.data import pipeline, samplers
 from foprokd_jax.methods import student_step
 from foprokd_jax.methods.parts import MethodParts
-from foprokd_jax.models import build, teachers
+from foprokd_jax.models import build, students, teachers
 from foprokd_jax.models.ekd_student import (
     CLASSIFIERS,
     COMPUTE_DTYPES,
@@ -33,7 +33,9 @@ AUGMENTATIONS = ("skin", "none")
 def student_config() -> ml_collections.ConfigDict:
     """`config.student`: the distilled ResNet student (docs/reference_semantics.md §3.3)."""
     c = ml_collections.ConfigDict()
-    c.name = "resnet18"  # trunk architecture
+    # The backbone (models/students.py, docs/students.md): resnet18 (the paper), resnet50, mobilenet_v3_large,
+    # efficientnet_b0 or vit_tiny_patch16; the EKD heads sit on its pooled feature.
+    c.name = "resnet18"
     c.init = ""  # '' = torch-style random init; or a converted torchvision artifact (.npz)
     c.width = 64  # trunk base width (64 = ResNet-18); tests shrink it
     c.stage_sizes = (2, 2, 2, 2)  # blocks per stage (ResNet-18); tests shrink it
@@ -74,6 +76,7 @@ def validate(config) -> None:
         "input.sampler": (config.input.sampler, samplers.SAMPLERS),
         "loss.name": (str(config.loss.name).lower(), losses.LOSS_NAMES),
         "loss.weighted_mean": (config.loss.weighted_mean, losses.WEIGHTED_MEANS),
+        "student.name": (config.student.name, students.ARCHS),
         "student.dtype": (config.student.dtype, tuple(COMPUTE_DTYPES)),
         "student.classifier": (config.student.classifier, ("auto",) + CLASSIFIERS),
     }
