@@ -189,3 +189,17 @@ def test_bad_state_dict_lists_every_problem():
     assert "features_16/bn/var" in message
     with pytest.raises(ValueError, match="unknown student arch 'mobilenet_v2'"):
         students.build_backbone("mobilenet_v2")
+
+
+@pytest.mark.parametrize("arch,trunk_params", [("resnet18", 11_176_512), ("resnet50", 23_508_032)])
+def test_config_student_name_selects_the_published_resnet(arch, trunk_params):
+    """The default config builds torchvision's trunk for student.name (no ResNet-18 depths under a resnet50)."""
+    config = isic.get_config("method=bsm")
+    config.unlock()
+    config.student.name = arch
+    student = resnet_student.build_student(config, 8)
+    shapes = jax.eval_shape(lambda: student.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+    assert sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]["trunk"])) == trunk_params
+    with pytest.raises(ValueError, match="student.name"):
+        config.student.name = "resnet34"
+        resnet_student.validate(config)

@@ -38,7 +38,9 @@ def student_config() -> ml_collections.ConfigDict:
     c.name = "resnet18"
     c.init = ""  # '' = torch-style random init; or a converted torchvision artifact (.npz)
     c.width = 64  # trunk base width (64 = ResNet-18); tests shrink it
-    c.stage_sizes = (2, 2, 2, 2)  # blocks per stage (ResNet-18); tests shrink it
+    # ResNet blocks per stage: () = the named trunk's published depths (resnet18 (2, 2, 2, 2) basic, resnet50
+    # (3, 4, 6, 3) bottleneck); tests shrink it to a custom ResNet. The other backbones ignore it.
+    c.stage_sizes = ()
     # Class heads fc/fc_free: 'linear' (torch Linear), 'cosine' (LDAM's normalised-linear ClassifierLDAM, no
     # bias) or 'auto' = cosine exactly when loss.name == 'ldam', as the reference (models/ekd_student.py).
     c.classifier = "auto"
