@@ -18,9 +18,9 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from foprokd_jax import xla_flags  # noqa: E402
+from foprokd_jax import xla_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained run (launch/train.py workdir).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", "best", "With --workdir: 'best', 'latest' or a step number.")

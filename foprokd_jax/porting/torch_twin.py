@@ -17,6 +17,7 @@ Flax value goes. This is exact for every converter that only transposes/reshapes
 converters do (the ViT's positional embedding is converted at the model's own grid, so it is not resampled).
 """
 
+import functools
 from typing import Dict, Tuple
 
 import flax
@@ -120,7 +121,7 @@ def deployed_twin(student, variables: dict, image_size: int):
     state.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
     backbone.load_state_dict(state)
     fc = variables["params"]["fc"]
-    return _DeployedStudent(
+    return _deployed_student_class()(
         backbone,
         torch.from_numpy(np.array(fc["kernel"], np.float32)),
         torch.from_numpy(np.array(fc["bias"], np.float32)) if "bias" in fc else None,
@@ -128,7 +129,9 @@ def deployed_twin(student, variables: dict, image_size: int):
     ).eval()
 
 
-def _module_class():
+@functools.lru_cache(maxsize=None)
+def _deployed_student_class():
+    """The torch.nn.Module class of the twin, defined on first use so that importing this module needs no torch."""
     import torch
 
     from foprokd_jax import image_norm
@@ -156,10 +159,6 @@ def _module_class():
             return torch.softmax(logits, dim=-1)
 
     return DeployedStudent
-
-
-def _DeployedStudent(backbone, kernel, bias, cosine):  # noqa: N802  (builds the torch class lazily)
-    return _module_class()(backbone, kernel, bias, cosine)
 
 
 def onnx_bytes(student, variables: dict, image_size: int, opset: int, input_name: str, output_name: str) -> bytes:
