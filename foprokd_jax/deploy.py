@@ -12,14 +12,11 @@ the weights baked in as constants.
 * StableHLO: ``jax.export.export(jax.jit(f))`` with a symbolic batch dimension, written with
   ``Exported.serialize()``. Plain JAX runs it without this package: ``jax.export.deserialize(bytes).call(x)``.
   The serialization format is versioned by JAX (https://docs.jax.dev/en/latest/export/export.html).
-* ONNX: jax2onnx (https://github.com/enpasos/jax2onnx) from the student's *jaxpr*, not from the Flax
-  modules. jax2onnx 0.17 replaces ``flax.linen.BatchNorm``/``Conv``/``max_pool`` by its own plugins while
-  tracing, and in that path (a) a BatchNorm whose output feeds two ops (MobileNetV3's Hardswish
-  x * relu6(x + 3) / 6) loses its NCHW->NHWC transpose, giving a graph onnxruntime rejects
-  ("Incompatible dimensions"), and (b) ``max_pool`` with explicit padding fails to trace. Tracing the jaxpr
-  first (no plugins active) leaves only lax primitives; the one lax lowering that onnxruntime cannot run,
-  ``reduce_window_max`` over an NHWC window (it becomes a 4-D MaxPool, "Unsupported pooling size"), is
-  rewritten below as the same max over a (N*C, H, W) view, which is exact.
+* ONNX: torch's exporter run on the student's torchvision/timm twin carrying the trained weights
+  (``porting/torch_twin.py``; needs torch at export time only). The students reproduce those reference
+  models to <= 1e-5 (tests/test_students.py), and tests/test_deploy.py checks every architecture's ONNX
+  file in onnxruntime against this module's JAX probabilities. docs/deployment.md says why this path and
+  not a JAX->ONNX tracer (jax2onnx's orbax-checkpoint pin conflicts with the project's).
 
 Every file gets ``<file>.json`` (the metadata below plus the file's sha256) and ``<file>.sha256``
 (``sha256sum -c`` format); ONNX files also carry the metadata in ``metadata_props``. docs/deployment.md
