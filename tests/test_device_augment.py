@@ -300,3 +300,32 @@ def test_resume_is_bitwise_and_device_count_free():
         finals[n] = (np.asarray(state.params), losses)
     np.testing.assert_allclose(finals[1][0], finals[8][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(finals[1][1], finals[8][1], rtol=1e-5)
+
+
+def test_bsm_with_augment_on_device_reads_raw_images_and_augments_in_the_step(tmp_path):
+    """The wiring (methods/resnet_student.py): 'device' ships unaugmented batches and wraps the train step."""
+    from configs import isic
+    from foprokd_jax import methods
+    from foprokd_jax.data import registry
+    from tests import cli_runs
+
+    root = cli_runs.write_tiny_isic(str(tmp_path))
+    built = {}
+    for augment_on in ("device", "host"):
+        config = isic.get_config("method=bsm,runlocal")
+        config.unlock()
+        config.input.update(dict(image_root=root, split_dir=f"{root}/splits", prepared_dir=f"{root}/tfds"))
+        config.input.augment_on = augment_on
+        dataset = registry.load_dataset(config.input)
+        mesh = parallel.make_mesh(2)
+        built[augment_on] = (methods.build_method(config, mesh, dataset, steps_per_epoch=4), dataset, mesh)
+    parts, dataset, mesh = built["device"]
+    raw = next(parts.train_iterator)
+    augmented_on_host = next(built["host"][0].train_iterator)
+    # Same examples in the same order; only the host run augmented them.
+    np.testing.assert_array_equal(raw["label"], augmented_on_host["label"])
+    train_images = {int(i): e["image"] for i, e in enumerate(dataset.sources["train"])}
+    assert any((raw["image"][0] == image).all() for image in train_images.values())
+    assert not any((augmented_on_host["image"][0] == image).all() for image in train_images.values())
+    state, metrics = parts.train_step(parts.state, parts.frozen, parallel.host_batch_to_global(raw, mesh))
+    assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
