@@ -14,7 +14,7 @@ import numpy as np
 
 from foprokd_jax import export, losses, parallel
 from foprokd_jax.data import pipeline, samplers
-from foprokd_jax.methods import student_step
+from foprokd_jax.methods import device_augmentation, student_step
 from foprokd_jax.methods.parts import MethodParts
 from foprokd_jax.models import build, students, teachers
 from foprokd_jax.models.ekd_student import (
@@ -68,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict(dict(student=student_config(), loss=losses.default_config(), optim=optim_config()))
     c.input = ml_collections.ConfigDict()
     c.input.augment = "skin"  # 'skin' (the reference isic-FL transform, data/augment.py) or 'none'
+    # Where 'skin' runs: 'host' (PIL in grain), 'device' (in the train step), 'auto' = device on GPU/TPU, host on
+    # CPU (methods/device_augmentation.py).
+    c.input.augment_on = "auto"
     return c
 
 
@@ -75,6 +78,7 @@ def validate(config) -> None:
     """The allowed values of the shared student keys (numbers are checked by the loop's rule table)."""
     choices = {
         "input.augment": (config.input.augment, AUGMENTATIONS),
+        "input.augment_on": (config.input.augment_on, device_augmentation.AUGMENT_ON),
         "input.sampler": (config.input.sampler, samplers.SAMPLERS),
         "loss.name": (str(config.loss.name).lower(), losses.LOSS_NAMES),
         "loss.weighted_mean": (config.loss.weighted_mean, losses.WEIGHTED_MEANS),
@@ -129,10 +133,17 @@ def make_train_iterator(config, dataset):
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         worker_count=config.input.worker_count,
-        augment=config.input.augment == "skin",
+        augment=augments_on(config) == "host",
         sampler=config.input.sampler,
         labels=np.asarray(dataset.train_labels),
     )
+
+
+def augments_on(config):
+    """Where this run's 'skin' augmentation runs: 'host', 'device', or None (`input.augment='none'`)."""
+    if config.input.augment != "skin":
+        return None
+    return device_augmentation.resolve_augment_on(config.input.augment_on)
 
 
 def classification_loss(config, dataset, steps_per_epoch: int):
@@ -143,6 +154,8 @@ def classification_loss(config, dataset, steps_per_epoch: int):
 def method_parts(config, mesh, dataset, student, state, frozen, train_step, meta, on_eval=None) -> MethodParts:
     """The `MethodParts` of a ResNet-student method: state and frozen variables replicated on the mesh, the
     student's predict step, the reference training stream, and the student as the exported network."""
+    if augments_on(config) == "device":
+        train_step = device_augmentation.with_device_augmentation(train_step, mesh, config.seed)
     return MethodParts(
         state=parallel.replicate(state, mesh),
         frozen=parallel.replicate(frozen, mesh) if frozen else {},
