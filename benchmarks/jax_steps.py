@@ -21,6 +21,13 @@ class BuiltStep:
         return self.state, self.teacher_vars, self.batch
 
 
+# Tiny models for dry runs (benchmarks/accelerator_check.py --dry_run): the same module types at a fraction of the
+# compile and run time. The teacher is a one-block-per-stage bottleneck ResNet (feature width 8 * 8 * 4 = 256).
+TINY_STUDENT = dict(stage_sizes=(1, 1, 1, 1), block="basic", width=8)
+TINY_TEACHER = dict(stage_sizes=(1, 1, 1, 1), block="bottleneck", width=8)
+TINY_TEACHER_DIM = 8 * 8 * 4
+
+
 def build_step(
     method: str,
     size: int,
@@ -29,10 +36,17 @@ def build_step(
     num_classes: int = 8,
     num_devices=None,
     fpg_update_every: int = 1,
+    dtype: str = "float32",
+    tiny: bool = False,
+    devices=None,
 ) -> BuiltStep:
     """Models, optimizer (clip 5 + Adam 3e-4), replicated state and one global batch for `method`.
 
     fpg_update_every: 'fopro' only, `config.fpg.update_every` (train the FPG on every k-th step).
+    dtype: compute dtype of student and teacher ('float32' or 'bfloat16'; parameters stay float32).
+    tiny: TINY_STUDENT / TINY_TEACHER instead of ResNet-18 / ResNet-50 (dry runs).
+    devices: the devices of the mesh (default: the first `num_devices` of jax.devices()), e.g. jax.devices('cpu')
+      to build the same step on the host for a CPU-vs-accelerator comparison.
     """
     import jax
     import jax.numpy as jnp
@@ -45,21 +59,29 @@ def build_step(
     from foprokd_jax.methods.ekd import step as ekd_step
     from foprokd_jax.methods.fopro import method as fopro_method
     from foprokd_jax.methods.fopro import step as fopro_step
-    from foprokd_jax.models.ekd_student import EKDStudent
-    from foprokd_jax.models.resnet import resnet50
+    from foprokd_jax.models.ekd_student import EKDStudent, student_compute_dtype
+    from foprokd_jax.models.resnet import ResNet, resnet50
     from foprokd_jax.state import create_train_state, make_optimizer
 
     if method not in ("bsm", "ekd", "fopro"):
         raise ValueError(f"method must be 'bsm', 'ekd' or 'fopro', got {method!r}")
-    mesh = parallel.make_mesh(num_devices)
+    if devices is None:
+        mesh = parallel.make_mesh(num_devices)
+    else:
+        mesh = jax.sharding.Mesh(np.asarray(list(devices)[: num_devices or len(devices)]), (parallel.DATA_AXIS,))
     parallel.check_global_batch(batch_size, mesh)
-    teacher = resnet50()
-    teacher_dim = 2048
+    compute_dtype = student_compute_dtype(dtype)
+    teacher = ResNet(**TINY_TEACHER, dtype=compute_dtype) if tiny else resnet50(dtype=compute_dtype)
+    teacher_dim = TINY_TEACHER_DIM if tiny else 2048
     dummy = jnp.zeros((1, size, size, 3))
     uses_teacher = method in ("ekd", "fopro")
     teacher_vars = jax.jit(lambda r: teacher.init(r, dummy, train=False))(jax.random.PRNGKey(1)) if uses_teacher else {}
     student = EKDStudent(
-        num_classes=num_classes, teacher_dim=teacher_dim if uses_teacher else None, bn_axis_name=parallel.DATA_AXIS
+        num_classes=num_classes,
+        teacher_dim=teacher_dim if uses_teacher else None,
+        bn_axis_name=parallel.DATA_AXIS,
+        dtype=compute_dtype,
+        **(TINY_STUDENT if tiny else {}),
     )
     variables = jax.jit(lambda r: student.init(r, dummy, train=False))(jax.random.PRNGKey(0))
     optimizer = make_optimizer(
