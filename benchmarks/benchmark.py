@@ -51,6 +51,12 @@ flags.DEFINE_integer(
     "pipeline_batches", 8, "Batches drawn from the input pipeline per size (at least; and for at least 3 s)."
 )
 flags.DEFINE_integer("worker_count", 0, "grain worker processes for the pipeline benchmark.")
+flags.DEFINE_list(
+    "pipeline_augment_on",
+    ["host", "device"],
+    "Pipeline rows by `input.augment_on`: 'host' = read + PIL 'skin' augmentation + batch, 'device' = read + "
+    "batch only (the augmentation then runs inside the train step).",
+)
 flags.DEFINE_string("out", "", "Optional JSON file for the results.")
 flags.DEFINE_bool(
     "torch",
@@ -156,7 +162,8 @@ def bench_torch(size, batch_size, steps, threshold, threads):
     }
 
 
-def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
+def bench_pipeline(size, batch_size, num_batches, worker_count, threshold, augment_on="host"):
+    """img/s of the grain train iterator; augment_on='device' times what the host does then: read + batch."""
     from benchmarks import cpu_contention
     from foprokd_jax.data import isic_splits, pipeline, synthetic, tfds_isic
 
@@ -169,7 +176,8 @@ def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
     prepare_s = time.perf_counter() - t0
     table = isic_splits.read_split(split_dir, "train", 1, "0.01")
     source = tfds_isic.IsicSplitSource(table, store)
-    it = pipeline.make_train_iterator(source, batch_size, seed=0, worker_count=worker_count, augment=True)
+    augment = augment_on == "host"
+    it = pipeline.make_train_iterator(source, batch_size, seed=0, worker_count=worker_count, augment=augment)
     for _ in range(2):  # start-up (and worker spawn) excluded; the prefetch buffer is drained once
         next(it)
     before = cpu_contention.snapshot()
@@ -187,6 +195,7 @@ def bench_pipeline(size, batch_size, num_batches, worker_count, threshold):
         "image_size": size,
         "batch_size": batch_size,
         "worker_count": worker_count,
+        "augment_on": augment_on,
         "prepare_s_(cached_after_first)": round(prepare_s, 2),
         "batches": drawn,
         "img_per_s": round(img_per_s, 1),
@@ -217,7 +226,14 @@ def run_config(spec: dict) -> dict:
     if spec["kind"] == "torch_step":
         return bench_torch(spec["size"], spec["batch_size"], spec["steps"], threshold, spec["threads"])
     if spec["kind"] == "pipeline":
-        return bench_pipeline(spec["size"], spec["batch_size"], spec["batches"], spec["worker_count"], threshold)
+        return bench_pipeline(
+            spec["size"],
+            spec["batch_size"],
+            spec["batches"],
+            spec["worker_count"],
+            threshold,
+            spec.get("augment_on", "host"),
+        )
     raise ValueError(f"unknown benchmark kind {spec['kind']!r}")
 
 
@@ -255,7 +271,7 @@ def plan(sizes, torch_available: bool) -> list:
                     )
         if FLAGS.torch and torch_available:
             specs.append(dict(kind="torch_step", threads=FLAGS.torch_threads, **common))
-        if FLAGS.pipeline:
+        for augment_on in FLAGS.pipeline_augment_on if FLAGS.pipeline else []:
             specs.append(
                 dict(
                     kind="pipeline",
@@ -264,6 +280,7 @@ def plan(sizes, torch_available: bool) -> list:
                     size=size,
                     batch_size=FLAGS.batch_size,
                     threshold=FLAGS.contention_threshold,
+                    augment_on=augment_on,
                 )
             )
     return specs
@@ -279,7 +296,8 @@ def describe(row: dict) -> str:
             f" foreign CPU {row['foreign_share']})"
         )
     return (
-        f"input pipeline {row['image_size']}px: {row['img_per_s']:.1f} img/s, "
+        f"input pipeline {row['image_size']}px (augment_on={row.get('augment_on', 'host')}): "
+        f"{row['img_per_s']:.1f} img/s, "
         f"{row['img_per_s_per_core']} img/s per core (foreign CPU {row['foreign_share']})"
     )
 
@@ -296,6 +314,9 @@ def main(argv):
             apply_xla_flag_set(spec["xla"])
         print(RESULT_PREFIX + json.dumps(run_config(spec)), flush=True)
         return
+    unknown = sorted(set(FLAGS.pipeline_augment_on) - {"host", "device"})
+    if unknown:
+        raise app.UsageError(f"--pipeline_augment_on entries {unknown} are not 'host' or 'device'")
     for name in FLAGS.xla_flag_sets:
         if name not in XLA_FLAG_SETS:
             raise app.UsageError(f"--xla_flag_sets entry {name!r} is not one of {XLA_FLAG_SETS}")

@@ -15,6 +15,7 @@ TARGET_EKD_VS_TORCH = 0.8  # our EKD step time / the PyTorch EKD step time, at m
 TARGET_FOPRO_VS_EKD = 1.6  # FoPro-KD step time / our EKD step time, at most
 TARGET_PIPELINE_VS_STEP = 2.0  # input pipeline img/s / EKD step img/s, at least
 TARGET_COMPILE_S = 60.0  # first-step compile, at most
+TARGET_READ_BATCH_PER_CORE = 2000.0  # host img/s per core with augment_on='device' (read + batch only), at least
 
 
 def _fmt(value, digits: int = 1) -> str:
@@ -100,6 +101,10 @@ def step_table(rows: Sequence[dict]) -> str:
     )
 
 
+# What the host pipeline does per example under each `input.augment_on`.
+PIPELINE_WORK = {"host": "read + PIL augment + batch", "device": "read + batch"}
+
+
 def pipeline_table(pipeline_rows: Sequence[dict], step_rows: Sequence[dict]) -> str:
     """Input-pipeline rate, per core, and as a multiple of the JAX EKD step's consumption rate."""
     out = []
@@ -110,6 +115,7 @@ def pipeline_table(pipeline_rows: Sequence[dict], step_rows: Sequence[dict]) -> 
             [
                 _fmt(row["image_size"]),
                 _fmt(row["batch_size"]),
+                PIPELINE_WORK[row.get("augment_on", "host")],
                 _fmt(row.get("img_per_s")),
                 _fmt(row.get("cores"), 2),
                 _fmt(row.get("img_per_s_per_core")),
@@ -122,6 +128,7 @@ def pipeline_table(pipeline_rows: Sequence[dict], step_rows: Sequence[dict]) -> 
         [
             "size",
             "batch",
+            "host work",
             "pipeline img/s",
             "cores used",
             "img/s per core",
@@ -141,6 +148,28 @@ def _verdict(value: Optional[float], limit: float, at_most: bool, contended: boo
     return f"{verdict} (contended run: not conclusive)" if contended else verdict
 
 
+def _pipeline_row(pipeline_rows, size, batch, augment_on):
+    """The pipeline row of (size, batch) under `augment_on`; rows from before issue 18 have no key: 'host'."""
+    key = (size, batch, augment_on)
+    rows = (p for p in pipeline_rows if (p["image_size"], p["batch_size"], p.get("augment_on", "host")) == key)
+    return next(rows, None)
+
+
+def read_batch_checks(pipeline_rows: Sequence[dict]) -> List[str]:
+    """Issue 18's host target: read + batch (augment_on='device') >= TARGET_READ_BATCH_PER_CORE img/s per core."""
+    lines = []
+    for row in pipeline_rows:
+        if row.get("augment_on") != "device" or not row.get("img_per_s_per_core"):
+            continue
+        per_core = row["img_per_s_per_core"]
+        lines.append(
+            f"{row['image_size']}px bs{row['batch_size']}: host read + batch = {per_core:.0f} img/s per core "
+            f"(target >= {TARGET_READ_BATCH_PER_CORE:.0f}): "
+            + _verdict(per_core, TARGET_READ_BATCH_PER_CORE, False, row.get("contended"))
+        )
+    return lines
+
+
 def target_checks(step_rows: Sequence[dict], pipeline_rows: Sequence[dict]) -> List[str]:
     """One line per issue-8 target and image size: the measured value and PASS / FAIL."""
     lines = []
@@ -149,7 +178,7 @@ def target_checks(step_rows: Sequence[dict], pipeline_rows: Sequence[dict]) -> L
         ekd = find_step(step_rows, "jax", "ekd", size, batch)
         torch_ekd = find_step(step_rows, "torch", "ekd", size, batch)
         fopro = find_step(step_rows, "jax", "fopro", size, batch)
-        pipe = next((p for p in pipeline_rows if (p["image_size"], p["batch_size"]) == (size, batch)), None)
+        pipe = _pipeline_row(pipeline_rows, size, batch, "host")
         tag = f"{size}px bs{batch}"
         if ekd and torch_ekd:
             ratio = _ratio(ekd["step_ms"], torch_ekd["step_ms"])
@@ -177,7 +206,7 @@ def target_checks(step_rows: Sequence[dict], pipeline_rows: Sequence[dict]) -> L
                     f"{TARGET_COMPILE_S:.0f} s): "
                     + _verdict(row["compile_s"], TARGET_COMPILE_S, True, row["contended"])
                 )
-    return lines
+    return lines + read_batch_checks(pipeline_rows)
 
 
 def contention_note(rows: Sequence[dict], threshold: float) -> str:

@@ -105,7 +105,14 @@ def test_target_checks_pass_fail_and_flag_contended_runs():
     assert "112px bs32: EKD step / PyTorch EKD step = 0.900 (target <= 0.8): FAIL (contended run" in text
     assert "112px bs32: ekd compile + first step = 70.0 s (target <= 60 s): FAIL (contended" in text
     table = report.pipeline_table(pipes, steps)
-    assert "| 224 | 32 | 25.0 | 1.00 | 25.0 | 2.3 | 0% | ok |" in table
+    assert "| 224 | 32 | read + PIL augment + batch | 25.0 | 1.00 | 25.0 | 2.3 | 0% | ok |" in table
+    # augment_on='device': the host only reads and batches; its own target (issue 18), and it never stands in
+    # for the augmenting pipeline in the step-rate check.
+    read_only = dict(pipes[0], augment_on="device", img_per_s=2500.0, img_per_s_per_core=1250.0, contended=True)
+    checks = report.target_checks(steps, [read_only])
+    assert not any("input pipeline / EKD step rate" in line for line in checks)
+    assert "224px bs32: host read + batch = 1250 img/s per core (target >= 2000): FAIL (contended" in "\n".join(checks)
+    assert "| 224 | 32 | read + batch | 2500.0 |" in report.pipeline_table([read_only], steps)
     note = report.contention_note(steps, 0.08)
     assert "2-2%" in note and "1 of 5 runs" in note
 
