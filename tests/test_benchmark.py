@@ -181,3 +181,15 @@ def test_time_step_reports_the_mean_call_of_whole_cycles():
     assert len(calls) == 1 + 4 + 3 * 4 and len(timed.step_s) == 3
     with pytest.raises(ValueError, match="calls_per_step"):
         timing.time_step(lambda: None, steps=1, calls_per_step=0)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fopro_floor_counts_a_multiply_add_as_two_flops(compiled):
+    """benchmarks/fopro_floor.py's FLOPs come from XLA's cost analysis: a (m, k) @ (k, n) matmul is 2 m k n."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import fopro_floor
+
+    a, b = jnp.ones((8, 16), jnp.float32), jnp.ones((16, 4), jnp.float32)
+    assert fopro_floor.flops(jax.jit(jnp.matmul), a, b, compiled=compiled) == 2 * 8 * 16 * 4
