@@ -47,8 +47,10 @@ else
   ACCELERATOR=${ACCELERATOR:-$(detect_accelerator)}
   case "$ACCELERATOR" in
     gpu | tpu)
-      echo "accelerator_check: installing the project with the [$ACCELERATOR] extra (pyproject.toml) into $PYTHON"
-      "$PYTHON" -m pip install --quiet -e ".[$ACCELERATOR]"
+      # Keep the jax version the CPU numbers were measured with, when one is installed (the extra allows < 0.13).
+      JAX_PIN=$("$PYTHON" -c "import jax; print('jax==' + jax.__version__)" 2>/dev/null || true)
+      echo "accelerator_check: installing the project with the [$ACCELERATOR] extra (pyproject.toml) ${JAX_PIN:+($JAX_PIN)}"
+      "$PYTHON" -m pip install --quiet -e ".[$ACCELERATOR]" ${JAX_PIN:+"$JAX_PIN"}
       ;;
     none)
       echo "accelerator_check: no GPU/TPU detected and ACCELERATOR unset: using the installed jax as it is"
