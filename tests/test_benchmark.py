@@ -193,3 +193,11 @@ def test_fopro_floor_counts_a_multiply_add_as_two_flops(compiled):
 
     a, b = jnp.ones((8, 16), jnp.float32), jnp.ones((16, 4), jnp.float32)
     assert fopro_floor.flops(jax.jit(jnp.matmul), a, b, compiled=compiled) == 2 * 8 * 16 * 4
+
+
+def test_pipeline_benchmark_tiles_its_few_images_to_a_realistic_epoch():
+    from benchmarks import benchmark
+
+    tiled = benchmark.TiledSource(["a", "b", "c"], 7)
+    assert len(tiled) == 7 and [tiled[i] for i in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
+    assert benchmark.PIPELINE_EXAMPLES == 25331  # ISIC-2019's training images
