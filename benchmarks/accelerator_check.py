@@ -45,26 +45,37 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
-flags.DEFINE_bool("dry_run", False, "CPU backend, tiny models and shapes: exercises every stage, measures nothing.")
-flags.DEFINE_string("out_dir", "accelerator_check", "Folder for the JSON and Markdown outputs.")
-flags.DEFINE_list("stages", ["checks", "bench"], "Stages to run: 'checks' and/or 'bench'.")
-flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose step is checked and timed.")
-flags.DEFINE_list("batch_sizes", ["32", "128"], "Global batch sizes of the benchmark.")
-flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Compute dtypes of the benchmark.")
-flags.DEFINE_list("device_augment", ["off", "on"], "Device augmentation in the benchmark: 'off' and/or 'on'.")
-flags.DEFINE_integer("image_size", 224, "Input size of the benchmark.")
-flags.DEFINE_integer("steps", 10, "Timed steps per benchmark configuration (after compile + 1 warm-up).")
-flags.DEFINE_float("budget_s", 330.0, "Seconds the benchmark stage may take; configurations left are skipped.")
+# Own FlagValues, not absl's global table: benchmarks/benchmark.py defines --methods/--steps too, and both
+# modules are imported by one pytest process.
+FLAGS = flags.FlagValues()
+flags.DEFINE_bool(
+    "dry_run", False, "CPU backend, tiny models and shapes: exercises every stage, measures nothing.", flag_values=FLAGS
+)
+flags.DEFINE_string("out_dir", "accelerator_check", "Folder for the JSON and Markdown outputs.", flag_values=FLAGS)
+flags.DEFINE_list("stages", ["checks", "bench"], "Stages to run: 'checks' and/or 'bench'.", flag_values=FLAGS)
+flags.DEFINE_list("methods", ["bsm", "ekd", "fopro"], "Methods whose step is checked and timed.", flag_values=FLAGS)
+flags.DEFINE_list("batch_sizes", ["32", "128"], "Global batch sizes of the benchmark.", flag_values=FLAGS)
+flags.DEFINE_list("dtypes", ["bfloat16", "float32"], "Compute dtypes of the benchmark.", flag_values=FLAGS)
+flags.DEFINE_list(
+    "device_augment", ["off", "on"], "Device augmentation in the benchmark: 'off' and/or 'on'.", flag_values=FLAGS
+)
+flags.DEFINE_integer("image_size", 224, "Input size of the benchmark.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "steps", 10, "Timed steps per benchmark configuration (after compile + 1 warm-up).", flag_values=FLAGS
+)
+flags.DEFINE_float(
+    "budget_s", 330.0, "Seconds the benchmark stage may take; configurations left are skipped.", flag_values=FLAGS
+)
 flags.DEFINE_float(
     "deadline_unix",
     0.0,
     "Wall-clock time (seconds since the epoch) by which the benchmark stage stops starting configurations "
     "(benchmarks/accelerator_check.sh passes its start + 8 min); 0 = only --budget_s.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_bool("demo", True, "Run the demo check.")
-FLAGS = flags.FLAGS
+flags.DEFINE_bool("demo", True, "Run the demo check.", flag_values=FLAGS)
 
 # Peak dense bfloat16 tensor throughput per chip, TFLOP/s, from the vendors' data sheets (no sparsity). Matched
 # against jax's `device_kind` by lower-case substring, first match wins (so 'h100 pcie' precedes 'h100').
@@ -560,7 +571,12 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    try:
+        argv = FLAGS(sys.argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    main(argv)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,16 @@ import json
 
 from absl import app, flags
 
-flags.DEFINE_integer("size", 224, "Input size.")
-flags.DEFINE_integer("batch", 32, "Global batch size.")
-flags.DEFINE_bool("compiled", False, "Cost analysis of the CPU-compiled programs instead of the lowered HLO.")
-flags.DEFINE_string("out", "", "Optional JSON file for the figures.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The CLI's flags, defined only when run as a script: tests import this module beside benchmarks/benchmark.py,
+    which defines --out in absl's global table too."""
+    flags.DEFINE_integer("size", 224, "Input size.")
+    flags.DEFINE_integer("batch", 32, "Global batch size.")
+    flags.DEFINE_bool("compiled", False, "Cost analysis of the CPU-compiled programs instead of the lowered HLO.")
+    flags.DEFINE_string("out", "", "Optional JSON file for the figures.")
 
 
 def flops(jitted, *args, compiled: bool) -> float:
@@ -91,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
