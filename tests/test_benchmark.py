@@ -196,8 +196,8 @@ def test_fopro_floor_counts_a_multiply_add_as_two_flops(compiled):
 
 
 def test_pipeline_benchmark_tiles_its_few_images_to_a_realistic_epoch():
-    from benchmarks import benchmark
+    from benchmarks import pipeline_timing
 
-    tiled = benchmark.TiledSource(["a", "b", "c"], 7)
+    tiled = pipeline_timing.TiledSource(["a", "b", "c"], 7)
     assert len(tiled) == 7 and [tiled[i] for i in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
-    assert benchmark.PIPELINE_EXAMPLES == 25331  # ISIC-2019's training images
+    assert pipeline_timing.PIPELINE_EXAMPLES == 25331  # ISIC-2019's training images
